@@ -1,0 +1,71 @@
+"""The JSON API: django-ninja, OpenAPI schema at /api/schema, interactive docs at /api/docs."""
+
+from __future__ import annotations
+
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, ValidationError
+from ninja.security import django_auth
+
+from dashboard.core.auth import TokenAuth
+
+api = NinjaAPI(
+    title="Parity API",
+    version="1",
+    description="Runs, metric points, comparisons and replays of the trainer-vs-vLLM mismatch.",
+    auth=[TokenAuth(), django_auth],
+    openapi_url="/schema",
+    docs_url="/docs",
+    urls_namespace="api",
+)
+
+
+class ApiError(Exception):
+    """An error the caller caused: HTTP `status`, the offending `field` and the reason."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+@api.exception_handler(ApiError)
+def on_api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
+    body: dict[str, object] = {"detail": exc.message}
+    if exc.field:
+        body["field"] = exc.field
+    return api.create_response(request, body, status=exc.status)
+
+
+@api.exception_handler(ValidationError)
+def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    errors = [
+        {
+            "field": ".".join(str(part) for part in err.get("loc", ()) if part not in ("body", "payload")),
+            "reason": err.get("msg", "invalid"),
+        }
+        for err in exc.errors
+    ]
+    # Malformed JSON is a 400; well-formed JSON with wrong fields is a 422.
+    status = 400 if any(err.get("type") == "json_invalid" for err in exc.errors) else 422
+    detail = "; ".join(f"{e['field'] or 'body'}: {e['reason']}" for e in errors)
+    return api.create_response(request, {"detail": detail, "errors": errors}, status=status)
+
+
+@api.exception_handler(AuthenticationError)
+def on_auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return api.create_response(
+        request, {"detail": "Authentication required: send 'Authorization: Bearer <token>'."}, status=401
+    )
+
+
+@api.exception_handler(Http404)
+def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return api.create_response(request, {"detail": str(exc) or "Not found."}, status=404)
+
+
+from dashboard.core.api import jobs, runs  # noqa: E402  (routers register on `api`)
+
+api.add_router("/", runs.router)
+api.add_router("/", jobs.router)

@@ -1,0 +1,26 @@
+"""Broadcasts to the browser: every message goes to a Channels group over Redis."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+log = logging.getLogger(__name__)
+
+
+def publish(group: str, kind: str, data: dict[str, Any]) -> None:
+    """Send {"type": kind, ...data} to every socket in `group`.
+
+    Live updates are a convenience on top of Postgres (pages back-fill from the API),
+    so a Redis blip is logged, never raised into the write that triggered it.
+    """
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group, {"type": "broadcast", "kind": kind, "data": data})
+    except Exception:  # noqa: BLE001 - see docstring
+        log.warning("live update to %s failed", group, exc_info=True)

@@ -1,0 +1,336 @@
+"""Projects, runs, metric points and jobs: everything Parity keeps durable."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.db import models, transaction
+from django.utils import timezone
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=100, unique=True)
+    # Overrides of parity.metrics.Thresholds (the verdict table) for this project.
+    thresholds = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Membership", related_name="projects"
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner"
+        MEMBER = "member"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE)
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "project"], name="unique_membership")
+        ]
+
+
+def hash_token(token: str) -> str:
+    # Tokens are 256-bit random strings: a fast hash is enough (nothing to brute-force),
+    # and lets every API request look its token up by index.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ApiToken(models.Model):
+    PREFIX = "pty_"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="Visible start of the token.")
+    hashed = models.CharField(max_length=64, unique=True)
+    created = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @classmethod
+    def issue(cls, user: Any, project: Project, name: str) -> tuple[ApiToken, str]:
+        """Create a token; return it with its clear text, which is never stored."""
+        clear = cls.PREFIX + secrets.token_urlsafe(32)
+        token = cls.objects.create(
+            user=user, project=project, name=name, prefix=clear[:12], hashed=hash_token(clear)
+        )
+        return token, clear
+
+    @classmethod
+    def authenticate(cls, clear: str) -> ApiToken | None:
+        token = (
+            cls.objects.select_related("user", "project")
+            .filter(hashed=hash_token(clear), revoked_at__isnull=True, user__is_active=True)
+            .first()
+        )
+        if token is None:
+            return None
+        now = timezone.now()
+        # One write a minute at most: last-use is for humans, not an audit log.
+        if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+            cls.objects.filter(pk=token.pk).update(last_used_at=now)
+            token.last_used_at = now
+        return token
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])
+
+
+class Run(models.Model):
+    class Kind(models.TextChoices):
+        TRAINING = "training"
+        COMPARISON = "comparison"
+        REPLAY = "replay"
+        CHECKLIST = "checklist"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        FINISHED = "finished"
+        FAILED = "failed"
+        CRASHED = "crashed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="runs")
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.TRAINING)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    # Model, engine and trainer settings, effective sampling parameters, library versions.
+    fingerprint = models.JSONField(default=dict, blank=True)
+    tags = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    # Verdict of a comparison-like run (pass / warn / fail), empty for training runs.
+    verdict = models.CharField(max_length=4, blank=True)
+    last_step = models.BigIntegerField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="unique_run_name")
+        ]
+        indexes = [models.Index(fields=["project", "-created"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def group_name(self) -> str:
+        return f"run.{self.pk}"
+
+    def set_status(self, status: str) -> None:
+        now = timezone.now()
+        self.status = status
+        fields = ["status"]
+        if status == self.Status.RUNNING and self.started is None:
+            self.started = now
+            fields.append("started")
+        if status in (self.Status.FINISHED, self.Status.FAILED, self.Status.CRASHED):
+            self.finished = now
+            fields.append("finished")
+        self.save(update_fields=fields)
+
+
+class MetricPoint(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="points")
+    key = models.CharField(max_length=128)
+    step = models.BigIntegerField()
+    value = models.FloatField()
+    wall_time = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        # The unique index is also the read path: one key of one run, by step range.
+        constraints = [
+            models.UniqueConstraint(fields=["run", "key", "step"], name="unique_point")
+        ]
+
+
+class PromptSet(models.Model):
+    """A named list of prompts; each item is {"prompt": str} or {"messages": [...]}."""
+
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="prompt_sets", null=True, blank=True
+    )
+    name = models.CharField(max_length=200)
+    items = models.JSONField(default=list)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="unique_prompt_set")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Job(models.Model):
+    class Kind(models.TextChoices):
+        COMPARISON = "comparison"
+        REPLAY = "replay"
+        CHECKLIST = "checklist"
+        PING = "ping"  # a no-op that proves the worker round trip (health, tests)
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="jobs")
+    run = models.ForeignKey(Run, on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    spec = models.JSONField(default=dict)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0)
+    stage = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+    result = models.JSONField(null=True, blank=True)
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    worker_host = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} job {self.pk}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL
+
+    @property
+    def group_name(self) -> str:
+        return f"job.{self.pk}"
+
+    def enqueue(self) -> None:
+        """Send this job to its queue once the surrounding transaction commits."""
+        from workers.tasks import run_job
+
+        run_job.delay_on_commit(self.pk)
+
+    # --- lifecycle, driven by workers.tasks -------------------------------------------
+
+    def claim(self, host: str, task_id: str, heartbeat_timeout_s: float) -> bool:
+        """Take this job for a worker; False when it must not run here.
+
+        A job already final, or running with a fresh heartbeat (another worker has it),
+        is left alone, so a re-delivered task message is harmless.
+        """
+        now = timezone.now()
+        stale_before = now - timedelta(seconds=heartbeat_timeout_s)
+        taken = Job.objects.filter(pk=self.pk).filter(
+            models.Q(status=self.Status.QUEUED)
+            | models.Q(status=self.Status.RUNNING, heartbeat_at__lt=stale_before)
+        ).update(
+            status=self.Status.RUNNING,
+            worker_host=host,
+            celery_task_id=task_id,
+            attempts=models.F("attempts") + 1,
+            started=now,
+            heartbeat_at=now,
+            progress=0.0,
+            stage="starting",
+            error="",
+        )
+        self.refresh_from_db()
+        if taken:
+            self._publish()
+        return bool(taken)
+
+    def beat(self) -> None:
+        Job.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(heartbeat_at=timezone.now())
+
+    def report(self, stage: str, progress: float | None = None) -> None:
+        self.stage = stage[:200]
+        if progress is not None:
+            self.progress = min(max(progress, 0.0), 1.0)
+        self.heartbeat_at = timezone.now()
+        self.save(update_fields=["stage", "progress", "heartbeat_at"])
+        self._publish()
+
+    def finish(self, status: str, *, error: str = "", result: dict | None = None) -> None:
+        self.status = status
+        self.error = error
+        if result is not None:
+            self.result = result
+        if status == self.Status.SUCCEEDED:
+            self.progress = 1.0
+            self.stage = "done"
+        self.finished = timezone.now()
+        self.save(update_fields=["status", "error", "result", "progress", "stage", "finished"])
+        self._publish()
+
+    def _publish(self) -> None:
+        from dashboard.core import live
+
+        data = {
+            "id": self.pk,
+            "status": self.status,
+            "progress": self.progress,
+            "stage": self.stage,
+            "error": self.error,
+        }
+        groups = [self.group_name] + ([f"run.{self.run_id}"] if self.run_id else [])
+
+        def send() -> None:
+            for group in groups:
+                live.publish(group, "job", data)
+
+        # Readers who get the message and re-fetch must already see the new row.
+        transaction.on_commit(send)
+
+    @classmethod
+    def fail_dead(cls, heartbeat_timeout_s: float) -> list[int]:
+        """End running jobs whose worker stopped beating (killed, OOM): never running forever."""
+        stale_before = timezone.now() - timedelta(seconds=heartbeat_timeout_s)
+        dead = list(cls.objects.filter(status=cls.Status.RUNNING, heartbeat_at__lt=stale_before))
+        for job in dead:
+            job.finish(
+                cls.Status.FAILED,
+                error=(
+                    f"The worker on {job.worker_host or 'an unknown host'} stopped responding "
+                    f"during '{job.stage}' (killed or out of memory). Re-run the job; if it "
+                    "dies again, lower the batch size or the memory fraction."
+                ),
+            )
+            if job.run_id:
+                Run.objects.get(pk=job.run_id).set_status(Run.Status.CRASHED)
+        return [job.pk for job in dead]

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from dashboard.core import consumers
+
+websocket_urlpatterns = [
+    path("ws/runs/<int:run_id>/", consumers.RunConsumer.as_asgi()),
+    path("ws/jobs/<int:job_id>/", consumers.JobConsumer.as_asgi()),
+]

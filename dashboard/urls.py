@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from dashboard.core import views
+from dashboard.core.api import api
+
+urlpatterns = [
+    path("healthz", views.healthz, name="healthz"),
+    path("accounts/login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("api/", api.urls),
+    path("", views.home, name="home"),
+    path("p/<slug:slug>/", views.project_dashboard, name="project"),
+    path("p/<slug:slug>/tokens/", views.tokens, name="tokens"),
+    path("p/<slug:slug>/tokens/<int:token_id>/revoke", views.revoke_token, name="revoke_token"),
+    path("runs/<int:run_id>/", views.run_detail, name="run"),
+    path("jobs/<int:job_id>/", views.job_detail, name="job"),
+]

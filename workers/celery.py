@@ -1,0 +1,16 @@
+"""The Celery app. Queue "gpu": comparisons, replays, checklists; queue "default": the rest."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+
+app = Celery("parity")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(["workers"])
+app.conf.beat_schedule = {
+    "fail-dead-jobs": {"task": "workers.tasks.fail_dead_jobs", "schedule": 30.0},
+}

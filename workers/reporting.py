@@ -1,0 +1,60 @@
+"""The contract between long-running engine work and whoever runs it (Celery task or CLI).
+
+Engine code (comparison, replay, checklist) never touches the ORM: it reports progress and
+per-step values through a `Reporter`, raises `UserError` for problems the user caused, and
+returns a `JobOutcome` that `workers.tasks` stores.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad model path, invalid sampling value, ...).
+
+    The message is shown as-is on the failed job's page and by the CLI, so write it for
+    that user: what was wrong and what to do instead.
+    """
+
+
+class Reporter(Protocol):
+    def stage(self, message: str, progress: float | None = None) -> None:
+        """Say what the job is doing now; `progress` in [0, 1] when known."""
+
+    def step_values(self, step: int, values: Mapping[str, float]) -> None:
+        """Store one step's values now (and stream them live), e.g. one replay update."""
+
+
+@dataclass
+class JobOutcome:
+    result: dict[str, Any]
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    verdict: str = ""
+    # Stored as metric points of the job's run when the job succeeds.
+    step_values: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+class PrintReporter:
+    """Reporter for command-line use: stage lines on stderr, values kept in memory."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.values: dict[int, dict[str, float]] = {}
+
+    def stage(self, message: str, progress: float | None = None) -> None:
+        if self.quiet:
+            return
+        pct = f"{progress * 100:5.1f}% " if progress is not None else ""
+        print(f"[parity] {pct}{message}", file=sys.stderr, flush=True)
+
+    def step_values(self, step: int, values: Mapping[str, float]) -> None:
+        self.values.setdefault(step, {}).update(values)
+
+
+class NullReporter(PrintReporter):
+    def __init__(self) -> None:
+        super().__init__(quiet=True)

@@ -1,0 +1,125 @@
+"""Celery tasks: thin. Load by id, call engine code, store the outcome.
+
+This is the only module that moves data between the ORM and the engine code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import transaction
+
+from dashboard.core.models import Job, Run
+from dashboard.core.points import store_step_values
+from workers.reporting import JobOutcome, Reporter, UserError
+
+log = logging.getLogger(__name__)
+
+# Job kind -> "module:function" taking (spec, reporter) and returning a JobOutcome.
+# Imported lazily: the engine modules pull in torch and vLLM.
+RUNNERS: dict[str, str] = {
+    Job.Kind.PING: "workers.tasks:ping",
+    Job.Kind.COMPARISON: "workers.compare:run_comparison_job",
+}
+
+HEARTBEAT_EVERY_S = 10.0
+
+
+def ping(spec: Mapping[str, Any], reporter: Reporter) -> JobOutcome:
+    """Proves the round trip browser -> Postgres -> Redis -> worker -> Postgres."""
+    reporter.stage("pong", 1.0)
+    return JobOutcome(result={"pong": socket.gethostname(), "echo": dict(spec)})
+
+
+class JobReporter:
+    """Reporter that writes progress to the Job row and streams it to the browser."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def stage(self, message: str, progress: float | None = None) -> None:
+        self.job.report(message, progress)
+
+    def step_values(self, step: int, values: Mapping[str, float]) -> None:
+        if self.job.run is not None:
+            store_step_values(self.job.run, step, values)
+
+
+def _runner(kind: str) -> Callable[[Mapping[str, Any], Reporter], JobOutcome]:
+    module, _, name = RUNNERS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, job: Job) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-job-{job.pk}")
+        self.job = job
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_EVERY_S):
+            try:
+                self.job.beat()
+            except Exception:  # noqa: BLE001 - a missed beat must not kill the job
+                log.warning("heartbeat for job %s failed", self.job.pk, exc_info=True)
+
+
+@shared_task(bind=True, name="workers.tasks.run_job")
+def run_job(self: Any, job_id: int) -> None:
+    job = Job.objects.select_related("run").filter(pk=job_id).first()
+    if job is None:
+        log.warning("job %s no longer exists", job_id)
+        return
+    if not job.claim(socket.gethostname(), self.request.id or "", settings.JOB_HEARTBEAT_TIMEOUT_S):
+        log.info("job %s is %s elsewhere; skipping", job_id, job.status)
+        return
+    if job.run is not None:
+        job.run.set_status(Run.Status.RUNNING)
+    heartbeat = _Heartbeat(job)
+    heartbeat.start()
+    try:
+        outcome = _runner(job.kind)(job.spec, JobReporter(job))
+    except UserError as exc:
+        _fail(job, str(exc))
+    except SoftTimeLimitExceeded:
+        _fail(job, f"The job ran past its time limit ({settings.JOB_SOFT_LIMIT_S} s) and was stopped.")
+    except Exception as exc:  # noqa: BLE001 - any crash ends the job as failed, visibly
+        log.exception("job %s crashed", job_id)
+        _fail(job, f"Internal error: {type(exc).__name__}: {exc}")
+    else:
+        _succeed(job, outcome)
+    finally:
+        heartbeat.stopped.set()
+
+
+def _succeed(job: Job, outcome: JobOutcome) -> None:
+    with transaction.atomic():
+        run = job.run
+        if run is not None:
+            for step, values in sorted(outcome.step_values.items()):
+                store_step_values(run, step, values)
+            run.fingerprint = outcome.fingerprint or run.fingerprint
+            run.verdict = outcome.verdict
+            run.save(update_fields=["fingerprint", "verdict"])
+            run.set_status(Run.Status.FINISHED)
+        job.finish(Job.Status.SUCCEEDED, result=outcome.result)
+
+
+def _fail(job: Job, message: str) -> None:
+    with transaction.atomic():
+        if job.run is not None:
+            job.run.set_status(Run.Status.FAILED)
+        job.finish(Job.Status.FAILED, error=message)
+
+
+@shared_task(name="workers.tasks.fail_dead_jobs")
+def fail_dead_jobs() -> list[int]:
+    return Job.fail_dead(settings.JOB_HEARTBEAT_TIMEOUT_S)
