@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import signal
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -72,6 +74,43 @@ class _Heartbeat(threading.Thread):
                 log.warning("heartbeat for job %s failed", self.job.pk, exc_info=True)
 
 
+class _TimeLimits:
+    """Soft and hard time limits for the solo pool, where Celery enforces neither.
+
+    The gpu worker runs tasks in its main thread (`--pool solo`: vLLM must be able to spawn
+    its engine process, which a daemonic prefork child cannot). SIGALRM raises
+    SoftTimeLimitExceeded in that thread; past the hard limit a watchdog ends the job as
+    failed and exits the process, so that a wedged engine never holds the queue.
+    """
+
+    def __init__(self, job: Job, soft_s: float, hard_s: float) -> None:
+        self.job, self.soft_s, self.hard_s = job, soft_s, hard_s
+        self.done = threading.Event()
+        self.use_alarm = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> _TimeLimits:
+        if self.use_alarm:
+            signal.signal(signal.SIGALRM, self._soft)
+            signal.setitimer(signal.ITIMER_REAL, self.soft_s)
+        threading.Thread(target=self._watchdog, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        if self.use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _soft(self, signum: int, frame: object) -> None:
+        raise SoftTimeLimitExceeded()
+
+    def _watchdog(self) -> None:
+        if self.done.wait(self.hard_s):
+            return
+        log.error("job %s ran past its hard limit; exiting the worker", self.job.pk)
+        _fail(self.job, f"The job ran past its hard time limit ({self.hard_s:.0f} s); its worker was restarted.")
+        os._exit(1)
+
+
 @shared_task(bind=True, name="workers.tasks.run_job")
 def run_job(self: Any, job_id: int) -> None:
     job = Job.objects.select_related("run").filter(pk=job_id).first()
@@ -85,8 +124,10 @@ def run_job(self: Any, job_id: int) -> None:
         job.run.set_status(Run.Status.RUNNING)
     heartbeat = _Heartbeat(job)
     heartbeat.start()
+    limits = _TimeLimits(job, settings.JOB_SOFT_LIMIT_S, settings.JOB_HARD_LIMIT_S)
     try:
-        outcome = _runner(job.kind)(job.spec, JobReporter(job))
+        with limits:
+            outcome = _runner(job.kind)(job.spec, JobReporter(job))
     except UserError as exc:
         _fail(job, str(exc))
     except SoftTimeLimitExceeded:

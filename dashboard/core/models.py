@@ -334,3 +334,24 @@ class Job(models.Model):
             if job.run_id:
                 Run.objects.get(pk=job.run_id).set_status(Run.Status.CRASHED)
         return [job.pk for job in dead]
+
+
+def start_job(
+    project: Project, kind: str, spec: dict, *, user: Any = None, run_name: str = "", tags: list[str] | None = None
+) -> Job:
+    """Create a job (and, for engine kinds, its run) and queue it once this commits.
+
+    `spec` must already be validated (workers.specs); what is stored is what runs.
+    """
+    with transaction.atomic():
+        run = None
+        if kind != Job.Kind.PING:
+            name = run_name or f"{kind}-{timezone.now():%Y%m%d-%H%M%S}"
+            if Run.objects.filter(project=project, name=name).exists():
+                name = f"{name}-{secrets.token_hex(2)}"
+            run = Run.objects.create(
+                project=project, name=name, kind=kind, tags=tags or [], fingerprint={"spec": spec}
+            )
+        job = Job.objects.create(project=project, run=run, kind=kind, spec=spec, created_by=user)
+        job.enqueue()
+    return job

@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import pydantic
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Router, Schema
 
+from dashboard.core.api import ApiError
 from dashboard.core.auth import visible_projects
-from dashboard.core.models import Job
+from dashboard.core.models import Job, start_job
 
 router = Router(tags=["jobs"])
 
@@ -29,6 +31,48 @@ class JobOut(Schema):
     created: datetime
     started: datetime | None
     finished: datetime | None
+
+
+class JobIn(Schema):
+    project: str
+    kind: Job.Kind
+    spec: dict[str, Any] = {}
+    run_name: str = ""
+    tags: list[str] = []
+
+
+def spec_model(kind: str) -> type[pydantic.BaseModel] | None:
+    """The pydantic model that defines a job kind's settings (workers.specs), if any."""
+    from workers import specs
+
+    names = {"comparison": "ComparisonSpec", "replay": "ReplaySpec", "checklist": "ChecklistSpec"}
+    return getattr(specs, names.get(kind, ""), None)
+
+
+def validate_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The job spec as the worker will run it: defaults filled in, values checked.
+
+    Raises ApiError(422) naming the offending field.
+    """
+    model = spec_model(kind)
+    if model is None:
+        return spec
+    try:
+        return model.model_validate(spec).model_dump(mode="json")
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = "spec." + ".".join(str(part) for part in first["loc"])
+        raise ApiError(422, f"{field}: {first['msg']}", field=field) from exc
+
+
+@router.post("/jobs", response={201: JobOut})
+def create_job(request: HttpRequest, payload: JobIn) -> Any:
+    project = get_object_or_404(visible_projects(request), slug=payload.project)
+    spec = validate_spec(payload.kind, payload.spec)
+    job = start_job(
+        project, payload.kind, spec, user=request.user, run_name=payload.run_name, tags=payload.tags
+    )
+    return 201, job
 
 
 @router.get("/jobs/{job_id}", response=JobOut)

@@ -1,0 +1,215 @@
+"""Shared fixtures: users and projects, and the real processes (daphne, Celery) tests talk to."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+# --- people and projects ------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_member(db: Any) -> Callable[..., Any]:
+    """make_member("alice", "proj-a") -> a user who is a member of that project."""
+    from django.contrib.auth.models import User
+
+    from dashboard.core.models import Membership, Project
+
+    def make(username: str, project_slug: str, role: str = "member") -> Any:
+        user, created = User.objects.get_or_create(username=username)
+        if created:
+            user.set_password("pw-" + username)
+            user.save()
+        project, _ = Project.objects.get_or_create(slug=project_slug, defaults={"name": project_slug})
+        Membership.objects.get_or_create(user=user, project=project, defaults={"role": role})
+        return user
+
+    return make
+
+
+@pytest.fixture
+def alice(make_member: Callable[..., Any]) -> Any:
+    return make_member("alice", "proj-a", role="owner")
+
+
+@pytest.fixture
+def project_a(alice: Any) -> Any:
+    from dashboard.core.models import Project
+
+    return Project.objects.get(slug="proj-a")
+
+
+@pytest.fixture
+def alice_client(client: Any, alice: Any) -> Any:
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def alice_token(alice: Any, project_a: Any) -> str:
+    from dashboard.core.models import ApiToken
+
+    _, clear = ApiToken.issue(alice, project_a, "test")
+    return clear
+
+
+# --- real processes -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process that must see the test database and Redis."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="dashboard.settings_test",
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        REDIS_URL=settings.REDIS_URL,
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Server:
+    """A daphne process (HTTP + websockets) serving the test database."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "dashboard.asgi:application"],
+            cwd=ROOT, env=process_env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daphne exited; see {self.log_path}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code in (200, 503):
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"daphne did not answer within 60 s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def live_server_proc(django_db_setup: Any, django_db_blocker: Any, artifacts_dir: Path) -> Iterator[Server]:
+    """A real daphne process for the whole session (tests using it need transactional_db)."""
+    server = Server(artifacts_dir / "daphne.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+class Worker:
+    """A real Celery worker process (solo pool, as in production)."""
+
+    def __init__(self, queues: str, log_path: Path, name: str) -> None:
+        self.queues = queues
+        self.log_path = log_path
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "workers.celery", "worker",
+                "-Q", self.queues, "--pool", "solo", "--concurrency", "1",
+                "-n", f"{self.name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            ],
+            cwd=ROOT, env=process_env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        # Ready when the worker says so in its log.
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"celery worker exited; see {self.log_path}")
+            if b"ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.3)
+        raise RuntimeError(f"celery worker not ready within 90 s; see {self.log_path}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_proc(django_db_setup: Any, django_db_blocker: Any, artifacts_dir: Path) -> Iterator[Worker]:
+    """One real worker on both queues for the session (tests using it need transactional_db)."""
+    _purge_queues()
+    worker = Worker("gpu,default", artifacts_dir / "celery-worker.log", "test")
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def _purge_queues() -> None:
+    # Leftover messages from an earlier, interrupted run would be executed against this one.
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for queue in ("gpu", "default", "celery"):
+        client.delete(queue)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> Any:
+    """Poll until predicate() is truthy; return its value or fail with the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")

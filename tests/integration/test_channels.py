@@ -1,0 +1,68 @@
+"""The websocket route over the real Redis channel layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from dashboard.asgi import application
+from dashboard.core import live
+from dashboard.core.models import Project, Run
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def _session_cookie(client: Any, user: Any) -> bytes:
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+def _communicator(path: str, cookie: bytes | None) -> WebsocketCommunicator:
+    headers = [(b"origin", b"http://127.0.0.1:8000"), (b"host", b"127.0.0.1:8000")]
+    if cookie:
+        headers.append((b"cookie", cookie))
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+async def test_group_message_from_outside_reaches_the_socket(client: Any, alice: Any, project_a: Project) -> None:
+    run = await Run.objects.acreate(project=project_a, name="live")
+    cookie = await sync_to_async(_session_cookie)(client, alice)
+    communicator = _communicator(f"/ws/runs/{run.pk}/", cookie)
+    connected, _ = await communicator.connect()
+    assert connected
+    # Published by code outside the consumer, through Redis (as the ingest API and workers do).
+    await sync_to_async(live.publish)(f"run.{run.pk}", "points", {"points": [{"key": "kl_k3", "step": 1, "value": 0.5}]})
+    message = await communicator.receive_json_from(timeout=5)
+    assert message == {"kind": "points", "data": {"points": [{"key": "kl_k3", "step": 1, "value": 0.5}]}}
+    await communicator.disconnect()
+
+
+async def test_anonymous_websocket_is_refused(project_a: Project) -> None:
+    run = await Run.objects.acreate(project=project_a, name="live")
+    communicator = _communicator(f"/ws/runs/{run.pk}/", None)
+    connected, code = await communicator.connect()
+    assert not connected
+    assert code == 4401
+
+
+async def test_other_projects_run_socket_is_refused(client: Any, make_member: Any, project_a: Project) -> None:
+    run = await Run.objects.acreate(project=project_a, name="live")
+    mallory = await sync_to_async(make_member)("mallory", "proj-m")
+    cookie = await sync_to_async(_session_cookie)(client, mallory)
+    connected, code = await _communicator(f"/ws/runs/{run.pk}/", cookie).connect()
+    assert not connected
+    assert code == 4404
+
+
+async def test_foreign_origin_is_refused(client: Any, alice: Any, project_a: Project) -> None:
+    run = await Run.objects.acreate(project=project_a, name="live")
+    cookie = await sync_to_async(_session_cookie)(client, alice)
+    communicator = WebsocketCommunicator(
+        application, f"/ws/runs/{run.pk}/",
+        headers=[(b"origin", b"http://evil.example"), (b"host", b"127.0.0.1:8000"), (b"cookie", cookie)],
+    )
+    connected, _ = await communicator.connect()
+    assert not connected
