@@ -15,3 +15,5 @@ from dashboard.settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
 JOB_HEARTBEAT_TIMEOUT_S = int(os.environ.get("JOB_HEARTBEAT_TIMEOUT_S", 20))
+# One test database per test process: several suites (developers, CI) may run side by side.
+DATABASES["default"]["TEST"] = {"NAME": f"test_parity_{os.getpid()}"}  # noqa: F405
