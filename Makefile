@@ -1,0 +1,51 @@
+# Parity: `make demo` starts the product with a demo; `make test` runs the whole suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install services migrate models demo run test test-fast lint bench lock clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt scripts/install.sh
+	bash scripts/install.sh
+	@touch $@
+
+services:
+	bash scripts/services.sh
+
+migrate: install services
+	$(PY) manage.py migrate --noinput
+
+models: install
+	$(PY) -m workers.tiny_model --out var/models
+
+demo: migrate models
+	$(PY) manage.py demo_setup
+	bash scripts/run-all.sh
+
+run: migrate
+	bash scripts/run-all.sh
+
+test: install services
+	bash scripts/test-tools.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check parity workers dashboard tests bench
+	$(VENV)/bin/mypy parity workers
+
+bench: install services
+	$(PY) bench/bench_metrics.py
+	$(PY) bench/bench_ingest.py
+	$(PY) bench/bench_compare.py
+
+lock: install
+	(echo "# Exact versions for the CPU install (make install). Regenerate: make lock"; \
+	 $(PY) -m pip freeze --exclude-editable) > requirements/constraints.txt
+
+clean:
+	rm -rf $(VENV) var test-artifacts .pytest_cache
