@@ -15,6 +15,8 @@ urlpatterns = [
     path("p/<slug:slug>/", views.project_dashboard, name="project"),
     path("p/<slug:slug>/tokens/", views.tokens, name="tokens"),
     path("p/<slug:slug>/tokens/<int:token_id>/revoke", views.revoke_token, name="revoke_token"),
+    path("p/<slug:slug>/compare/", views.compare, name="compare"),
+    path("p/<slug:slug>/new/<str:kind>/", views.new_job, name="new_job"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     path("jobs/<int:job_id>/", views.job_detail, name="job"),
 ]

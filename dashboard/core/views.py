@@ -1,16 +1,69 @@
-"""Pages. Thin: look up what the user may see, render."""
+"""Pages. Thin: look up what the user may see, render.
+
+Every page of a project object goes through `visible_projects`, so another project's run,
+job or comparison answers 404 (never 403: ids reveal nothing).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 from django.conf import settings
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from dashboard.core.auth import visible_projects
-from dashboard.core.models import ApiToken, Job, Project, Run
+from dashboard.core.forms import RunFilterForm, SpecForm, spec_model
+from dashboard.core.models import ApiToken, Job, MetricPoint, Project, Run, start_job
+
+# The headline numbers of a run, in the order the runs list shows them (METRICS.md names).
+SUMMARY_KEYS = ("kl_k3", "clip_rate", "abs_diff_mean")
+SPARK_KEY = "kl_k3"
+SPARK_POINTS = 120
+# Charts every run page opens with; each inner tuple shares one chart.
+DEFAULT_CHARTS: tuple[tuple[str, ...], ...] = (
+    ("clip_rate",),
+    ("kl_k3",),
+    ("kl_k1",),
+    ("abs_diff_mean", "abs_diff_max"),
+)
+# METRICS.md "Default verdict". `op` says which side of the bound is bad.
+DEFAULT_THRESHOLDS: dict[str, dict[str, Any]] = {
+    "nonfinite_trainer": {"op": ">", "fail": 0},
+    "nonfinite_rollout": {"op": ">", "fail": 0},
+    "token_mismatch": {"op": ">", "fail": 0},
+    "abs_diff_mean": {"op": ">", "warn": 0.03, "fail": 0.1},
+    "kl_k1": {"op": "abs>", "fail": 0.1},
+    "kl_k3": {"op": ">", "warn": 1e-3},
+    "chi2_token": {"op": ">", "fail": 1.0},
+    "ess": {"op": "<", "fail": 0.3},
+    "clip_rate": {"op": ">", "warn": 0.01},
+    "catastrophic_seq_frac": {"op": ">", "warn": 0},
+}
+# The METRICS.md table, in its order; anything else a result carries follows alphabetically.
+METRIC_ORDER = (
+    "n_tokens n_sequences nonfinite_trainer nonfinite_rollout abs_diff_mean abs_diff_max "
+    "abs_diff_p50 abs_diff_p90 abs_diff_p99 abs_diff_p999 rms_diff bias prob_diff_mean "
+    "prob_diff_max prob_diff_std prob_pearson kl_k1 kl_k2 kl_k3 chi2_token ess is_mean is_min "
+    "is_max is_std clip_rate clip_rate_low clip_rate_high tis_clip_frac mis_masked_frac "
+    "kl_ent_ratio seq_log_ratio_mean seq_log_ratio_max log_ppl_diff ppl_ratio chi2_seq "
+    "seq_max_abs_diff_mean catastrophic_seq_frac veto_frac token_mismatch argmax_agree "
+    "topk_containment bit_equal_frac trainer_ppl distinct_2"
+).split()
+# Token colours: d = lt - lr, bucketed; blue = trainer lower, orange = trainer higher.
+D_BINS = (-1.0, -0.3, -0.1, -0.03, 0.03, 0.1, 0.3, 1.0)
+RUNS_PER_PAGE = 25
+COMPARE_MAX = 6
+
+
+# --- health, home, tokens -----------------------------------------------------------------
 
 
 @require_GET
@@ -45,14 +98,14 @@ def _project(request: HttpRequest, slug: str) -> Project:
     return get_object_or_404(visible_projects(request), slug=slug)
 
 
-def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
-    project = _project(request, slug)
-    runs = project.runs.all()[:50]
-    jobs = project.jobs.select_related("run")[:10]
+def _page(
+    request: HttpRequest, template: str, project: Project, status: int = 200, **context: Any
+) -> HttpResponse:
     return render(
         request,
-        "project.html",
-        {"project": project, "projects": visible_projects(request), "runs": runs, "jobs": jobs},
+        template,
+        {"project": project, "projects": visible_projects(request), **context},
+        status=status,
     )
 
 
@@ -62,15 +115,12 @@ def tokens(request: HttpRequest, slug: str) -> HttpResponse:
     if request.method == "POST":
         name = request.POST.get("name", "").strip() or "token"
         _, created_clear = ApiToken.issue(request.user, project, name[:100])
-    return render(
+    return _page(
         request,
         "tokens.html",
-        {
-            "project": project,
-            "projects": visible_projects(request),
-            "tokens": project.tokens.filter(user=request.user),
-            "created_clear": created_clear,
-        },
+        project,
+        tokens=project.tokens.filter(user=request.user),
+        created_clear=created_clear,
     )
 
 
@@ -83,13 +133,432 @@ def revoke_token(request: HttpRequest, slug: str, token_id: int) -> HttpResponse
     return redirect("tokens", slug=project.slug)
 
 
+# --- reading points: index-only paths over (run, key, step) --------------------------------
+
+_TABLE = MetricPoint._meta.db_table
+
+# A loose index scan: one index probe per distinct key, so a run of millions of points
+# lists its keys in milliseconds instead of scanning every row.
+_KEYS_SQL = f"""
+WITH RECURSIVE k AS (
+  SELECT (SELECT min(key) FROM {_TABLE} WHERE run_id = %(run)s) AS key
+  UNION ALL
+  SELECT (SELECT min(key) FROM {_TABLE} WHERE run_id = %(run)s AND key > k.key)
+  FROM k WHERE k.key IS NOT NULL
+)
+SELECT k.key, p.step, p.value FROM k
+CROSS JOIN LATERAL (
+  SELECT step, value FROM {_TABLE} WHERE run_id = %(run)s AND key = k.key
+  ORDER BY step DESC LIMIT 1
+) p
+WHERE k.key IS NOT NULL
+"""
+
+_LATEST_SQL = f"""
+SELECT r.id, k.key, p.step, p.value
+FROM unnest(%s::bigint[]) AS r(id) CROSS JOIN unnest(%s::text[]) AS k(key)
+CROSS JOIN LATERAL (
+  SELECT step, value FROM {_TABLE} WHERE run_id = r.id AND key = k.key
+  ORDER BY step DESC LIMIT 1
+) p
+"""
+
+_TAIL_SQL = f"""
+SELECT r.id, p.step, p.value
+FROM unnest(%s::bigint[]) AS r(id)
+CROSS JOIN LATERAL (
+  SELECT step, value FROM {_TABLE} WHERE run_id = r.id AND key = %s
+  ORDER BY step DESC LIMIT %s
+) p
+ORDER BY r.id, p.step
+"""
+
+
+def latest_by_key(run_id: int) -> dict[str, tuple[int, float]]:
+    """Every key of a run with its latest (step, value)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_KEYS_SQL, {"run": run_id})
+        return {key: (step, value) for key, step, value in cursor.fetchall()}
+
+
+def latest_values(run_ids: Sequence[int], keys: Sequence[str]) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {rid: {} for rid in run_ids}
+    if not run_ids:
+        return out
+    with connection.cursor() as cursor:
+        cursor.execute(_LATEST_SQL, [list(run_ids), list(keys)])
+        for rid, key, _step, value in cursor.fetchall():
+            out[rid][key] = value
+    return out
+
+
+def tails(run_ids: Sequence[int], key: str, n: int) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {rid: [] for rid in run_ids}
+    if not run_ids:
+        return out
+    with connection.cursor() as cursor:
+        cursor.execute(_TAIL_SQL, [list(run_ids), key, n])
+        for rid, _step, value in cursor.fetchall():
+            out[rid].append(value)
+    return out
+
+
+def fmt(value: Any) -> str:
+    """A metric for people: 4 significant digits, integers as integers, "–" for missing."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int) or (math.isfinite(value) and value == int(value) and abs(value) < 1e15):
+        return f"{int(value):d}"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def sparkline(values: Sequence[float], width: int = 120, height: int = 28) -> str:
+    """SVG polyline points for a small trend line (no JS, no request per row)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if len(finite) < 2:
+        return ""
+    lo, hi = min(finite), max(finite)
+    span = (hi - lo) or 1.0
+    step = width / (len(values) - 1)
+    pts = []
+    for i, v in enumerate(values):
+        if v is None or not math.isfinite(v):
+            continue
+        pts.append(f"{i * step:.1f},{height - 2 - (v - lo) / span * (height - 4):.1f}")
+    return " ".join(pts)
+
+
+# --- alerts (another app; used only if it is installed) -------------------------------------
+
+
+def _alerts_models() -> tuple[Any, Any]:
+    try:
+        from dashboard.alerts import models as alerts
+    except ImportError:
+        return None, None
+    return getattr(alerts, "AlertRule", None) or getattr(alerts, "Rule", None), getattr(
+        alerts, "Incident", None
+    )
+
+
+def _open_incidents(run_ids: Iterable[int]) -> dict[int, int]:
+    _, incident = _alerts_models()
+    counts: dict[int, int] = {}
+    if incident is None:
+        return counts
+    try:
+        from django.db.models import Count
+
+        fields = {f.name for f in incident._meta.get_fields()}
+        qs = incident.objects.filter(run_id__in=list(run_ids))
+        if "resolved_at" in fields:
+            qs = qs.filter(resolved_at__isnull=True)
+        elif "status" in fields:
+            qs = qs.filter(status="open")
+        for row in qs.values("run_id").annotate(n=Count("id")):
+            counts[row["run_id"]] = row["n"]
+    except Exception:  # noqa: BLE001 - a badge must never take the runs list down
+        return {}
+    return counts
+
+
+def _chart_annotations(run: Run) -> dict[str, Any]:
+    """Threshold lines (verdict defaults and alert rules) and incidents for the charts."""
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for key, rule in thresholds_for(run.project).items():
+        for level in ("warn", "fail"):
+            if level in rule:
+                values = [rule[level], -rule[level]] if rule["op"] == "abs>" else [rule[level]]
+                for value in values:
+                    lines.setdefault(key, []).append(
+                        {"value": value, "label": f"default {level}", "level": level}
+                    )
+    incidents: list[dict[str, Any]] = []
+    rule_model, incident_model = _alerts_models()
+    try:
+        if rule_model is not None:
+            rule_fields = {f.name for f in rule_model._meta.get_fields()}
+            rules = rule_model.objects.filter(project=run.project)
+            for rule in rules:
+                key = getattr(rule, "key", None) or getattr(rule, "metric", None)
+                value = getattr(rule, "threshold", None)
+                if key is None or value is None:
+                    continue
+                label = getattr(rule, "name", "") or f"rule {rule.pk}"
+                if "enabled" in rule_fields and not rule.enabled:
+                    continue
+                lines.setdefault(key, []).append(
+                    {"value": float(value), "label": f"alert: {label}", "level": "rule"}
+                )
+        if incident_model is not None:
+            for inc in incident_model.objects.filter(run=run).order_by("pk")[:200]:
+                step = getattr(inc, "step", None)
+                if step is None:
+                    step = getattr(inc, "opened_step", None) or getattr(inc, "start_step", None)
+                end = getattr(inc, "resolved_step", None) or getattr(inc, "end_step", None)
+                rule = getattr(inc, "rule", None)
+                key = getattr(rule, "key", None) or getattr(rule, "metric", None)
+                incidents.append({"step": step, "end": end, "key": key, "id": inc.pk})
+    except Exception:  # noqa: BLE001 - annotations are extras; the chart must still draw
+        pass
+    return {"thresholds": lines, "incidents": incidents}
+
+
+# --- runs list ----------------------------------------------------------------------------
+
+
+def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
+    """The runs of a project: filter, sort, paginate; `?partial=1` returns just the table."""
+    project = _project(request, slug)
+    form = RunFilterForm(request.GET)
+    runs = form.filter(project.runs.all())
+    page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    ids = [run.pk for run in page.object_list]
+    latest = latest_values(ids, SUMMARY_KEYS)
+    spark = tails(ids, SPARK_KEY, SPARK_POINTS)
+    incidents = _open_incidents(ids)
+    rows = [
+        {
+            "run": run,
+            "latest": [fmt(latest[run.pk].get(key)) for key in SUMMARY_KEYS],
+            "spark": sparkline(spark[run.pk]),
+            "incidents": incidents.get(run.pk, 0),
+        }
+        for run in page.object_list
+    ]
+    query = request.GET.copy()
+    query.pop("page", None)
+    query.pop("partial", None)
+    context = {
+        "form": form,
+        "page": page,
+        "rows": rows,
+        "summary_keys": SUMMARY_KEYS,
+        "spark_key": SPARK_KEY,
+        "query": query.urlencode(),
+        "filtered": any(request.GET.get(k) for k in ("q", "tag", "status", "kind")),
+        "jobs": project.jobs.select_related("run")[:10],
+        "spec_ready": spec_model("comparison") is not None,
+    }
+    if request.GET.get("partial"):
+        return render(request, "_runs_table.html", {"project": project, **context})
+    return _page(request, "project.html", project, **context)
+
+
+# --- one run ------------------------------------------------------------------------------
+
+
+def _visible_run(request: HttpRequest, run_id: int) -> Run:
+    return get_object_or_404(
+        Run.objects.filter(project__in=visible_projects(request)).select_related("project"),
+        pk=run_id,
+    )
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: fingerprints as rows that diff line by line."""
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for key in sorted(data):
+            out.update(flatten(data[key], f"{prefix}{key}."))
+    elif isinstance(data, list) and data and all(isinstance(v, dict) for v in data):
+        for i, item in enumerate(data):
+            out.update(flatten(item, f"{prefix}{i}."))
+    else:
+        out[prefix.rstrip(".")] = data
+    return out
+
+
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = get_object_or_404(Run.objects.filter(project__in=visible_projects(request)), pk=run_id)
-    return render(
+    run = _visible_run(request, run_id)
+    latest = latest_by_key(run.pk)
+    default_keys = [k for chart in DEFAULT_CHARTS for k in chart]
+    charts = [list(chart) for chart in DEFAULT_CHARTS]
+    # A run that posts only other keys (e.g. a replay) still opens on something to see.
+    if not any(k in latest for k in default_keys) and latest:
+        charts = [[k] for k in sorted(latest)[:4]]
+    job = run.jobs.order_by("-created").first()
+    others = run.project.runs.exclude(pk=run.pk).only("id", "name")[:50]
+    return _page(
         request,
         "run.html",
-        {"run": run, "project": run.project, "projects": visible_projects(request), "jobs": run.jobs.all()},
+        run.project,
+        run=run,
+        job=job,
+        jobs=run.jobs.all()[:20],
+        keys=sorted(latest),
+        latest=sorted(latest.items()),
+        charts=charts,
+        chart_config={
+            "run": run.pk,
+            "charts": charts,
+            "keys": sorted(latest),
+            "last_step": run.last_step,
+            "live": run.status in (Run.Status.PENDING, Run.Status.RUNNING) or run.kind == "training",
+            **_chart_annotations(run),
+        },
+        fingerprint=flatten(run.fingerprint),
+        others=others,
     )
+
+
+# --- comparison result (the job page) -----------------------------------------------------
+
+
+def thresholds_for(project: Project) -> dict[str, dict[str, Any]]:
+    """The verdict table in force for a project: METRICS.md defaults plus its overrides."""
+    table = {key: dict(rule) for key, rule in DEFAULT_THRESHOLDS.items()}
+    for key, override in (project.thresholds or {}).items():
+        if isinstance(override, dict) and key in table:
+            table[key].update({k: v for k, v in override.items() if k in ("warn", "fail")})
+    return table
+
+
+def judge(value: Any, rule: dict[str, Any] | None) -> str:
+    """"fail", "warn" or "" for one metric value against its threshold rule."""
+    if rule is None or not isinstance(value, int | float) or isinstance(value, bool):
+        return ""
+    if not math.isfinite(value):
+        return "fail"
+    op = rule["op"]
+    x = abs(value) if op == "abs>" else value
+    for level in ("fail", "warn"):
+        if level in rule:
+            bound = rule[level]
+            if (op == "<" and x < bound) or (op != "<" and x > bound):
+                return level
+    return ""
+
+
+def _rule_text(rule: dict[str, Any] | None) -> str:
+    if not rule:
+        return ""
+    sym = {"<": "<", ">": ">", "abs>": "|x| >"}[rule["op"]]
+    return " · ".join(f"{level} {sym} {rule[level]:g}" for level in ("warn", "fail") if level in rule)
+
+
+def metric_rows(values: dict[str, Any], thresholds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    order = {key: i for i, key in enumerate(METRIC_ORDER)}
+    rows = []
+    for key in sorted(values, key=lambda k: (order.get(k, len(order)), k)):
+        value = values[key]
+        rule = thresholds.get(key)
+        rows.append(
+            {
+                "key": key,
+                "value": fmt(value),
+                "state": judge(value, rule),
+                "rule": _rule_text(rule),
+            }
+        )
+    return rows
+
+
+def _d_class(d: Any) -> int:
+    if not isinstance(d, int | float) or not math.isfinite(d):
+        return 9  # shown hatched: non-finite
+    for i, bound in enumerate(D_BINS):
+        if d < bound:
+            return i
+    return len(D_BINS)
+
+
+def _tokens(seq: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-token rows of a worst sequence, from a list of dicts or parallel arrays."""
+    raw = seq.get("tokens")
+    if isinstance(raw, list) and raw and isinstance(raw[0], dict):
+        tokens = [dict(t) for t in raw]
+    else:
+        texts = seq.get("text") if isinstance(seq.get("text"), list) else raw
+        texts = texts or seq.get("token_text") or seq.get("texts") or []
+        n = len(texts)
+        cols = {
+            name: seq.get(name) or seq.get(name + "s") or [None] * n
+            for name in ("lt", "lr", "d", "rank")
+        }
+        tokens = [
+            {"text": texts[i], **{name: col[i] if i < len(col) else None for name, col in cols.items()}}
+            for i in range(n)
+        ]
+    for t in tokens:
+        t.setdefault("text", t.get("token", ""))
+        if t.get("d") is None and isinstance(t.get("lt"), int | float) and isinstance(t.get("lr"), int | float):
+            t["d"] = t["lt"] - t["lr"]
+        t["cls"] = _d_class(t.get("d"))
+        t["tip"] = " · ".join(
+            f"{name} {fmt(t.get(name))}" for name in ("lt", "lr", "d", "rank") if t.get(name) is not None
+        )
+        t["hot"] = isinstance(t.get("d"), int | float) and (
+            not math.isfinite(t["d"]) or abs(t["d"]) >= 0.1
+        )
+    return tokens
+
+
+def worst_sequences(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for i, seq in enumerate(result.get("worst_sequences") or []):
+        if not isinstance(seq, dict):
+            continue
+        info = {
+            k: fmt(v) for k, v in seq.items() if not isinstance(v, list | dict) and k != "prompt"
+        }
+        out.append({"n": i + 1, "info": info, "tokens": _tokens(seq), "prompt": seq.get("prompt")})
+    return out
+
+
+def _diagnoses(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for item in result.get("diagnoses") or []:
+        if isinstance(item, str):
+            out.append({"message": item})
+        elif isinstance(item, dict):
+            out.append(
+                {
+                    "name": item.get("name") or item.get("code") or item.get("title", ""),
+                    "message": item.get("message") or item.get("detail") or item.get("text", ""),
+                    "fix": item.get("fix") or item.get("remedy") or "",
+                    "severity": item.get("severity") or item.get("level") or "",
+                }
+            )
+    return out
+
+
+def _strata(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Stratified buckets as rows with bar widths relative to the largest bucket."""
+    out = []
+    strata = metrics.get("strata") or {}
+    for name, title in (("by_lr", "By rollout log-prob lr"), ("by_position", "By response position")):
+        buckets = strata.get(name)
+        if isinstance(buckets, dict):
+            buckets = [{"bucket": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in buckets.items()]
+        if not isinstance(buckets, list) or not buckets:
+            continue
+        rows = []
+        for b in buckets:
+            if not isinstance(b, dict):
+                continue
+            label = b.get("bucket") or b.get("label") or b.get("name") or b.get("range") or ""
+            rows.append(
+                {
+                    "label": str(label),
+                    "abs_diff_mean": b.get("abs_diff_mean"),
+                    "kl_k3": b.get("kl_k3"),
+                    "count": b.get("count", b.get("n_tokens", b.get("n"))),
+                }
+            )
+        for metric in ("abs_diff_mean", "kl_k3"):
+            top = max((r[metric] for r in rows if isinstance(r[metric], int | float)), default=0) or 1
+            for r in rows:
+                v = r[metric]
+                r[metric + "_pct"] = (
+                    max(0.0, min(100.0, 100 * v / top)) if isinstance(v, int | float) and math.isfinite(v) else 0
+                )
+        out.append({"name": name, "title": title, "rows": rows})
+    return out
 
 
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
@@ -97,9 +566,148 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         Job.objects.filter(project__in=visible_projects(request)).select_related("run", "project"),
         pk=job_id,
     )
-    metrics = (job.result or {}).get("metrics", {}).get("values", {})
-    return render(
+    result = job.result if isinstance(job.result, dict) else {}
+    metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+    values = metrics.get("values") if isinstance(metrics.get("values"), dict) else {}
+    thresholds = thresholds_for(job.project)
+    timings = result.get("timings") if isinstance(result.get("timings"), dict) else {}
+    timing_rows = [
+        (k, v) for k, v in timings.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    total = sum(v for _, v in timing_rows) or 1.0
+    verdict = metrics.get("verdict") or (job.run.verdict if job.run else "")
+    return _page(
         request,
         "job.html",
-        {"job": job, "project": job.project, "projects": visible_projects(request), "metrics": metrics},
+        job.project,
+        job=job,
+        result=result,
+        verdict=verdict,
+        reasons=metrics.get("reasons") or [],
+        metrics=metric_rows(values, thresholds),
+        diagnoses=_diagnoses(result),
+        strata=_strata(metrics),
+        worst=worst_sequences(result),
+        timings=[{"name": k, "seconds": v, "pct": 100 * v / total} for k, v in timing_rows],
+        fingerprint=flatten(result.get("fingerprint") or (job.run.fingerprint if job.run else {})),
+        spec=flatten(job.spec),
+        d_bins=D_BINS,
+        plots={
+            "histogram": metrics.get("histogram") or {},
+            "scatter": metrics.get("scatter") or {},
+        },
+        other_result={k: v for k, v in result.items() if k not in (
+            "metrics", "worst_sequences", "diagnoses", "timings", "fingerprint")},
+    )
+
+
+# --- compare ------------------------------------------------------------------------------
+
+
+def compare(request: HttpRequest, slug: str) -> HttpResponse:
+    """Two or more runs side by side: metrics, fingerprints, and overlaid series."""
+    project = _project(request, slug)
+    ids: list[int] = []
+    for raw in request.GET.getlist("run"):
+        for part in raw.split(","):
+            if part.strip().isdigit() and int(part) not in ids:
+                ids.append(int(part))
+    ids = ids[:COMPARE_MAX]
+    found = {run.pk: run for run in project.runs.filter(pk__in=ids)}
+    if len(found) != len(ids):
+        raise Http404("No such run in this project.")
+    runs = [found[i] for i in ids]
+    per_run = {run.pk: latest_by_key(run.pk) for run in runs}
+    keys = sorted({k for latest in per_run.values() for k in latest})
+    order = {key: i for i, key in enumerate(METRIC_ORDER)}
+    keys.sort(key=lambda k: (order.get(k, len(order)), k))
+    thresholds = thresholds_for(project)
+    metric_table = []
+    for key in keys:
+        cells = []
+        for run in runs:
+            step_value = per_run[run.pk].get(key)
+            value = step_value[1] if step_value else None
+            cells.append(
+                {"raw": value, "value": fmt(value), "state": judge(value, thresholds.get(key))}
+            )
+        present = [c["raw"] for c in cells if c["raw"] is not None]
+        metric_table.append({"key": key, "cells": cells, "differs": _differs(present)})
+    fingerprints = [flatten(run.fingerprint) for run in runs]
+    fp_keys = sorted({k for fp in fingerprints for k in fp})
+    fp_table = [
+        {
+            "key": key,
+            "cells": [fp.get(key, "—") for fp in fingerprints],
+            "differs": len({repr(fp.get(key)) for fp in fingerprints}) > 1,
+        }
+        for key in fp_keys
+    ]
+    shared = [k for k in keys if all(k in per_run[r.pk] for r in runs)]
+    multi_step = [k for k in shared if any(per_run[r.pk][k][0] > 0 for r in runs)]
+    candidates = project.runs.exclude(pk__in=ids).only("id", "name", "kind")[:100]
+    return _page(
+        request,
+        "compare.html",
+        project,
+        runs=runs,
+        metric_table=metric_table,
+        fp_table=fp_table,
+        candidates=candidates,
+        ids=ids,
+        only_diff=request.GET.get("diff") == "1",
+        chart_config={
+            "runs": [{"id": r.pk, "name": r.name} for r in runs],
+            "keys": multi_step or shared,
+            "charts": [[k] for k in [k for k in ("clip_rate", "kl_k3", "kl_k1", "abs_diff_mean") if k in multi_step] or multi_step[:4]],
+        },
+    )
+
+
+def _differs(values: list[float]) -> bool:
+    """True when runs disagree by more than 5 % relative (or any value is non-finite)."""
+    if len(values) < 2:
+        return False
+    if any(not math.isfinite(v) for v in values):
+        return len({repr(v) for v in values}) > 1
+    lo, hi = min(values), max(values)
+    scale = max(abs(lo), abs(hi))
+    return scale > 0 and (hi - lo) / scale > 0.05
+
+
+# --- new jobs -----------------------------------------------------------------------------
+
+
+def _initial_spec(kind: str) -> dict[str, Any]:
+    """Defaults that work on the demo model: `python -m workers.tiny_model` builds it here."""
+    tiny = str(settings.PARITY_MODELS_DIR / "tiny-llama")
+    return {"model": tiny, "model_path": tiny, "trainer.model": tiny, "engine.model": tiny}
+
+
+@require_http_methods(["GET", "POST"])
+def new_job(request: HttpRequest, slug: str, kind: str) -> HttpResponse:
+    """The New comparison / New replay forms, generated from workers.specs."""
+    project = _project(request, slug)
+    if kind not in (Job.Kind.COMPARISON, Job.Kind.REPLAY, Job.Kind.CHECKLIST):
+        raise Http404("No such job kind.")
+    model = spec_model(kind)
+    form = None
+    if model is not None:
+        data = request.POST if request.method == "POST" else None
+        form = SpecForm(model, data=data, initial=_initial_spec(kind))
+        if data is not None and form.is_valid():
+            spec = form.spec.model_dump(mode="json")
+            run_name = request.POST.get("run_name", "").strip()[:200]
+            tags = [t.strip() for t in request.POST.get("tags", "").split(",") if t.strip()]
+            job = start_job(project, kind, spec, user=request.user, run_name=run_name, tags=tags)
+            return redirect(reverse("job", args=[job.pk]))
+    return _page(
+        request,
+        "new_job.html",
+        project,
+        kind=kind,
+        form=form,
+        run_name=request.POST.get("run_name", ""),
+        tags=request.POST.get("tags", ""),
+        status=400 if request.method == "POST" and form is not None else 200,
     )

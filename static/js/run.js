@@ -1,0 +1,142 @@
+// Run page: live metric charts.
+// Order matters for not losing points: open the websocket first and buffer what it sends,
+// load the overview from the API, then apply the buffer (a re-sent step just replaces).
+// After a reconnect, back-fill every key from its last step.
+
+import { fetchSeries } from "./api.js";
+import { MetricChart, SeriesStore, chartPanel, wirePanel } from "./charts.js";
+import { connectLive } from "./live.js";
+
+const config = JSON.parse(document.getElementById("chart-config").textContent);
+const root = document.getElementById("charts");
+const liveState = document.getElementById("live-state");
+const keySelect = document.getElementById("add-key");
+const logToggle = document.getElementById("log-scale");
+const store = new SeriesStore();
+const charts = [];
+let buffer = [];
+let loaded = false;
+
+function overviewPoints() {
+  // Two points per pixel column of the widest chart keeps min/max spikes visible.
+  return Math.min(Math.max(2 * root.clientWidth, 800), 6000);
+}
+
+async function load(keys, range = {}) {
+  await Promise.all(keys.map(async (key) => {
+    try {
+      const s = await fetchSeries(config.run, key, { ...range, points: overviewPoints() });
+      const kept = store.get(key).total;
+      if (range.start !== undefined) {
+        store.splice(key, s.x, s.y, range.start, Infinity);
+        store.get(key).total = (kept || 0) + s.x.length;
+      } else {
+        // Points that streamed in after the server's answer was built stay.
+        const end = s.x.length ? s.x[s.x.length - 1] : -Infinity;
+        store.splice(key, s.x, s.y, -Infinity, end);
+        store.get(key).total = s.total;
+      }
+    } catch (err) {
+      showError(`Could not load ${key}: ${err.message}`);
+    }
+  }));
+}
+
+function showError(text) {
+  const box = document.getElementById("chart-error");
+  box.textContent = text;
+  box.hidden = false;
+}
+
+function addChart(keys, { removable = false } = {}) {
+  const title = keys.join(" / ");
+  const panel = chartPanel(root, { title, removable });
+  panel.dataset.keys = keys.join(",");
+  const chart = new MetricChart(panel, {
+    keys, store, run: config.run, thresholds: config.thresholds, incidents: config.incidents,
+    log: logToggle.checked,
+  });
+  charts.push(chart);
+  wirePanel(panel, chart, () => charts.splice(charts.indexOf(chart), 1));
+  return chart;
+}
+
+function chartedKeys() { return new Set(charts.flatMap((c) => c.keys)); }
+
+function knownKey(key) {
+  if ([...keySelect.options].some((o) => o.value === key)) return;
+  const option = new Option(key, key);
+  keySelect.add(option);
+}
+
+function onPoints(points) {
+  if (!loaded) { buffer.push(...points); return; }
+  document.getElementById("charts-empty")?.remove();
+  for (const p of points) knownKey(p.key);
+  store.add(points);
+  const last = Math.max(...points.map((p) => Number(p.step)));
+  const el = document.getElementById("last-step");
+  if (el && (!el.dataset.step || last > Number(el.dataset.step))) {
+    el.dataset.step = String(last);
+    el.textContent = String(last);
+  }
+}
+
+function onJob(job) {
+  const badge = document.getElementById("run-status");
+  const text = document.getElementById("job-line");
+  if (text) text.textContent = `Job #${job.id}: ${job.status} · ${job.stage || ""}`;
+  if (badge && ["succeeded", "failed"].includes(job.status)) {
+    const status = job.status === "succeeded" ? "finished" : "failed";
+    badge.textContent = status;
+    badge.className = `badge status-${status}`;
+  }
+}
+
+function onRun(run) {
+  const badge = document.getElementById("run-status");
+  if (badge && run.status) { badge.textContent = run.status; badge.className = `badge status-${run.status}`; }
+}
+
+async function backfill() {
+  await Promise.all([...chartedKeys()].map(async (key) => {
+    const last = store.lastStep(key);
+    await load([key], last === null ? {} : { start: last + 1 });
+  }));
+}
+
+async function main() {
+  for (const keys of config.charts) addChart(keys);
+  const live = connectLive(`/ws/runs/${config.run}/`, {
+    onMessage(msg) {
+      if (msg.kind === "points") onPoints(msg.data.points || []);
+      else if (msg.kind === "job") onJob(msg.data);
+      else if (msg.kind === "run" || msg.kind === "status") onRun(msg.data);
+    },
+    // Opened after the first load (slow socket) or again after a drop: fetch the gap.
+    onOpen() { if (loaded) backfill(); },
+    onState(state) {
+      liveState.textContent = { live: "● live", reconnecting: "○ reconnecting…", closed: "○ offline" }[state];
+      liveState.dataset.state = state;
+    },
+  });
+  window.parityLive = live;  // tests drop it to exercise the back-fill
+  await load([...chartedKeys()]);
+  loaded = true;
+  const early = buffer; buffer = [];
+  if (early.length) onPoints(early);
+  root.dataset.ready = "1";
+
+  keySelect.addEventListener("change", async () => {
+    const key = keySelect.value;
+    if (!key) return;
+    keySelect.value = "";
+    const chart = addChart([key], { removable: true });
+    await load([key]);
+    chart.el.focus();
+    chart.el.scrollIntoView({ block: "nearest" });
+  });
+  logToggle.addEventListener("change", () => { for (const c of charts) c.setLog(logToggle.checked); });
+}
+
+main();
