@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "channels",
     "dashboard.core",
+    "dashboard.alerts",
 ]
 
 MIDDLEWARE = [
@@ -173,3 +174,25 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
+
+# --- Alerts and webhooks (dashboard.alerts) ---------------------------------------------
+# Hosts (names, IPs or networks such as 10.1.0.0/16) that webhooks may reach even though they
+# resolve to non-public addresses: on-prem receivers, and the tests' local receiver.
+WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS", "")
+WEBHOOK_CONNECT_TIMEOUT_S = float(os.environ.get("WEBHOOK_CONNECT_TIMEOUT_S", 3))
+WEBHOOK_TOTAL_TIMEOUT_S = float(os.environ.get("WEBHOOK_TOTAL_TIMEOUT_S", 10))
+# Retries: base * 2^(n-1) with jitter, capped, for at least WEBHOOK_RETRY_FOR_S.
+WEBHOOK_RETRY_BASE_S = float(os.environ.get("WEBHOOK_RETRY_BASE_S", 10))
+WEBHOOK_RETRY_MAX_S = float(os.environ.get("WEBHOOK_RETRY_MAX_S", 3600))
+WEBHOOK_RETRY_FOR_S = float(os.environ.get("WEBHOOK_RETRY_FOR_S", 24 * 3600))
+# Retries due within this many seconds are queued as Celery countdowns; later ones are
+# left to the sweep instead of waiting in a worker's memory.
+WEBHOOK_ETA_MAX_S = float(os.environ.get("WEBHOOK_ETA_MAX_S", 300))
+# A delivery "sending" for longer than this lost its worker (must exceed the total timeout).
+WEBHOOK_SENDING_STALE_S = float(os.environ.get("WEBHOOK_SENDING_STALE_S", 60))
+WEBHOOK_SWEEP_EVERY_S = float(os.environ.get("WEBHOOK_SWEEP_EVERY_S", 30))
+WEBHOOK_EXCERPT_CHARS = int(os.environ.get("WEBHOOK_EXCERPT_CHARS", 1000))
+# The Celery queue deliveries go to ("default"; tests use their own so parallel suites and
+# their workers never take each other's deliveries).
+WEBHOOK_QUEUE = os.environ.get("WEBHOOK_QUEUE", "default")
+# --- end alerts ---------------------------------------------------------------------------

@@ -11,7 +11,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 # DjangoTask gives tasks delay_on_commit: jobs are queued only once their row is committed.
 app = Celery("parity", task_cls="celery.contrib.django.task:DjangoTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["workers"])
+app.autodiscover_tasks(["workers", "dashboard.alerts"])
 app.conf.beat_schedule = {
     "fail-dead-jobs": {"task": "workers.tasks.fail_dead_jobs", "schedule": 30.0},
+    "sweep-webhook-deliveries": {
+        "task": "dashboard.alerts.tasks.sweep_deliveries",
+        "schedule": float(os.environ.get("WEBHOOK_SWEEP_EVERY_S", 30)),
+    },
 }

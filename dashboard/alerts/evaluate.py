@@ -100,7 +100,11 @@ def evaluate_rule(rule: AlertRule, run: Run, batch: Sequence[Point], now: dateti
 def _locked_state(rule: AlertRule, run: Run) -> RuleState:
     # Insert-if-missing then lock: concurrent first batches cannot create two rows.
     RuleState.objects.bulk_create([RuleState(rule=rule, run=run)], ignore_conflicts=True)
-    return RuleState.objects.select_for_update().select_related("incident").get(rule=rule, run=run)
+    return (
+        RuleState.objects.select_for_update(of=("self",))
+        .select_related("incident")
+        .get(rule=rule, run=run)
+    )
 
 
 def signals(

@@ -57,6 +57,11 @@ def store_points(run: Run, points: Iterable[Point]) -> int:
         Run.objects.filter(pk=run.pk).update(
             last_step=_greatest("last_step", max_step),
         )
+        # Alerts ride the same transaction: incidents and their webhook outbox rows
+        # commit with the points or not at all. Imported here: alerts imports core.
+        from dashboard.alerts.evaluate import evaluate_points
+
+        evaluate_points(run, rows)
         payload = [
             {"key": p.key, "step": p.step, "value": p.value} for p in rows
         ]

@@ -1,0 +1,192 @@
+"""Rules evaluated as points are stored (store_points hook): incidents and their outbox rows.
+
+No broker is involved: with the `db` fixture the test's transaction never commits, so no
+on-commit send happens; what is checked is what the transaction wrote.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import transaction
+
+from dashboard.alerts.models import AlertRule, Delivery, Incident, RuleState, WebhookEndpoint
+from dashboard.core.models import Run
+from dashboard.core.points import Point, store_points
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def run(project_a: Any) -> Run:
+    return Run.objects.create(project=project_a, name="grpo-7b", tags=["prod"])
+
+
+@pytest.fixture
+def endpoints(project_a: Any) -> list[WebhookEndpoint]:
+    return [
+        WebhookEndpoint.objects.create(project=project_a, name="std", url="https://example.com/a"),
+        WebhookEndpoint.objects.create(
+            project=project_a, name="slack", url="https://hooks.slack.com/x", format="slack"
+        ),
+    ]
+
+
+def make_rule(project: Any, endpoints: list[WebhookEndpoint] | None = None, **kw: Any) -> AlertRule:
+    fields: dict[str, Any] = {"name": "KL drift", "metric_key": "kl_k3", "threshold": 0.5}
+    fields.update(kw)
+    rule = AlertRule.objects.create(project=project, **fields)
+    rule.endpoints.set(endpoints or [])
+    return rule
+
+
+def put(run: Run, start: int, *values: float, key: str = "kl_k3") -> None:
+    store_points(run, [Point(key, start + i, v) for i, v in enumerate(values)])
+
+
+def test_no_fire_on_a_single_spike_with_for_3(project_a: Any, run: Run, endpoints: Any) -> None:
+    rule = make_rule(project_a, endpoints, for_steps=3)
+    put(run, 1, 0.1, 0.9, 0.1, 0.2)
+    assert not Incident.objects.exists() and not Delivery.objects.exists()
+    assert RuleState.objects.get(rule=rule, run=run).state == "ok"
+
+
+def test_sustained_breach_fires_once_and_writes_one_delivery_per_endpoint(
+    project_a: Any, run: Run, endpoints: Any
+) -> None:
+    rule = make_rule(project_a, endpoints, for_steps=3)
+    put(run, 1, 0.9, 0.9)
+    assert RuleState.objects.get(rule=rule, run=run).state == "pending"
+    put(run, 3, 0.95)
+    incident = Incident.objects.get()
+    assert (incident.state, incident.started_step, incident.fired_step, incident.fired_value) == (
+        "firing",
+        1,
+        3,
+        0.95,
+    )
+    deliveries = Delivery.objects.filter(incident=incident)
+    assert sorted(d.endpoint.name for d in deliveries) == ["slack", "std"]
+    assert all(d.event == "firing" and d.status == "pending" for d in deliveries)
+    # Still breaching, in several batches: the same episode, no new incident or delivery.
+    put(run, 4, 0.99, 1.2)
+    put(run, 6, 0.8)
+    assert Incident.objects.count() == 1 and Delivery.objects.count() == 2
+    incident.refresh_from_db()
+    assert incident.peak_value == 1.2
+
+
+def test_recovery_resolves_with_hysteresis_and_notifies(
+    project_a: Any, run: Run, endpoints: Any
+) -> None:
+    make_rule(project_a, endpoints[:1], recovery_threshold=0.3)
+    put(run, 1, 0.7, 0.45, 0.55, 0.4)
+    incident = Incident.objects.get()
+    assert incident.state == "firing"
+    put(run, 5, 0.2)
+    incident.refresh_from_db()
+    assert (incident.state, incident.resolved_step, incident.resolved_value) == ("resolved", 5, 0.2)
+    assert list(Delivery.objects.order_by("created").values_list("event", flat=True)) == [
+        "firing",
+        "resolved",
+    ]
+    # A new episode is a new incident.
+    put(run, 6, 0.9)
+    assert Incident.objects.count() == 2
+
+
+def test_cooldown_keeps_a_new_episode_quiet(project_a: Any, run: Run, endpoints: Any) -> None:
+    make_rule(project_a, endpoints[:1], cooldown_s=3600)
+    put(run, 1, 0.9, 0.1, 0.9, 0.95, 0.1, 0.9)
+    assert Incident.objects.count() == 1
+    assert Delivery.objects.count() == 2  # firing + resolved, nothing for the re-breaches
+
+
+def test_resent_batch_is_not_replayed(project_a: Any, run: Run, endpoints: Any) -> None:
+    make_rule(project_a, endpoints[:1])
+    put(run, 1, 0.9, 0.1)
+    put(run, 1, 0.9, 0.1)  # a client retrying the same batch
+    assert Incident.objects.count() == 1 and Delivery.objects.count() == 2
+
+
+def test_repeat_interval_renotifies_a_long_firing_incident(
+    project_a: Any, run: Run, endpoints: Any
+) -> None:
+    make_rule(project_a, endpoints[:1], repeat_interval_s=60)
+    put(run, 1, 0.9)
+    incident = Incident.objects.get()
+    put(run, 2, 0.9)
+    assert Delivery.objects.count() == 1  # not yet due
+    Incident.objects.filter(pk=incident.pk).update(
+        last_notified_at=incident.last_notified_at - __import__("datetime").timedelta(seconds=61)
+    )
+    put(run, 3, 0.9)
+    assert list(Delivery.objects.values_list("event", flat=True)) == ["firing", "firing"]
+    assert Incident.objects.count() == 1
+
+
+def test_rise_rule_uses_stored_history(project_a: Any, run: Run, endpoints: Any) -> None:
+    make_rule(project_a, endpoints[:1], condition="rise", threshold=50, window_steps=10)
+    put(run, 0, *[0.01] * 10)  # steps 0..9 flat
+    assert not Incident.objects.exists()
+    put(run, 10, 0.02)  # +100 % against step 0
+    incident = Incident.objects.get()
+    assert incident.fired_step == 10 and incident.fired_value == pytest.approx(100.0)
+
+
+def test_rules_are_narrowed_by_run_name_and_tag(project_a: Any, run: Run, endpoints: Any) -> None:
+    make_rule(project_a, endpoints[:1], run_tag="nightly")
+    make_rule(project_a, endpoints[:1], name="ppo only", run_name_pattern="ppo-*")
+    put(run, 1, 0.9)
+    assert not Incident.objects.exists()
+    make_rule(project_a, endpoints[:1], name="grpo", run_name_pattern="grpo-*", run_tag="prod")
+    put(run, 2, 0.9)
+    assert Incident.objects.get().rule.name == "grpo"
+
+
+def test_other_keys_and_disabled_things_are_ignored(
+    project_a: Any, run: Run, endpoints: Any
+) -> None:
+    make_rule(project_a, endpoints[:1], enabled=False)
+    put(run, 1, 0.9)
+    assert not Incident.objects.exists()
+    rule = make_rule(project_a, endpoints, name="on")
+    endpoints[1].disable("test")
+    put(run, 2, 0.9, key="clip_rate")
+    assert not Incident.objects.exists()
+    put(run, 3, 0.9)
+    assert Incident.objects.get().rule == rule
+    assert [d.endpoint.name for d in Delivery.objects.all()] == ["std"]
+
+
+def test_incident_and_deliveries_roll_back_with_the_points(
+    project_a: Any, run: Run, endpoints: Any
+) -> None:
+    make_rule(project_a, endpoints)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        put(run, 1, 0.9)
+        assert Delivery.objects.count() == 2
+        raise RuntimeError("the ingest request failed after storing")
+    assert not Incident.objects.exists() and not Delivery.objects.exists()
+    assert not run.points.exists()
+
+
+def test_deliveries_are_sent_only_after_commit(
+    project_a: Any,
+    run: Run,
+    endpoints: Any,
+    django_capture_on_commit_callbacks: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dashboard.alerts import delivery
+
+    sent: list[int] = []
+    monkeypatch.setattr(delivery, "enqueue", lambda pk, countdown=None: sent.append(pk))
+    make_rule(project_a, endpoints)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        put(run, 1, 0.9)
+    assert sent == []
+    for callback in callbacks:
+        callback()
+    assert sorted(sent) == sorted(Delivery.objects.values_list("pk", flat=True))
