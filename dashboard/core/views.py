@@ -7,7 +7,7 @@ job or comparison answers 404 (never 403: ids reveal nothing).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
@@ -84,7 +84,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:  # noqa: BLE001
         state["redis"] = f"down: {type(exc).__name__}"
     healthy = all(value == "ok" for value in state.values())
-    return JsonResponse({"status": "ok" if healthy else "down", **state}, status=200 if healthy else 503)
+    return JsonResponse(
+        {"status": "ok" if healthy else "down", **state}, status=200 if healthy else 503
+    )
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -209,7 +211,9 @@ def fmt(value: Any) -> str:
         return "–"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
-    if isinstance(value, int) or (math.isfinite(value) and value == int(value) and abs(value) < 1e15):
+    if isinstance(value, int) or (
+        math.isfinite(value) and value == int(value) and abs(value) < 1e15
+    ):
         return f"{int(value):d}"
     if not math.isfinite(value):
         return str(value)
@@ -232,42 +236,33 @@ def sparkline(values: Sequence[float], width: int = 120, height: int = 28) -> st
     return " ".join(pts)
 
 
-# --- alerts (another app; used only if it is installed) -------------------------------------
+# --- alerts (dashboard.alerts: rules and incidents, read only here) -------------------------
 
 
-def _alerts_models() -> tuple[Any, Any]:
+def _alerts() -> Any:
     try:
         from dashboard.alerts import models as alerts
-    except ImportError:
-        return None, None
-    return getattr(alerts, "AlertRule", None) or getattr(alerts, "Rule", None), getattr(
-        alerts, "Incident", None
-    )
+    except ImportError:  # a deployment without the alerts app still shows every page
+        return None
+    return alerts
 
 
-def _open_incidents(run_ids: Iterable[int]) -> dict[int, int]:
-    _, incident = _alerts_models()
-    counts: dict[int, int] = {}
-    if incident is None:
-        return counts
-    try:
-        from django.db.models import Count
-
-        fields = {f.name for f in incident._meta.get_fields()}
-        qs = incident.objects.filter(run_id__in=list(run_ids))
-        if "resolved_at" in fields:
-            qs = qs.filter(resolved_at__isnull=True)
-        elif "status" in fields:
-            qs = qs.filter(status="open")
-        for row in qs.values("run_id").annotate(n=Count("id")):
-            counts[row["run_id"]] = row["n"]
-    except Exception:  # noqa: BLE001 - a badge must never take the runs list down
+def _open_incidents(run_ids: Sequence[int]) -> dict[int, int]:
+    alerts = _alerts()
+    if alerts is None or not run_ids:
         return {}
-    return counts
+    from django.db.models import Count
+
+    rows = (
+        alerts.Incident.objects.filter(run_id__in=run_ids, state=alerts.Incident.State.FIRING)
+        .values("run_id")
+        .annotate(n=Count("id"))
+    )
+    return {row["run_id"]: row["n"] for row in rows}
 
 
 def _chart_annotations(run: Run) -> dict[str, Any]:
-    """Threshold lines (verdict defaults and alert rules) and incidents for the charts."""
+    """Threshold lines (verdict defaults and the project's alert rules) and incidents."""
     lines: dict[str, list[dict[str, Any]]] = {}
     for key, rule in thresholds_for(run.project).items():
         for level in ("warn", "fail"):
@@ -278,33 +273,25 @@ def _chart_annotations(run: Run) -> dict[str, Any]:
                         {"value": value, "label": f"default {level}", "level": level}
                     )
     incidents: list[dict[str, Any]] = []
-    rule_model, incident_model = _alerts_models()
-    try:
-        if rule_model is not None:
-            rule_fields = {f.name for f in rule_model._meta.get_fields()}
-            rules = rule_model.objects.filter(project=run.project)
-            for rule in rules:
-                key = getattr(rule, "key", None) or getattr(rule, "metric", None)
-                value = getattr(rule, "threshold", None)
-                if key is None or value is None:
-                    continue
-                label = getattr(rule, "name", "") or f"rule {rule.pk}"
-                if "enabled" in rule_fields and not rule.enabled:
-                    continue
-                lines.setdefault(key, []).append(
-                    {"value": float(value), "label": f"alert: {label}", "level": "rule"}
+    alerts = _alerts()
+    if alerts is not None:
+        rules = alerts.AlertRule.objects.filter(project=run.project, enabled=True).exclude(
+            condition=alerts.AlertRule.Condition.RISE  # a rise is relative: no fixed line
+        )
+        for rule in rules:
+            if rule.matches_run(run):
+                lines.setdefault(rule.metric_key, []).append(
+                    {"value": rule.threshold, "label": f"alert “{rule.name}”", "level": "rule"}
                 )
-        if incident_model is not None:
-            for inc in incident_model.objects.filter(run=run).order_by("pk")[:200]:
-                step = getattr(inc, "step", None)
-                if step is None:
-                    step = getattr(inc, "opened_step", None) or getattr(inc, "start_step", None)
-                end = getattr(inc, "resolved_step", None) or getattr(inc, "end_step", None)
-                rule = getattr(inc, "rule", None)
-                key = getattr(rule, "key", None) or getattr(rule, "metric", None)
-                incidents.append({"step": step, "end": end, "key": key, "id": inc.pk})
-    except Exception:  # noqa: BLE001 - annotations are extras; the chart must still draw
-        pass
+        for inc in alerts.Incident.objects.filter(run=run).order_by("started_step")[:500]:
+            incidents.append(
+                {
+                    "step": inc.started_step,
+                    "end": inc.resolved_step,
+                    "key": inc.metric_key,
+                    "label": f"{inc.severity}: {inc.metric_key} ({inc.state})",
+                }
+            )
     return {"thresholds": lines, "incidents": incidents}
 
 
@@ -398,7 +385,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
             "charts": charts,
             "keys": sorted(latest),
             "last_step": run.last_step,
-            "live": run.status in (Run.Status.PENDING, Run.Status.RUNNING) or run.kind == "training",
+            "live": run.status in (Run.Status.PENDING, Run.Status.RUNNING)
+            or run.kind == "training",
             **_chart_annotations(run),
         },
         fingerprint=flatten(run.fingerprint),
@@ -419,7 +407,7 @@ def thresholds_for(project: Project) -> dict[str, dict[str, Any]]:
 
 
 def judge(value: Any, rule: dict[str, Any] | None) -> str:
-    """"fail", "warn" or "" for one metric value against its threshold rule."""
+    """ "fail", "warn" or "" for one metric value against its threshold rule."""
     if rule is None or not isinstance(value, int | float) or isinstance(value, bool):
         return ""
     if not math.isfinite(value):
@@ -438,10 +426,14 @@ def _rule_text(rule: dict[str, Any] | None) -> str:
     if not rule:
         return ""
     sym = {"<": "<", ">": ">", "abs>": "|x| >"}[rule["op"]]
-    return " · ".join(f"{level} {sym} {rule[level]:g}" for level in ("warn", "fail") if level in rule)
+    return " · ".join(
+        f"{level} {sym} {rule[level]:g}" for level in ("warn", "fail") if level in rule
+    )
 
 
-def metric_rows(values: dict[str, Any], thresholds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def metric_rows(
+    values: dict[str, Any], thresholds: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
     order = {key: i for i, key in enumerate(METRIC_ORDER)}
     rows = []
     for key in sorted(values, key=lambda k: (order.get(k, len(order)), k)):
@@ -481,16 +473,25 @@ def _tokens(seq: dict[str, Any]) -> list[dict[str, Any]]:
             for name in ("lt", "lr", "d", "rank")
         }
         tokens = [
-            {"text": texts[i], **{name: col[i] if i < len(col) else None for name, col in cols.items()}}
+            {
+                "text": texts[i],
+                **{name: col[i] if i < len(col) else None for name, col in cols.items()},
+            }
             for i in range(n)
         ]
     for t in tokens:
         t.setdefault("text", t.get("token", ""))
-        if t.get("d") is None and isinstance(t.get("lt"), int | float) and isinstance(t.get("lr"), int | float):
+        if (
+            t.get("d") is None
+            and isinstance(t.get("lt"), int | float)
+            and isinstance(t.get("lr"), int | float)
+        ):
             t["d"] = t["lt"] - t["lr"]
         t["cls"] = _d_class(t.get("d"))
         t["tip"] = " · ".join(
-            f"{name} {fmt(t.get(name))}" for name in ("lt", "lr", "d", "rank") if t.get(name) is not None
+            f"{name} {fmt(t.get(name))}"
+            for name in ("lt", "lr", "d", "rank")
+            if t.get(name) is not None
         )
         t["hot"] = isinstance(t.get("d"), int | float) and (
             not math.isfinite(t["d"]) or abs(t["d"]) >= 0.1
@@ -531,10 +532,16 @@ def _strata(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Stratified buckets as rows with bar widths relative to the largest bucket."""
     out = []
     strata = metrics.get("strata") or {}
-    for name, title in (("by_lr", "By rollout log-prob lr"), ("by_position", "By response position")):
+    for name, title in (
+        ("by_lr", "By rollout log-prob lr"),
+        ("by_position", "By response position"),
+    ):
         buckets = strata.get(name)
         if isinstance(buckets, dict):
-            buckets = [{"bucket": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in buckets.items()]
+            buckets = [
+                {"bucket": k, **(v if isinstance(v, dict) else {"value": v})}
+                for k, v in buckets.items()
+            ]
         if not isinstance(buckets, list) or not buckets:
             continue
         rows = []
@@ -551,11 +558,15 @@ def _strata(metrics: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             )
         for metric in ("abs_diff_mean", "kl_k3"):
-            top = max((r[metric] for r in rows if isinstance(r[metric], int | float)), default=0) or 1
+            top = (
+                max((r[metric] for r in rows if isinstance(r[metric], int | float)), default=0) or 1
+            )
             for r in rows:
                 v = r[metric]
                 r[metric + "_pct"] = (
-                    max(0.0, min(100.0, 100 * v / top)) if isinstance(v, int | float) and math.isfinite(v) else 0
+                    max(0.0, min(100.0, 100 * v / top))
+                    if isinstance(v, int | float) and math.isfinite(v)
+                    else 0
                 )
         out.append({"name": name, "title": title, "rows": rows})
     return out
@@ -596,8 +607,11 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
             "histogram": metrics.get("histogram") or {},
             "scatter": metrics.get("scatter") or {},
         },
-        other_result={k: v for k, v in result.items() if k not in (
-            "metrics", "worst_sequences", "diagnoses", "timings", "fingerprint")},
+        other_result={
+            k: v
+            for k, v in result.items()
+            if k not in ("metrics", "worst_sequences", "diagnoses", "timings", "fingerprint")
+        },
     )
 
 
@@ -659,7 +673,13 @@ def compare(request: HttpRequest, slug: str) -> HttpResponse:
         chart_config={
             "runs": [{"id": r.pk, "name": r.name} for r in runs],
             "keys": multi_step or shared,
-            "charts": [[k] for k in [k for k in ("clip_rate", "kl_k3", "kl_k1", "abs_diff_mean") if k in multi_step] or multi_step[:4]],
+            "charts": [
+                [k]
+                for k in [
+                    k for k in ("clip_rate", "kl_k3", "kl_k1", "abs_diff_mean") if k in multi_step
+                ]
+                or multi_step[:4]
+            ],
         },
     )
 

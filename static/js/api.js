@@ -57,11 +57,10 @@ function toNum(v) {
   return Number.isNaN(n) && v !== "NaN" ? null : n;
 }
 
-// One key's points over [start, end], downsampled by the server to about `points`.
+// One key's points over [start, end], downsampled by the server (MinMaxLTTB) to at most
+// `points`: GET /api/runs/<id>/series -> {key, total, downsampled, steps, values}.
 export async function fetchSeries(run, key, { start, end, points } = {}) {
-  const body = await getJSON(paths.series(run), {
-    key, start, end, points, max_points: points, n: points,
-  });
+  const body = await getJSON(paths.series(run), { key, start, end, max_points: points });
   return normalizeSeries(body);
 }
 

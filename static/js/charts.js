@@ -133,7 +133,8 @@ export class MetricChart {
     this.height = height;
     this.names = names || keys;
     this.thresholds = keys.flatMap((k) => thresholds[k] || []);
-    this.incidents = incidents.filter((i) => !i.key || keys.includes(i.key));
+    // Every chart of the run marks every incident: a drift episode is the run's, not one key's.
+    this.incidents = incidents;
     this.zoomed = null;
     this.refineTimer = null;
     this.pending = false;
@@ -243,7 +244,7 @@ export class MetricChart {
 
   // Fetch the visible range at the resolution the chart can show, and splice it in.
   async refine(min, max) {
-    const lo = Math.floor(min), hi = Math.ceil(max);
+    const lo = Math.max(0, Math.floor(min)), hi = Math.max(0, Math.ceil(max));
     const points = Math.min(4 * this.plot.width, 8000);
     await Promise.all(this.keys.map(async (k) => {
       try {

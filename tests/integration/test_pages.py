@@ -26,28 +26,56 @@ def _points(run: Any, values: dict[str, list[float]]) -> None:
 
 RESULT = {
     "metrics": {
-        "values": {"abs_diff_mean": 0.05, "kl_k3": 2e-4, "kl_k1": -0.002, "clip_rate": 0.0, "ess": 0.99,
-                   "n_tokens": 512, "token_mismatch": 0},
+        "values": {
+            "abs_diff_mean": 0.05,
+            "kl_k3": 2e-4,
+            "kl_k1": -0.002,
+            "clip_rate": 0.0,
+            "ess": 0.99,
+            "n_tokens": 512,
+            "token_mismatch": 0,
+        },
         "verdict": "warn",
         "reasons": ["abs_diff_mean 0.05 > 0.03"],
         "histogram": {"edges": [1e-4, 1e-3, 1e-2, 1e-1, 1], "counts": [10, 40, 30, 5], "zeros": 3},
         "scatter": {"lr": [-0.1, -2.0, -5.0], "lt": [-0.11, -2.2, -4.5]},
         "strata": {
-            "by_lr": [{"bucket": "[-inf,-10)", "abs_diff_mean": 0.3, "kl_k3": 0.01, "count": 3},
-                      {"bucket": "[-0.5,0]", "abs_diff_mean": 0.01, "kl_k3": 1e-5, "count": 400}],
+            "by_lr": [
+                {"bucket": "[-inf,-10)", "abs_diff_mean": 0.3, "kl_k3": 0.01, "count": 3},
+                {"bucket": "[-0.5,0]", "abs_diff_mean": 0.01, "kl_k3": 1e-5, "count": 400},
+            ],
             "by_position": [{"bucket": "0-15", "abs_diff_mean": 0.02, "kl_k3": 1e-4, "count": 100}],
         },
     },
     "worst_sequences": [
-        {"seq_log_ratio": 1.5, "prompt": "Say hi",
-         "tokens": [{"text": "Hel", "lt": -0.1, "lr": -0.5, "d": 0.4, "rank": 1},
-                    {"text": "lo", "lt": -3.0, "lr": -1.0, "d": -2.0, "rank": 3}]},
-        {"text": ["a", "b"], "lt": [-1.0, -2.0], "lr": [-1.0, -2.5], "d": [0.0, 0.5], "rank": [1, 2]},
+        {
+            "seq_log_ratio": 1.5,
+            "prompt": "Say hi",
+            "tokens": [
+                {"text": "Hel", "lt": -0.1, "lr": -0.5, "d": 0.4, "rank": 1},
+                {"text": "lo", "lt": -3.0, "lr": -1.0, "d": -2.0, "rank": 3},
+            ],
+        },
+        {
+            "text": ["a", "b"],
+            "lt": [-1.0, -2.0],
+            "lr": [-1.0, -2.5],
+            "d": [0.0, 0.5],
+            "rank": [1, 2],
+        },
     ],
-    "diagnoses": [{"name": "raw_logprobs_with_temperature", "message": "engine returns raw logprobs at T=0.7",
-                   "fix": "logprobs_mode='processed_logprobs'"}],
+    "diagnoses": [
+        {
+            "name": "raw_logprobs_with_temperature",
+            "message": "engine returns raw logprobs at T=0.7",
+            "fix": "logprobs_mode='processed_logprobs'",
+        }
+    ],
     "timings": {"engine_load_s": 3.0, "generate_s": 1.5, "score_s": 0.7, "metrics_s": 0.01},
-    "fingerprint": {"engine": {"vllm_version": "0.32.0", "dtype": "bfloat16"}, "sampling": {"temperature": 1.0}},
+    "fingerprint": {
+        "engine": {"vllm_version": "0.32.0", "dtype": "bfloat16"},
+        "sampling": {"temperature": 1.0},
+    },
 }
 
 
@@ -66,7 +94,9 @@ def bobs_run(bob: Any) -> Any:
 def test_other_projects_pages_are_404(alice_client: Any, project_a: Any, bobs_run: Any) -> None:
     from dashboard.core.models import Job
 
-    job = Job.objects.create(project=bobs_run.project, run=bobs_run, kind="comparison", result=RESULT)
+    job = Job.objects.create(
+        project=bobs_run.project, run=bobs_run, kind="comparison", result=RESULT
+    )
     mine = _run(project_a, "mine")
     for url in (
         reverse("run", args=[bobs_run.pk]),
@@ -117,7 +147,9 @@ def test_runs_list_filters_and_shows_latest_values(alice_client: Any, project_a:
     assert "<polyline" in body  # the kl_k3 sparkline
     body = alice_client.get(url, {"tag": "fp32"}).content.decode()
     assert "ppo-fp32" in body and "grpo-bf16" not in body
-    body = alice_client.get(url, {"q": "grpo", "status": "running", "sort": "name"}).content.decode()
+    body = alice_client.get(
+        url, {"q": "grpo", "status": "running", "sort": "name"}
+    ).content.decode()
     assert "grpo-bf16" in body and "ppo-fp32" not in body
     body = alice_client.get(url, {"kind": "replay"}).content.decode()
     assert "No run matches" in body
@@ -146,7 +178,9 @@ def test_comparison_result_is_readable(alice_client: Any, project_a: Any) -> Non
     from dashboard.core.models import Job
 
     run = _run(project_a, kind="comparison", verdict="warn", status="finished")
-    job = Job.objects.create(project=project_a, run=run, kind="comparison", status="succeeded", result=RESULT)
+    job = Job.objects.create(
+        project=project_a, run=run, kind="comparison", status="succeeded", result=RESULT
+    )
     body = alice_client.get(reverse("job", args=[job.pk])).content.decode()
     assert "Verdict" in body and "raw_logprobs_with_temperature" in body
     assert "logprobs_mode=&#x27;processed_logprobs&#x27;" in body
@@ -168,14 +202,20 @@ def test_compare_highlights_differences(alice_client: Any, project_a: Any) -> No
     response = alice_client.get(reverse("compare", args=["proj-a"]), {"run": [a.pk, b.pk]})
     body = response.content.decode()
     assert response.status_code == 200
-    rows = {line.split("<code>")[1].split("</code>")[0]: line for line in body.splitlines() if "<code>" in line and "<tr" in line}
+    rows = {
+        line.split("<code>")[1].split("</code>")[0]: line
+        for line in body.splitlines()
+        if "<code>" in line and "<tr" in line
+    }
     assert 'class="differs"' in rows["kl_k3"]
     assert 'class="differs"' not in rows["clip_rate"]
     fp_row = next(line for line in body.splitlines() if ">dtype" in line)
     assert 'class="differs"' in fp_row
 
 
-def test_new_comparison_form_validates_with_the_spec(alice_client: Any, project_a: Any, monkeypatch: Any) -> None:
+def test_new_comparison_form_validates_with_the_spec(
+    alice_client: Any, project_a: Any, monkeypatch: Any
+) -> None:
     from dashboard.core import forms
 
     if forms.spec_model("comparison") is None:
@@ -199,3 +239,50 @@ def test_new_comparison_form_validates_with_the_spec(alice_client: Any, project_
     job = Job.objects.get(run__name="from-form")
     assert response["Location"] == reverse("job", args=[job.pk])
     assert job.created_by.username == "alice"
+
+
+def _incident(run: Any, key: str = "kl_k3", threshold: float = 0.005, **kw: Any) -> Any:
+    from django.utils import timezone
+
+    from dashboard.alerts.models import AlertRule, Incident
+
+    rule = AlertRule.objects.create(
+        project=run.project, name="kl drift", metric_key=key, threshold=threshold
+    )
+    now = timezone.now()
+    fields = dict(
+        rule=rule,
+        run=run,
+        severity="warning",
+        metric_key=key,
+        threshold=threshold,
+        recovery_threshold=threshold,
+        started_step=3,
+        started_at=now,
+        fired_step=4,
+        fired_value=0.01,
+        fired_at=now,
+        peak_value=0.02,
+    )
+    fields.update(kw)
+    return Incident.objects.create(**fields)
+
+
+def test_alert_rules_and_incidents_reach_the_pages(alice_client: Any, project_a: Any) -> None:
+    import json
+
+    pytest.importorskip("dashboard.alerts.models")
+    run = _run(project_a, "drifty", status="running")
+    _points(run, {"kl_k3": [0.001, 0.002, 0.003, 0.01, 0.02, 0.001]})
+    _incident(run)
+    body = alice_client.get(reverse("project", args=["proj-a"])).content.decode()
+    assert "⚑ 1 open" in body
+    body = alice_client.get(reverse("run", args=[run.pk])).content.decode()
+    config = json.loads(
+        body.split('id="chart-config" type="application/json">')[1].split("</script>")[0]
+    )
+    lines = config["thresholds"]["kl_k3"]
+    assert {"value": 0.005, "label": "alert “kl drift”", "level": "rule"} in lines
+    assert {"value": 1e-3, "label": "default warn", "level": "warn"} in lines
+    assert config["incidents"][0]["step"] == 3 and config["incidents"][0]["end"] is None
+    assert 'id="incidents"' in body
