@@ -20,6 +20,11 @@ def deliver(delivery_id: int) -> str:
     return delivery.send(delivery_id)
 
 
-@shared_task(name="dashboard.alerts.tasks.sweep_deliveries", queue="default", time_limit=300)
+@shared_task(
+    name="dashboard.alerts.tasks.sweep_deliveries",
+    queue="default",
+    soft_time_limit=240,
+    time_limit=300,
+)
 def sweep_deliveries() -> dict[str, int]:
     return delivery.sweep()
