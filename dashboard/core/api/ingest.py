@@ -1,0 +1,362 @@
+"""Live ingest: runs created by training loops, their metric points and raw logprob arrays.
+
+Reads for charts (one key's series, downsampled), the keys of a run and CSV export live here
+too. Every write goes through `dashboard.core.points`; these handlers only validate.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgpack
+import numpy as np
+from django.http import HttpRequest, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from ninja import Field, Query, Router, Schema
+from pydantic import AfterValidator, StrictInt
+
+from dashboard.core.api import ApiError
+from dashboard.core.api.runs import RunOut
+from dashboard.core.auth import visible_projects, visible_runs
+from dashboard.core.models import Run
+from dashboard.core.points import (
+    MAX_SERIES_POINTS,
+    csv_rows,
+    list_keys,
+    read_series,
+    store_logprobs,
+    store_points,
+)
+from dashboard.core.points import Point as StoredPoint
+
+router = Router(tags=["ingest"])
+
+MAX_BATCH = 10_000
+MAX_STEP = 2**63 - 1
+
+
+def _text(value: str) -> str:
+    # Postgres text cannot hold NUL, and lone surrogates cannot be encoded: refuse both
+    # here as a 422 on the field rather than a database error.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode text") from exc
+    return value
+
+
+def _json_clean(value: Any, path: str = "") -> Any:
+    if isinstance(value, str):
+        _text(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path or 'value'}: numbers must be finite")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _text(k)
+            _json_clean(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _json_clean(v, f"{path}[{i}]")
+    return value
+
+
+MetricKey = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_text)]
+RunName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_text)]
+Slug = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_text)]
+Tag = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_text)]
+# Strict: a step of 1.5, "3" or true is a client bug, not something to round.
+Step = Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Fingerprint = Annotated[dict[str, Any], AfterValidator(_json_clean)]
+RunStatus = Literal["pending", "running", "finished", "failed", "crashed"]
+RunKind = Literal["training", "comparison", "replay", "checklist"]
+
+
+class RunIn(Schema):
+    project: Slug = Field(description="Slug of the project; a token only reaches its own.")
+    name: RunName
+    kind: RunKind = "training"
+    fingerprint: Fingerprint = Field(
+        default_factory=dict, description="Model, engine and trainer settings, versions."
+    )
+    tags: list[Tag] = Field(default_factory=list, max_length=100)
+    status: RunStatus | None = None
+
+
+class RunPatch(Schema):
+    status: RunStatus | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=100)
+
+
+class PointIn(Schema):
+    key: MetricKey
+    step: Step
+    value: FiniteFloat
+    time: datetime | None = Field(default=None, description="Wall time; default: arrival.")
+
+
+class PointsIn(Schema):
+    points: list[PointIn] = Field(description=f"At most {MAX_BATCH} points (413 beyond).")
+
+
+class WrittenOut(Schema):
+    written: int
+
+
+class LogprobsIn(Schema):
+    step: Step
+    lt: list[float] = Field(description="Trainer logprob of each response token (flattened).")
+    lr: list[float] = Field(description="Rollout engine logprob of the same tokens.")
+    seq_lens: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(
+        default=None, description="Response tokens per sequence; sums to len(lt). Default: one."
+    )
+    entropy: list[float] | None = Field(default=None, description="Trainer entropy per token.")
+
+
+class LogprobsOut(Schema):
+    step: int
+    written: int
+    values: dict[str, float | int | None]
+    verdict: str
+
+
+class RunPage(Schema):
+    count: int
+    items: list[RunOut]
+
+
+class KeyOut(Schema):
+    key: str
+    first_step: int
+    last_step: int
+
+
+class SeriesOut(Schema):
+    key: str
+    total: int = Field(description="Points in the step range before downsampling.")
+    downsampled: bool
+    steps: list[int]
+    values: list[float | None]
+
+
+def _run(request: HttpRequest, run_id: int) -> Run:
+    return get_object_or_404(visible_runs(request).select_related("project"), pk=run_id)
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+@router.post("/runs", response={200: RunOut, 201: RunOut}, summary="Create or get a run")
+def create_run(request: HttpRequest, payload: RunIn) -> Any:
+    """Create the run (project, name), or return the existing one (200) with the new tags added.
+
+    Idempotent, so a restarted training job can call it again with the same name.
+    """
+    project = get_object_or_404(visible_projects(request), slug=payload.project)
+    run, created = Run.objects.get_or_create(
+        project=project,
+        name=payload.name,
+        defaults={"kind": payload.kind, "fingerprint": payload.fingerprint, "tags": payload.tags},
+    )
+    if not created:
+        new_tags = [t for t in payload.tags if t not in run.tags]
+        if new_tags or (payload.fingerprint and not run.fingerprint):
+            run.tags = run.tags + new_tags
+            run.fingerprint = run.fingerprint or payload.fingerprint
+            run.save(update_fields=["tags", "fingerprint"])
+    if payload.status:
+        run.set_status(payload.status)
+    return (201 if created else 200), run
+
+
+@router.get("/projects/{slug}/runs", response=RunPage, summary="List a project's runs")
+def list_runs(
+    request: HttpRequest,
+    slug: str,
+    name: Annotated[str | None, Query(max_length=200, description="Substring of the name.")] = None,
+    tag: Annotated[str | None, Query(max_length=64)] = None,
+    status: RunStatus | None = None,
+    kind: RunKind | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> Any:
+    """Newest first; `count` is the total matching, `items` one page of them."""
+    for field, value in (("slug", slug), ("name", name), ("tag", tag)):
+        if value is not None:
+            _query_text(field, value)
+    project = get_object_or_404(visible_projects(request), slug=slug)
+    runs = project.runs.select_related("project")
+    if name:
+        runs = runs.filter(name__icontains=name)
+    if tag:
+        runs = runs.filter(tags__contains=[tag])
+    if status:
+        runs = runs.filter(status=status)
+    if kind:
+        runs = runs.filter(kind=kind)
+    return {"count": runs.count(), "items": list(runs[offset : offset + limit])}
+
+
+# --- writes ---------------------------------------------------------------------------------
+
+
+@router.post("/runs/{run_id}/points", response=WrittenOut, summary="Log a batch of points")
+def log_points(request: HttpRequest, run_id: int, payload: PointsIn) -> Any:
+    """Upsert up to 10,000 points in one transaction; a re-sent (key, step) replaces its value."""
+    if len(payload.points) > MAX_BATCH:
+        raise ApiError(
+            413, f"{len(payload.points)} points in one batch; at most {MAX_BATCH}.", "points"
+        )
+    run = _run(request, run_id)
+    written = store_points(run, (StoredPoint(p.key, p.step, p.value, p.time) for p in payload.points))
+    return {"written": written}
+
+
+def _store_logprobs(request: HttpRequest, run_id: int, step: int, arrays: dict[str, Any]) -> Any:
+    run = _run(request, run_id)
+    try:
+        result, written = store_logprobs(run, step, **arrays)
+    except ValueError as exc:
+        # parity.metrics names the offending array first ("lr has 3 entries but lt has 4").
+        message = str(exc)
+        field = message.split(" ", 1)[0]
+        raise ApiError(422, message, field if field in arrays else None) from exc
+    return {"step": step, "written": written, "values": result.values, "verdict": result.verdict}
+
+
+@router.post(
+    "/runs/{run_id}/logprobs",
+    response=LogprobsOut,
+    summary="Log raw logprob arrays for a step (JSON)",
+)
+def log_logprobs(request: HttpRequest, run_id: int, payload: LogprobsIn) -> Any:
+    """The server computes every METRICS.md metric with parity.metrics and stores them as
+    this step's points. NaN/inf in lt or lr are counted (nonfinite_*), not refused.
+    """
+    arrays = {"lt": payload.lt, "lr": payload.lr, "seq_lens": payload.seq_lens,
+              "entropy": payload.entropy}
+    return _store_logprobs(request, run_id, payload.step, arrays)
+
+
+MSGPACK_DOC = (
+    "A msgpack map {step, lt, lr, seq_lens?, entropy?}. Each array is a list of numbers or a "
+    "map {dtype, data} with `data` the raw bytes of a little-endian array of `dtype` "
+    "('<f4', '<f8' for lt/lr/entropy; '<i4', '<i8' for seq_lens): numpy's "
+    "`{'dtype': a.dtype.str, 'data': a.tobytes()}`."
+)
+_DTYPES = {"lt": ("<f2", "<f4", "<f8"), "lr": ("<f2", "<f4", "<f8"),
+           "entropy": ("<f2", "<f4", "<f8"), "seq_lens": ("<i4", "<i8", "<u4")}
+
+
+def decode_array(name: str, value: Any) -> np.ndarray | None:
+    """One array of the msgpack form, or ApiError naming it."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        try:
+            kind = np.int64 if name == "seq_lens" else np.float64
+            if name == "seq_lens" and not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
+                raise ValueError
+            return np.asarray(value, dtype=kind)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ApiError(422, "must be a list of numbers", name) from exc
+    if isinstance(value, dict):
+        dtype, data = value.get("dtype"), value.get("data")
+        if dtype not in _DTYPES[name]:
+            raise ApiError(422, f"dtype must be one of {', '.join(_DTYPES[name])}", name)
+        if not isinstance(data, bytes) or len(data) % np.dtype(dtype).itemsize:
+            raise ApiError(422, f"data must be bytes, a whole number of {dtype} items", name)
+        return np.frombuffer(data, dtype=dtype)
+    raise ApiError(422, "must be a list of numbers or a {dtype, data} map", name)
+
+
+@router.post(
+    "/runs/{run_id}/logprobs.msgpack",
+    response=LogprobsOut,
+    summary="Log raw logprob arrays for a step (msgpack, binary arrays)",
+    description=MSGPACK_DOC,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+def log_logprobs_msgpack(request: HttpRequest, run_id: int) -> Any:
+    try:
+        body = msgpack.unpackb(request.body, raw=False, strict_map_key=True)
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many types for garbage
+        raise ApiError(400, f"body is not valid msgpack: {type(exc).__name__}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a msgpack map")
+    step = body.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEP:
+        raise ApiError(422, "must be an integer >= 0", "step")
+    unknown = set(body) - {"step", *_DTYPES}
+    if unknown:
+        raise ApiError(422, f"unknown fields: {', '.join(sorted(map(str, unknown)))}", "body")
+    for required in ("lt", "lr"):
+        if body.get(required) is None:
+            raise ApiError(422, "field required", required)
+    arrays = {name: decode_array(name, body.get(name)) for name in _DTYPES}
+    return _store_logprobs(request, run_id, step, arrays)
+
+
+# --- reads ----------------------------------------------------------------------------------
+
+
+@router.get("/runs/{run_id}/keys", response=list[KeyOut], summary="The metric keys of a run")
+def get_keys(request: HttpRequest, run_id: int) -> Any:
+    return list_keys(_run(request, run_id))
+
+
+@router.get("/runs/{run_id}/series", response=SeriesOut, summary="One key's series, downsampled")
+def get_series(
+    request: HttpRequest,
+    run_id: int,
+    key: Annotated[str, Query(min_length=1, max_length=128)],
+    start: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
+    end: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
+    max_points: Annotated[int, Query(ge=3, le=MAX_SERIES_POINTS)] = 2000,
+) -> Any:
+    """Steps in [start, end], at most `max_points` of them, chosen by MinMaxLTTB so that
+    spikes survive the reduction.
+    """
+    _query_text("key", key)
+    series = read_series(_run(request, run_id), key, start, end, max_points)
+    return {
+        "key": series.key,
+        "total": series.total,
+        "downsampled": series.downsampled,
+        "steps": series.steps,
+        "values": series.values,
+    }
+
+
+@router.get(
+    "/runs/{run_id}/export.csv",
+    summary="Every point of a run as CSV (streamed)",
+    response={200: str},
+    openapi_extra={
+        "responses": {"200": {"description": "key,step,value,time rows",
+                              "content": {"text/csv": {"schema": {"type": "string"}}}}}
+    },
+)
+def export_csv(request: HttpRequest, run_id: int) -> StreamingHttpResponse:
+    run = _run(request, run_id)
+    response = StreamingHttpResponse(csv_rows(run), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}.csv"'
+    return response
+
+
+def _query_text(field: str, value: str) -> None:
+    try:
+        _text(value)
+    except ValueError as exc:
+        raise ApiError(422, str(exc), field) from exc
