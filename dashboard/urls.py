@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from dashboard.core import views
 from dashboard.core.api import api
@@ -19,4 +19,5 @@ urlpatterns = [
     path("p/<slug:slug>/new/<str:kind>/", views.new_job, name="new_job"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     path("jobs/<int:job_id>/", views.job_detail, name="job"),
+    path("", include("dashboard.alerts.urls")),
 ]
