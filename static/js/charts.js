@@ -32,6 +32,13 @@ export class SeriesStore {
   // Replace the points of `key` within [lo, hi] by the given sorted points.
   splice(key, x, y, lo = -Infinity, hi = Infinity) {
     const s = this.get(key);
+    if (x.length && (x[0] < lo || x[x.length - 1] > hi)) {
+      // Never let an answer for a range write outside it (that would duplicate steps).
+      const a = lowerBound(x, lo);
+      let b = lowerBound(x, hi);
+      while (b < x.length && x[b] <= hi) b += 1;
+      x = x.slice(a, b); y = y.slice(a, b);
+    }
     const i = lowerBound(s.x, lo);
     let j = lowerBound(s.x, hi);
     while (j < s.x.length && s.x[j] <= hi) j += 1;
@@ -67,13 +74,22 @@ export class SeriesStore {
   changed(key) { for (const fn of this.listeners) fn(key); }
 }
 
-function fmt(v) {
+export function fmt(v) {
   if (v === null || v === undefined) return "–";
   if (!Number.isFinite(v)) return String(v);
   const a = Math.abs(v);
-  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(3);
+  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return Number(v.toPrecision(4)).toExponential();
   return Number(v.toPrecision(4)).toString();
 }
+
+// Room for the longest tick label, so "1.5e-4" is never cut at the edge.
+function axisSize(u, values) {
+  const longest = Math.max(3, ...(values || []).map((v) => String(v).length));
+  return Math.ceil(longest * 7.2 + 18);
+}
+
+// Axis ticks: short, and blank for the unlabelled minor ticks of a log axis.
+export function tick(v) { return v === null || v === undefined ? "" : fmt(v); }
 
 // Threshold lines and incident bands, drawn over the plot area.
 function annotationsPlugin(chart) {
@@ -99,6 +115,8 @@ function annotationsPlugin(chart) {
         ctx.restore();
         ctx.save();
         ctx.font = `${11 * dpr}px system-ui, sans-serif`;
+        ctx.textAlign = "left";  // uPlot leaves its axis-label alignment on the context
+        ctx.textBaseline = "alphabetic";
         const [yMin, yMax] = [u.scales.y.min, u.scales.y.max];
         for (const t of chart.thresholds) {
           const style = LEVEL_STYLE[t.level] || LEVEL_STYLE.rule;
@@ -173,8 +191,8 @@ export class MetricChart {
       cursor: { drag: { x: true, y: false, setScale: true }, focus: { prox: 24 } },
       axes: [
         { label: "step", stroke: "#5b6270", grid: { stroke: "#eceef1" } },
-        { stroke: "#5b6270", grid: { stroke: "#eceef1" }, size: 64,
-          values: (u, vals) => vals.map((v) => fmt(v)) },
+        { stroke: "#5b6270", grid: { stroke: "#eceef1" }, size: axisSize,
+          values: (u, vals) => vals.map(tick) },
       ],
       series: [
         { label: "step", value: (u, v) => (v == null ? "–" : String(v)) },

@@ -2,7 +2,7 @@
 // scatter once it has a result; a keyboard-visible tooltip on the worst sequences' tokens.
 
 import { connectLive } from "./live.js";
-import { PALETTE } from "./charts.js";
+import { PALETTE, fmt, tick } from "./charts.js";
 
 const job = JSON.parse(document.getElementById("job-config").textContent);
 const plots = JSON.parse(document.getElementById("plot-data").textContent);
@@ -45,12 +45,6 @@ if (!job.final) {
   });
 }
 
-function fmt(v) {
-  if (v == null || !Number.isFinite(v)) return v == null ? "–" : String(v);
-  const a = Math.abs(v);
-  return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(2) : Number(v.toPrecision(4)).toString();
-}
-
 function width(el) { return Math.max(el.clientWidth - 4, 280); }
 
 function histogram(el, h) {
@@ -66,7 +60,7 @@ function histogram(el, h) {
   const u = new uPlot({
     width: width(el), height: 220,
     scales: { x: { time: false, ...(logX ? { distr: 3 } : {}) }, y: { range: (u, a, b) => [0, b * 1.05 || 1] } },
-    axes: [{ label: "|d| (nats)", values: (u, v) => v.map(fmt) }, { label: "tokens", size: 60 }],
+    axes: [{ label: "|d| (nats)", values: (u, v) => v.map(tick) }, { label: "tokens", size: 60 }],
     series: [
       { label: "|d| ≈", value: (u, v) => fmt(v) },
       { label: "tokens", fill: "rgba(0,114,178,0.55)", stroke: PALETTE[0],

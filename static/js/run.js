@@ -120,7 +120,9 @@ async function main() {
       liveState.dataset.state = state;
     },
   });
-  window.parityLive = live;  // tests drop it to exercise the back-fill
+  // Handles for tests and for debugging from the console.
+  window.parityLive = live;
+  window.parityStore = store;
   await load([...chartedKeys()]);
   loaded = true;
   const early = buffer; buffer = [];

@@ -50,7 +50,9 @@ def test_points_posted_through_the_api_appear_without_reload(
     page.goto(f"{live_server_proc.url}/runs/{run.pk}/")
     page.wait_for_selector("#charts[data-ready='1']")
     page.wait_for_selector("#live-state[data-state='live']")
-    assert _count(page, "kl_k3") == 50
+    assert _count(page, "kl_k3") == 50, page.evaluate(
+        "JSON.stringify(window.parityStore.get('kl_k3').x)"
+    )
     page.evaluate("window.__marker = 'same page'")
 
     _post_points(
