@@ -199,6 +199,7 @@ def sweep(limit: int = 500) -> dict[str, int]:
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.WEBHOOK_SENDING_STALE_S)
     reclaimed = 0
+    stale: list[int] = []
     with transaction.atomic():
         stale = list(
             Delivery.objects.select_for_update(skip_locked=True)
@@ -215,14 +216,17 @@ def sweep(limit: int = 500) -> dict[str, int]:
             reclaimed = Delivery.objects.filter(pk__in=stale).update(
                 status=Delivery.Status.PENDING, next_attempt_at=now, claimed_at=None
             )
-    due = list(
-        Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
+    # Only retries overdue by a whole stale window: one merely due now has its countdown
+    # task on the way, and re-enqueueing every backlogged row each sweep would pile up
+    # duplicate messages behind a busy worker (harmless — the claim dedupes — but wasteful).
+    overdue = list(
+        Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=stale_before)
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:limit]
     )
-    for pk in due:
+    for pk in [*stale, *overdue]:
         enqueue(pk)
-    return {"reclaimed": reclaimed, "enqueued": len(due)}
+    return {"reclaimed": reclaimed, "enqueued": len(stale) + len(overdue)}
 
 
 def retry_now(delivery: Delivery) -> bool:
