@@ -69,3 +69,4 @@ from dashboard.core.api import jobs, runs  # noqa: E402  (routers register on `a
 
 api.add_router("/", runs.router)
 api.add_router("/", jobs.router)
+api.add_router("/", "dashboard.alerts.api.router")
