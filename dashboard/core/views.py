@@ -34,18 +34,19 @@ DEFAULT_CHARTS: tuple[tuple[str, ...], ...] = (
     ("kl_k1",),
     ("abs_diff_mean", "abs_diff_max"),
 )
-# METRICS.md "Default verdict". `op` says which side of the bound is bad.
-DEFAULT_THRESHOLDS: dict[str, dict[str, Any]] = {
-    "nonfinite_trainer": {"op": ">", "fail": 0},
-    "nonfinite_rollout": {"op": ">", "fail": 0},
-    "token_mismatch": {"op": ">", "fail": 0},
-    "abs_diff_mean": {"op": ">", "warn": 0.03, "fail": 0.1},
-    "kl_k1": {"op": "abs>", "fail": 0.1},
-    "kl_k3": {"op": ">", "warn": 1e-3},
-    "chi2_token": {"op": ">", "fail": 1.0},
-    "ess": {"op": "<", "fail": 0.3},
-    "clip_rate": {"op": ">", "warn": 0.01},
-    "catastrophic_seq_frac": {"op": ">", "warn": 0},
+# METRICS.md "Default verdict", as rules over parity.metrics.Thresholds fields (the one
+# definition of the numbers): metric -> (op, {level: Thresholds field or a fixed bound}).
+VERDICT_RULES: dict[str, tuple[str, dict[str, str | float]]] = {
+    "nonfinite_trainer": (">", {"fail": 0}),
+    "nonfinite_rollout": (">", {"fail": 0}),
+    "token_mismatch": (">", {"fail": 0}),
+    "abs_diff_mean": (">", {"warn": "warn_abs_diff_mean", "fail": "fail_abs_diff_mean"}),
+    "kl_k1": ("abs>", {"fail": "fail_abs_kl_k1"}),
+    "kl_k3": (">", {"warn": "warn_kl_k3"}),
+    "chi2_token": (">", {"fail": "fail_chi2_token"}),
+    "ess": ("<", {"fail": "fail_ess"}),
+    "clip_rate": (">", {"warn": "warn_clip_rate"}),
+    "catastrophic_seq_frac": (">", {"warn": "warn_catastrophic_seq_frac"}),
 }
 # The METRICS.md table, in its order; anything else a result carries follows alphabetically.
 METRIC_ORDER = (
@@ -397,12 +398,25 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 # --- comparison result (the job page) -----------------------------------------------------
 
 
-def thresholds_for(project: Project) -> dict[str, dict[str, Any]]:
-    """The verdict table in force for a project: METRICS.md defaults plus its overrides."""
-    table = {key: dict(rule) for key, rule in DEFAULT_THRESHOLDS.items()}
-    for key, override in (project.thresholds or {}).items():
-        if isinstance(override, dict) and key in table:
-            table[key].update({k: v for k, v in override.items() if k in ("warn", "fail")})
+def thresholds_for(project: Project, overrides: Any = None) -> dict[str, dict[str, Any]]:
+    """The verdict table in force: METRICS.md defaults, the project's overrides, then the
+    job's own (`spec.thresholds`), as {metric: {"op", "warn"?, "fail"?}}."""
+    from parity.metrics import Thresholds
+
+    merged: dict[str, Any] = {}
+    for source in (project.thresholds, overrides):
+        if isinstance(source, dict):
+            merged.update(source)
+    try:
+        t = Thresholds.from_dict(merged)
+    except ValueError:  # a bad stored override must not take the result page down
+        t = Thresholds()
+    table: dict[str, dict[str, Any]] = {}
+    for key, (op, levels) in VERDICT_RULES.items():
+        rule: dict[str, Any] = {"op": op}
+        for level, bound in levels.items():
+            rule[level] = getattr(t, bound) if isinstance(bound, str) else bound
+        table[key] = rule
     return table
 
 
@@ -580,7 +594,8 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     result = job.result if isinstance(job.result, dict) else {}
     metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
     values = metrics.get("values") if isinstance(metrics.get("values"), dict) else {}
-    thresholds = thresholds_for(job.project)
+    spec_thresholds = job.spec.get("thresholds") if isinstance(job.spec, dict) else None
+    thresholds = thresholds_for(job.project, spec_thresholds)
     timings = result.get("timings") if isinstance(result.get("timings"), dict) else {}
     timing_rows = [
         (k, v) for k, v in timings.items() if isinstance(v, int | float) and not isinstance(v, bool)
@@ -701,7 +716,7 @@ def _differs(values: list[float]) -> bool:
 def _initial_spec(kind: str) -> dict[str, Any]:
     """Defaults that work on the demo model: `python -m workers.tiny_model` builds it here."""
     tiny = str(settings.PARITY_MODELS_DIR / "tiny-llama")
-    return {"model": tiny, "model_path": tiny, "trainer.model": tiny, "engine.model": tiny}
+    return {"model": tiny}
 
 
 @require_http_methods(["GET", "POST"])
