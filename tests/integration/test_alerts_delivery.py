@@ -1,7 +1,8 @@
 """Webhooks that arrive: a real receiver process, a real Celery worker, real Postgres/Redis.
 
-Points are written with `store_points`, the one path the ingest API and job results use
-(the points endpoint of the ingest API is being built separately).
+The first test posts its points through the ingest API (POST /api/runs/{id}/points), as a
+training loop does; the others call `store_points`, the one path that endpoint and job
+results both go through.
 """
 
 from __future__ import annotations
@@ -63,13 +64,30 @@ def put(run: Run, start: int, *values: float) -> None:
 
 
 def test_firing_then_resolved_reach_the_receiver_signed(
-    transactional_db: Any, alerts_worker: Worker, receiver: Receiver, run: Run, project_a: Any
+    transactional_db: Any,
+    alerts_worker: Worker,
+    receiver: Receiver,
+    run: Run,
+    project_a: Any,
+    client: Any,
+    alice_token: str,
 ) -> None:
     receiver.start()
     endpoint, _ = endpoint_rule(project_a, receiver.url, for_steps=2, recovery_threshold=0.03)
-    put(run, 3999, 0.01, 0.08)  # pending at 4000
-    put(run, 4001, 0.09)  # fires
-    put(run, 4002, 0.04, 0.02)  # holds at 0.04 (hysteresis), resolves at 0.02
+
+    def post(start: int, *values: float) -> None:
+        points = [{"key": "kl_k3", "step": start + i, "value": v} for i, v in enumerate(values)]
+        response = client.post(
+            f"/api/runs/{run.pk}/points",
+            {"points": points},
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {alice_token}",
+        )
+        assert response.status_code == 200, response.content
+
+    post(3999, 0.01, 0.08)  # pending at 4000
+    post(4001, 0.09)  # fires
+    post(4002, 0.04, 0.02)  # holds at 0.04 (hysteresis), resolves at 0.02
 
     got = wait_for(lambda: len(receiver.requests()) >= 2 and receiver.requests(), timeout=30)
     wh = Webhook(endpoint.secret)
