@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -196,6 +197,7 @@ def post(
     connect_timeout: float | None = None,
     total_timeout: float | None = None,
     allow: Iterable[str] | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> Answer:
     """POST `body` to `url` through the SSRF guard, never following a redirect.
 
@@ -211,7 +213,9 @@ def post(
     target = vet(url, allow)
     started = time.monotonic()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook")
-    future = pool.submit(_exchange, target, body, headers, connect_timeout, total_timeout, started)
+    future = pool.submit(
+        _exchange, target, body, headers, connect_timeout, total_timeout, started, verify
+    )
     try:
         return future.result(timeout=total_timeout)
     except FutureTimeout:
@@ -231,6 +235,7 @@ def _exchange(
     connect_timeout: float,
     total_timeout: float,
     started: float,
+    verify: ssl.SSLContext | bool = True,
 ) -> Answer:
     parts = urlsplit(target.url)
     last_error = "no address to try"
@@ -246,7 +251,9 @@ def _exchange(
         try:
             # trust_env=False: an HTTP(S)_PROXY from the environment would make the proxy,
             # not us, pick the address.
-            with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            with httpx.Client(
+                timeout=timeout, follow_redirects=False, trust_env=False, verify=verify
+            ) as client:
                 request = client.build_request(
                     "POST", direct, content=body, headers=request_headers, extensions=extensions
                 )

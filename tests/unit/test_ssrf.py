@@ -246,3 +246,86 @@ def test_every_named_address_kind() -> None:
     assert reasons["127.0.0.2"] == "a loopback address"
     assert "IPv4-mapped" in str(reasons["::ffff:8.8.8.8"])
     assert "private" in str(reasons["2002:a00:1::1"])  # 6to4 wrapping 10.0.0.1
+
+
+def _self_signed(tmp_path: Any, name: str) -> tuple[str, str]:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+@pytest.mark.parametrize("cert_name,ok", [("hook.internal.test", True), ("other.test", False)])
+def test_https_to_the_vetted_address_checks_the_certificate_for_the_host_name(
+    cert_name: str,
+    ok: bool,
+    tmp_path: Any,
+    receiver: dict[str, Any],
+    resolver: dict[str, list[str]],
+    connections: list[str],
+) -> None:
+    # Connecting to an IP must not weaken TLS: SNI and the certificate check use the name.
+    import ssl
+
+    cert, key = _self_signed(tmp_path, cert_name)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TlsHandler)
+    server.socket = server_ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        resolver["hook.internal.test"] = ["127.0.0.1"]
+        client_ctx = ssl.create_default_context(cafile=cert)
+        url = f"https://hook.internal.test:{server.server_address[1]}/in"
+        if ok:
+            answer = ssrf.post(url, b"{}", {}, allow=["hook.internal.test"], verify=client_ctx)
+            assert answer.status_code == 200 and answer.body == "hook.internal.test"
+        else:
+            with pytest.raises(ssrf.NetworkError):
+                ssrf.post(url, b"{}", {}, allow=["hook.internal.test"], verify=client_ctx)
+        assert set(connections) == {"127.0.0.1"}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _TlsHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        host = self.headers.get("Host", "").split(":")[0].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(host)))
+        self.end_headers()
+        self.wfile.write(host)
+
+    def log_message(self, *args: object) -> None:
+        pass
