@@ -363,13 +363,16 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     run = _visible_run(request, run_id)
+    job = run.jobs.order_by("-created").first()
+    # A comparison is one measurement (its metrics sit at step 0): its result page is its page.
+    if run.kind == Run.Kind.COMPARISON and job is not None and request.GET.get("charts") != "1":
+        return redirect("job", job_id=job.pk)
     latest = latest_by_key(run.pk)
     default_keys = [k for chart in DEFAULT_CHARTS for k in chart]
     charts = [list(chart) for chart in DEFAULT_CHARTS]
     # A run that posts only other keys (e.g. a replay) still opens on something to see.
     if not any(k in latest for k in default_keys) and latest:
         charts = [[k] for k in sorted(latest)[:4]]
-    job = run.jobs.order_by("-created").first()
     others = run.project.runs.exclude(pk=run.pk).only("id", "name")[:50]
     return _page(
         request,

@@ -232,6 +232,7 @@ export class MetricChart {
   updateCount() {
     const n = this.keys.reduce((sum, k) => sum + this.store.count(k), 0);
     this.el.dataset.points = String(n);
+    this.el.classList.toggle("is-empty", n === 0);
     const total = this.keys.reduce((sum, k) => sum + (this.store.get(k).total || 0), 0);
     const label = this.el.querySelector(".point-count");
     if (label) {

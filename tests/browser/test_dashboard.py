@@ -197,6 +197,32 @@ def _seed_project(project: Any) -> dict[str, Any]:
         stage="generating 3/8",
         spec={},
     )
+    from django.utils import timezone
+
+    from dashboard.alerts.models import AlertRule, Incident
+
+    rule = AlertRule.objects.create(
+        project=project, name="kl drift", metric_key="kl_k3", threshold=2e-3
+    )
+    now = timezone.now()
+    Incident.objects.create(
+        rule=rule,
+        run=train,
+        state="resolved",
+        severity="warning",
+        metric_key="kl_k3",
+        threshold=2e-3,
+        recovery_threshold=2e-3,
+        started_step=300,
+        started_at=now,
+        fired_step=302,
+        fired_value=3e-3,
+        fired_at=now,
+        peak_value=4e-3,
+        resolved_step=380,
+        resolved_value=4e-4,
+        resolved_at=now,
+    )
     return {"train": train, "other": other, "job": job, "running": running}
 
 
@@ -214,8 +240,15 @@ def test_every_page_renders_and_is_screenshotted(
 
     page.goto(f"{url}/p/proj-a/")
     assert page.locator("#runs tbody tr").count() == 3
+    page.check("#runs input[name=run] >> nth=1")
     assert page.locator("svg.spark polyline").count() >= 2
     shot(page, artifacts_dir, "runs-list")
+    # A run created meanwhile appears without a reload (the table refreshes itself).
+    from dashboard.core.models import Run
+
+    Run.objects.create(project=project_a, name="arrived-later", status="running")
+    page.wait_for_selector("#runs >> text=arrived-later", timeout=15_000)
+    assert page.locator("#runs input[name=run]:checked").count() == 1  # the tick survived
 
     page.goto(f"{url}/runs/{seeded['train'].pk}/")
     page.wait_for_selector("#charts[data-ready='1']")

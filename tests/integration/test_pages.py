@@ -286,3 +286,13 @@ def test_alert_rules_and_incidents_reach_the_pages(alice_client: Any, project_a:
     assert {"value": 1e-3, "label": "default warn", "level": "warn"} in lines
     assert config["incidents"][0]["step"] == 3 and config["incidents"][0]["end"] is None
     assert 'id="incidents"' in body
+
+
+def test_a_comparison_runs_page_is_its_result(alice_client: Any, project_a: Any) -> None:
+    from dashboard.core.models import Job
+
+    run = _run(project_a, kind="comparison")
+    job = Job.objects.create(project=project_a, run=run, kind="comparison", result=RESULT)
+    response = alice_client.get(reverse("run", args=[run.pk]))
+    assert response.status_code == 302 and response["Location"] == reverse("job", args=[job.pk])
+    assert alice_client.get(reverse("run", args=[run.pk]) + "?charts=1").status_code == 200
