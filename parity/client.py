@@ -223,11 +223,12 @@ class Monitor:
         timeout: float = 10.0,
         max_backoff: float = 30.0,
         finish_timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         """`url`/`token` default to $PARITY_URL / $PARITY_TOKEN; without a URL nothing is sent
         (metrics are still computed and returned). `config` becomes the run's fingerprint.
         `spill_dir` (default $PARITY_SPILL_DIR or ~/.cache/parity/spill; False disables
-        spilling) holds the spill file of this run.
+        spilling) holds the spill file of this run. `transport` is httpx's (tests, proxies).
         """
         self.url = (url or os.environ.get("PARITY_URL") or "").rstrip("/")
         token = token or os.environ.get("PARITY_TOKEN")
@@ -280,6 +281,7 @@ class Monitor:
             base_url=self.url,
             headers={"Authorization": f"Bearer {token or ''}"},
             timeout=timeout,
+            transport=transport,
         )
         self._thread = threading.Thread(target=self._send_loop, name="parity-monitor", daemon=True)
         self._thread.start()

@@ -284,7 +284,9 @@ def decode_array(name: str, value: Any) -> np.ndarray | None:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
+            # Any content type is read as msgpack; declared as octet-stream so that generic
+            # OpenAPI tooling (schemathesis, codegen) can send bytes.
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         }
     },
 )
