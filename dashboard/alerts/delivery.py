@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -195,7 +195,8 @@ def _finish(delivery: Delivery, status: str, error: str = "") -> None:
 
 def sweep(limit: int = 500) -> dict[str, int]:
     """Re-send what no worker is sending: claims gone stale (worker died), and due retries
-    whose task message was lost or was never sent (broker down, long backoff)."""
+    whose task message was lost or was never sent (broker down, long backoff); then send
+    the repeats of long-firing incidents."""
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.WEBHOOK_SENDING_STALE_S)
     reclaimed = 0
@@ -226,7 +227,32 @@ def sweep(limit: int = 500) -> dict[str, int]:
     )
     for pk in [*stale, *overdue]:
         enqueue(pk)
-    return {"reclaimed": reclaimed, "enqueued": len(stale) + len(overdue)}
+    return {
+        "reclaimed": reclaimed,
+        "enqueued": len(stale) + len(overdue),
+        "repeated": renotify(now),
+    }
+
+
+def renotify(now: datetime | None = None) -> int:
+    """Notify again every incident still firing past its rule's repeat interval."""
+    now = now or timezone.now()
+    repeated = 0
+    with transaction.atomic():
+        firing = (
+            Incident.objects.select_for_update(of=("self",), skip_locked=True)
+            .filter(state=Incident.State.FIRING, rule__repeat_interval_s__gt=0, rule__enabled=True)
+            .select_related("rule", "run", "run__project")
+        )
+        for incident in firing:
+            last = incident.last_notified_at or incident.fired_at
+            if (now - last).total_seconds() < incident.rule.repeat_interval_s:
+                continue
+            incident.last_notified_at = now
+            incident.save(update_fields=["last_notified_at"])
+            notify(incident, Delivery.Event.FIRING)
+            repeated += 1
+    return repeated
 
 
 def retry_now(delivery: Delivery) -> bool:

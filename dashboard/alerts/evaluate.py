@@ -74,14 +74,9 @@ def evaluate_rule(rule: AlertRule, run: Run, batch: Sequence[Point], now: dateti
             state.incident = incident
             notify(incident, Delivery.Event.FIRING)
         elif transition == Transition.HOLD and incident is not None:
+            # Repeats are time-based, so the periodic sweep sends them (delivery.renotify):
+            # a run that crashed while firing sends no more points but still deserves them.
             incident.track(signal)
-            if rule.repeat_interval_s and (
-                incident.last_notified_at is None
-                or (now - incident.last_notified_at).total_seconds() >= rule.repeat_interval_s
-            ):
-                incident.last_notified_at = now
-                incident.save(update_fields=["peak_value", "last_notified_at"])
-                notify(incident, Delivery.Event.FIRING)
         elif transition == Transition.RESOLVE and incident is not None:
             incident.state = Incident.State.RESOLVED
             incident.resolved_step = step

@@ -99,7 +99,7 @@ def test_sweep_reclaims_dead_workers_and_lost_messages(
         status="sending",
         claimed_at=timezone.now(),
     )
-    assert outbox.sweep() == {"reclaimed": 1, "enqueued": 2}
+    assert outbox.sweep() == {"reclaimed": 1, "enqueued": 2, "repeated": 0}
     assert sorted(pk for pk, _ in queued) == sorted([delivery.pk, lost.pk])
     delivery.refresh_from_db()
     assert delivery.status == "pending" and DeliveryAttempt.objects.get().outcome == "lost"

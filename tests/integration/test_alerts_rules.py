@@ -113,17 +113,27 @@ def test_resent_batch_is_not_replayed(project_a: Any, run: Run, endpoints: Any) 
 def test_repeat_interval_renotifies_a_long_firing_incident(
     project_a: Any, run: Run, endpoints: Any
 ) -> None:
+    from datetime import timedelta
+
+    from dashboard.alerts.delivery import renotify
+
     make_rule(project_a, endpoints[:1], repeat_interval_s=60)
     put(run, 1, 0.9)
     incident = Incident.objects.get()
     put(run, 2, 0.9)
-    assert Delivery.objects.count() == 1  # not yet due
+    assert renotify() == 0  # not yet due
+    assert Delivery.objects.count() == 1
+    # Due even though no point arrived since: the run may have died while firing.
     Incident.objects.filter(pk=incident.pk).update(
-        last_notified_at=incident.last_notified_at - __import__("datetime").timedelta(seconds=61)
+        last_notified_at=incident.last_notified_at - timedelta(seconds=61)
     )
-    put(run, 3, 0.9)
+    assert renotify() == 1
+    assert renotify() == 0
     assert list(Delivery.objects.values_list("event", flat=True)) == ["firing", "firing"]
     assert Incident.objects.count() == 1
+    put(run, 3, 0.1)  # resolved: no more repeats
+    Incident.objects.update(last_notified_at=incident.last_notified_at - timedelta(hours=1))
+    assert renotify() == 0
 
 
 def test_rise_rule_uses_stored_history(project_a: Any, run: Run, endpoints: Any) -> None:
