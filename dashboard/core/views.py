@@ -330,7 +330,7 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "query": query.urlencode(),
         "filtered": any(request.GET.get(k) for k in ("q", "tag", "status", "kind")),
         "jobs": project.jobs.select_related("run")[:10],
-        "spec_ready": spec_model("comparison") is not None,
+        "new_kinds": [k for k in ("replay", "checklist") if spec_model(k) is not None],
     }
     if request.GET.get("partial"):
         return render(request, "_runs_table.html", {"project": project, **context})
