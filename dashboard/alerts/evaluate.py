@@ -56,6 +56,16 @@ def evaluate_rule(rule: AlertRule, run: Run, batch: Sequence[Point], now: dateti
             continue
         transition = state.advance(rule, step, signal, at, now)
         if transition == Transition.FIRE:
+            # Normally None; a state row lost or reset by hand must not turn the ingest into
+            # an IntegrityError on the one-firing-incident constraint: continue that episode.
+            incident = Incident.objects.filter(
+                rule=rule, run=run, state=Incident.State.FIRING
+            ).first()
+            if incident is not None:
+                incident.rule, incident.run = rule, run
+                incident.track(signal)
+                state.incident = incident
+                continue
             incident = Incident.objects.create(
                 rule=rule,
                 run=run,

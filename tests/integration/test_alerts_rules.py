@@ -200,3 +200,13 @@ def test_deliveries_are_sent_only_after_commit(
     for callback in callbacks:
         callback()
     assert sorted(sent) == sorted(Delivery.objects.values_list("pk", flat=True))
+
+
+def test_a_lost_state_row_continues_the_episode(project_a: Any, run: Run, endpoints: Any) -> None:
+    make_rule(project_a, endpoints[:1])
+    put(run, 1, 0.9)
+    RuleState.objects.all().delete()  # e.g. removed by hand in the admin
+    put(run, 2, 0.95)  # would fire again: must not fail the ingest nor duplicate
+    assert Incident.objects.count() == 1 and Delivery.objects.count() == 1
+    put(run, 3, 0.1)
+    assert Incident.objects.get().state == "resolved"
