@@ -9,6 +9,7 @@ export function connectLive(path, { onMessage, onOpen, onState } = {}) {
   let delay = 500;
   let opens = 0;
   let stopped = false;
+  let holdUntil = 0;
 
   function state(s) { if (onState) onState(s); }
 
@@ -29,7 +30,7 @@ export function connectLive(path, { onMessage, onOpen, onState } = {}) {
       if (stopped) return;
       if (FINAL_CODES.has(ev.code)) { state("closed"); return; }
       state("reconnecting");
-      setTimeout(open, delay);
+      setTimeout(open, Math.max(delay, holdUntil - Date.now()));
       delay = Math.min(delay * 2, 15000);
     };
   }
@@ -37,8 +38,9 @@ export function connectLive(path, { onMessage, onOpen, onState } = {}) {
   open();
   return {
     close() { stopped = true; if (ws) ws.close(); },
-    // For tests and the "reconnect" button: drop the socket as a network failure would.
-    drop() { if (ws) ws.close(); },
+    // Drop the socket as a network failure would, staying away at least `ms` (tests use it
+    // to prove that what was sent meanwhile is back-filled from the API).
+    drop(ms = 0) { holdUntil = Date.now() + ms; if (ws) ws.close(); },
     get socket() { return ws; },
   };
 }

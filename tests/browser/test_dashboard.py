@@ -75,10 +75,12 @@ def test_points_posted_through_the_api_appear_without_reload(
     assert page.text_content("#last-step") == "79"
 
     # A dropped socket comes back and back-fills what was posted meanwhile.
-    page.evaluate("window.parityLive.socket.close()")
+    page.evaluate("window.parityLive.drop(2000)")
+    page.wait_for_selector("#live-state[data-state='reconnecting']")
     _post_points(
         live_server_proc, alice_token, run.pk, [{"key": "kl_k3", "step": 80, "value": 6e-3}]
     )
+    assert _count(page, "kl_k3") == 80  # no socket: only the back-fill can bring it
     page.wait_for_function(
         "document.querySelector('.chart-panel[data-keys=\"kl_k3\"]').dataset.points === '81'"
     )
