@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
-from ninja import Router, Schema
+from ninja import Field, Router, Schema
+from pydantic import AfterValidator
 
 from dashboard.alerts import ssrf
 from dashboard.alerts.models import AlertRule, Incident, WebhookEndpoint
@@ -18,21 +19,43 @@ from dashboard.core.auth import visible_projects, visible_runs
 router = Router(tags=["alerts"])
 
 
+def _no_nul(value: str) -> str:
+    # Postgres text cannot hold NUL: refuse it here as a 422, not a 500 at insert time.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _text(max_length: int, min_length: int = 0) -> Any:
+    return Annotated[
+        str, Field(min_length=min_length, max_length=max_length), AfterValidator(_no_nul)
+    ]
+
+
+Name = _text(100, 1)
+MetricKey = _text(128, 1)
+Pattern = _text(200)
+Tag = _text(64)
+Url = _text(2000, 1)
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0, le=2_147_483_647)]
+
+
 class RuleIn(Schema):
-    name: str
-    metric_key: str
+    name: Name
+    metric_key: MetricKey
     condition: AlertRule.Condition = AlertRule.Condition.ABOVE
-    threshold: float
-    window_steps: int = 100
-    recovery_threshold: float | None = None
-    for_steps: int = 1
-    for_seconds: float = 0
+    threshold: Finite
+    window_steps: Annotated[int, Field(ge=1, le=2_147_483_647)] = 100
+    recovery_threshold: Finite | None = None
+    for_steps: Annotated[int, Field(ge=1, le=2_147_483_647)] = 1
+    for_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0
     severity: AlertRule.Severity = AlertRule.Severity.WARNING
     endpoints: list[int] = []
-    cooldown_s: int = 0
-    repeat_interval_s: int = 0
-    run_name_pattern: str = ""
-    run_tag: str = ""
+    cooldown_s: Count = 0
+    repeat_interval_s: Count = 0
+    run_name_pattern: Pattern = ""
+    run_tag: Tag = ""
     enabled: bool = True
 
 
@@ -90,8 +113,8 @@ class IncidentOut(Schema):
 
 
 class EndpointIn(Schema):
-    name: str
-    url: str
+    name: Name
+    url: Url
     format: WebhookEndpoint.Format = WebhookEndpoint.Format.STANDARD
 
 

@@ -104,3 +104,18 @@ def test_other_projects_incidents_are_404(api: Any, make_member: Any) -> None:
     assert api.get(f"/runs/{run.pk}/incidents").status_code == 404
     assert api.post(f"/incidents/{incident.pk}/ack").status_code == 404
     assert api.get("/projects/proj-b/incidents").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"name": "a\u0000b", "metric_key": "k", "threshold": 1}, "name"),
+        ({"name": "a", "metric_key": "k", "threshold": 1, "for_steps": 0}, "for_steps"),
+        ({"name": "a", "metric_key": "k", "threshold": 1, "cooldown_s": -1}, "cooldown_s"),
+        ({"name": "", "metric_key": "k", "threshold": 1}, "name"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(api: Any, body: dict[str, Any], field: str) -> None:
+    response = api.post("/projects/proj-a/alert-rules", body)
+    assert response.status_code == 422, response.content
+    assert field in response.json()["detail"]
