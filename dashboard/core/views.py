@@ -449,8 +449,12 @@ def _rule_text(rule: dict[str, Any] | None) -> str:
 
 
 def metric_rows(
-    values: dict[str, Any], thresholds: dict[str, dict[str, Any]]
+    values: dict[str, Any],
+    thresholds: dict[str, dict[str, Any]],
+    reference: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
+    """The metrics table; `reference` adds the values the same tokens give when the trainer
+    matches the engine's processing (what fixing the configuration would show)."""
     order = {key: i for i, key in enumerate(METRIC_ORDER)}
     rows = []
     for key in sorted(values, key=lambda k: (order.get(k, len(order)), k)):
@@ -462,6 +466,8 @@ def metric_rows(
                 "value": fmt(value),
                 "state": judge(value, rule),
                 "rule": _rule_text(rule),
+                "ref": fmt(reference.get(key)) if reference else None,
+                "ref_state": judge(reference.get(key), rule) if reference else "",
             }
         )
     return rows
@@ -528,6 +534,35 @@ def worst_sequences(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+# Diagnosis severities (workers.compare) on the verdict badges' shapes and colours.
+SEVERITY_CSS = {"error": "fail", "fail": "fail", "warning": "warn", "warn": "warn"}
+
+
+def _sampling_rows(sampling: Any) -> list[dict[str, Any]]:
+    """Requested vs effective sampling parameters; a row differs when vLLM changed it."""
+    if not isinstance(sampling, dict):
+        return []
+    requested = sampling.get("requested") or {}
+    effective = sampling.get("effective") or {}
+    defaults = sampling.get("model_defaults") or {}
+    changed = sampling.get("changed_by_defaults") or {}
+    rows = []
+    for key in sorted(set(requested) | set(effective)):
+        differs = key in changed or (
+            key in requested and key in effective and requested[key] != effective[key]
+        )
+        rows.append(
+            {
+                "key": key,
+                "requested": fmt(requested.get(key)),
+                "effective": fmt(effective.get(key)),
+                "model_default": fmt(defaults.get(key)) if key in defaults else "",
+                "differs": differs,
+            }
+        )
+    return rows
+
+
 def _diagnoses(result: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for item in result.get("diagnoses") or []:
@@ -540,6 +575,7 @@ def _diagnoses(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "message": item.get("message") or item.get("detail") or item.get("text", ""),
                     "fix": item.get("fix") or item.get("remedy") or "",
                     "severity": item.get("severity") or item.get("level") or "",
+                    "css": SEVERITY_CSS.get(item.get("severity") or item.get("level") or "", ""),
                 }
             )
     return out
@@ -605,6 +641,8 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     ]
     total = sum(v for _, v in timing_rows) or 1.0
     verdict = metrics.get("verdict") or (job.run.verdict if job.run else "")
+    reference = result.get("reference") if isinstance(result.get("reference"), dict) else None
+    reference_values = (reference or {}).get("values") or None
     return _page(
         request,
         "job.html",
@@ -613,22 +651,23 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         result=result,
         verdict=verdict,
         reasons=metrics.get("reasons") or [],
-        metrics=metric_rows(values, thresholds),
+        metrics=metric_rows(values, thresholds, reference_values),
+        reference=reference,
+        sampling=_sampling_rows(result.get("sampling")),
+        counts=result.get("counts") if isinstance(result.get("counts"), dict) else {},
         diagnoses=_diagnoses(result),
         strata=_strata(metrics),
         worst=worst_sequences(result),
-        timings=[{"name": k, "seconds": v, "pct": 100 * v / total} for k, v in timing_rows],
+        timings=[
+            {"name": k.removesuffix("_s").replace("_", " "), "seconds": v, "pct": 100 * v / total}
+            for k, v in timing_rows
+        ],
         fingerprint=flatten(result.get("fingerprint") or (job.run.fingerprint if job.run else {})),
         spec=flatten(job.spec),
         d_bins=D_BINS,
         plots={
             "histogram": metrics.get("histogram") or {},
             "scatter": metrics.get("scatter") or {},
-        },
-        other_result={
-            k: v
-            for k, v in result.items()
-            if k not in ("metrics", "worst_sequences", "diagnoses", "timings", "fingerprint")
         },
     )
 

@@ -72,6 +72,18 @@ RESULT = {
         }
     ],
     "timings": {"engine_load_s": 3.0, "generate_s": 1.5, "score_s": 0.7, "metrics_s": 0.01},
+    "sampling": {
+        "requested": {"temperature": 1.0, "top_p": 1.0},
+        "effective": {"temperature": 0.7, "top_p": 1.0},
+        "model_defaults": {"temperature": 0.7},
+        "changed_by_defaults": {"temperature": {"requested": 1.0, "effective": 0.7}},
+    },
+    "reference": {
+        "what": "the same tokens scored with matched processing",
+        "values": {"abs_diff_mean": 0.01, "kl_k3": 1e-5},
+        "verdict": "pass",
+    },
+    "counts": {"prompts": 4, "sequences": 4, "tokens": 512},
     "fingerprint": {
         "engine": {"vllm_version": "0.32.0", "dtype": "bfloat16"},
         "sampling": {"temperature": 1.0},
@@ -190,8 +202,12 @@ def test_comparison_result_is_readable(alice_client: Any, project_a: Any) -> Non
     # Worst sequences in both shapes, tokens coloured by their d bucket with a tooltip.
     assert 'class="tok d7"' in body and "lt -0.1 · lr -0.5 · d 0.4 · rank 1" in body
     assert 'class="tok d0"' in body
-    assert "engine_load_s" in body and "engine.vllm_version" in body
+    assert "engine load" in body and "engine.vllm_version" in body
     assert 'id="strata-by_lr"' in body
+    sampling = body.split('id="sampling"')[1].split("</table>")[0]
+    temperature_row = next(r for r in sampling.split("<tr") if "<code>temperature</code>" in r)
+    assert 'class="differs"' in temperature_row and "0.7" in temperature_row
+    assert "if matched" in body and "512 tokens" in body
 
 
 def test_compare_highlights_differences(alice_client: Any, project_a: Any) -> None:
