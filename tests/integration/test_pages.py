@@ -312,3 +312,18 @@ def test_a_comparison_runs_page_is_its_result(alice_client: Any, project_a: Any)
     response = alice_client.get(reverse("run", args=[run.pk]))
     assert response.status_code == 302 and response["Location"] == reverse("job", args=[job.pk])
     assert alice_client.get(reverse("run", args=[run.pk]) + "?charts=1").status_code == 200
+
+
+def test_a_failed_job_says_why(alice_client: Any, project_a: Any) -> None:
+    from dashboard.core.models import Job
+
+    job = Job.objects.create(
+        project=project_a,
+        kind="comparison",
+        status="failed",
+        stage="loading engine",
+        error="Model path /nope does not exist: build it with python -m workers.tiny_model.",
+    )
+    body = alice_client.get(reverse("job", args=[job.pk])).content.decode()
+    assert "The job failed" in body and "/nope does not exist" in body
+    assert "hidden" not in body.split('id="job-error"')[1].split(">")[0]  # shown, not hidden
