@@ -120,6 +120,13 @@ class FlagSettings(_Spec):
     spike_floor_abs_diff_mean: float = Field(
         0.03, ge=0.0, description="... or abs_diff_mean above this (METRICS.md warn)."
     )
+    stale_margin: float = Field(
+        2.0, ge=1.0,
+        description=(
+            "stale_weights: W_k-1 must fit the engine's tokens this many times better than "
+            "W_k, on kl_k3 and on abs_diff_mean (a tie is not staleness) ..."
+        ),
+    )
     stale_resolution: float = Field(
         2.0, gt=0.0,
         description=(
@@ -241,7 +248,9 @@ class ReplaySpec(_Spec):
         return self.num_updates
 
     def prompt_texts(self) -> list[str]:
-        return list(self.prompts) if self.prompts else [SHARED_PREFIX + q for q in DEFAULT_QUESTIONS]
+        if self.prompts:
+            return list(self.prompts)
+        return [SHARED_PREFIX + q for q in DEFAULT_QUESTIONS]
 
 
 # --- results -------------------------------------------------------------------------------
@@ -448,10 +457,10 @@ def flags_for_update(values: Mapping[str, Any], values_prev: Mapping[str, Any],
                      separation: float | None, settings: FlagSettings) -> dict[str, Flag]:
     """The three flags of one update, each with the numbers it was decided on.
 
-    - stale_weights: the engine's tokens fit W_{k-1} better than W_k on both kl_k3 and
-      abs_diff_mean, and the update is resolvable (the trainer's own mean |lt(W_k) -
-      lt(W_{k-1})| on these tokens is above stale_resolution x the W0 baseline
-      abs_diff_mean; below that, numerical noise could decide the comparison).
+    - stale_weights: the engine's tokens fit W_{k-1} at least stale_margin times better than
+      W_k on both kl_k3 and abs_diff_mean, and the update is resolvable (the trainer's own
+      mean |lt(W_k) - lt(W_{k-1})| on these tokens is above stale_resolution x the W0
+      baseline abs_diff_mean; below that, numerical noise could decide the comparison).
     - partial_update: some parameters took W_k and some did not (per-parameter checksums);
       when none did, the engine did not update at all, which stale_weights reports.
     - mismatch_spike: kl_k3 above spike_factor x its W0 baseline and above
@@ -467,9 +476,10 @@ def flags_for_update(values: Mapping[str, Any], values_prev: Mapping[str, Any],
                   and separation > settings.stale_resolution * base_abs)
     cur = {k: num(values, k) for k in ("kl_k3", "abs_diff_mean")}
     prev = {k: num(values_prev, k) for k in ("kl_k3", "abs_diff_mean")}
-    closer_to_prev = all(prev[k] < cur[k] for k in cur)
+    closer_to_prev = all(prev[k] * settings.stale_margin < cur[k] for k in cur)
     stale_evidence = {
-        "vs_current": cur, "vs_previous": prev, "update_separation_abs_diff_mean": separation,
+        "vs_current": cur, "vs_previous": prev, "margin": settings.stale_margin,
+        "update_separation_abs_diff_mean": separation,
         "baseline_abs_diff_mean": base_abs,
         "resolution_needed": settings.stale_resolution * base_abs,
         "resolvable": bool(resolvable),
@@ -482,12 +492,13 @@ def flags_for_update(values: Mapping[str, Any], values_prev: Mapping[str, Any],
         stale = Flag(False, "inconclusive: the update moves the trainer's logprobs less than "
                      "the resolution needed to tell W_k from W_k-1", stale_evidence)
     elif closer_to_prev:
-        stale = Flag(True, f"the engine's tokens fit W_k-1 better than W_k (kl_k3 "
+        stale = Flag(True, f"the engine's tokens fit W_k-1 much better than W_k (kl_k3 "
                      f"{prev['kl_k3']:.3g} vs {cur['kl_k3']:.3g}, abs_diff_mean "
                      f"{prev['abs_diff_mean']:.3g} vs {cur['abs_diff_mean']:.3g})",
                      stale_evidence)
     else:
-        stale = Flag(False, "the engine's tokens fit W_k better than W_k-1", stale_evidence)
+        stale = Flag(False, "the engine's tokens do not fit W_k-1 clearly better than W_k",
+                     stale_evidence)
 
     names = checksums.get("not_updated", [])
     partial_evidence = {"not_updated": names, "matched": checksums.get("matched"),
@@ -687,7 +698,8 @@ def generate_batch(engine: Any, prompt_ids: Sequence[Sequence[int]],
 
 def generate_in_flight(engine: Any, prompt_ids: Sequence[Sequence[int]],
                        sampling: SamplingSettings, update: Callable[[], dict[str, Any]], *,
-                       pause_mode: str, reset: bool, recompute: bool) -> tuple[Batch, dict[str, Any]]:
+                       pause_mode: str, reset: bool,
+                       recompute: bool) -> tuple[Batch, dict[str, Any]]:
     """Sample with the weight update landing while the requests are half-way decoded.
 
     Drives the engine step by step (`LLMEngine.add_request` / `step`): once every request
@@ -766,10 +778,10 @@ def generate_in_flight(engine: Any, prompt_ids: Sequence[Sequence[int]],
                     if left <= 0:
                         continue
                     resubmitted[r] = (new_id, done, lps)
-                    eng.add_request(
-                        new_id, TokensPrompt(prompt_token_ids=prompts[r] + done),
-                        params.clone() if hasattr(params, "clone") else params,
-                    )
+                    rest = params.clone()
+                    rest.max_tokens = left
+                    eng.add_request(new_id, TokensPrompt(prompt_token_ids=prompts[r] + done),
+                                    rest)
                     latest.pop(new_id, None)
                 info["resubmitted"] = len(resubmitted)
     if boundary is None:
@@ -858,7 +870,9 @@ def score_batch(trainer: Any, batch: Batch, processing: Any,
         toks.append(np.asarray(seq[a:b], dtype=np.int64))
         lens.append(max(0, b - a))
         offset += n
-    cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.empty(0, dtype=dt))
+    def cat(xs: list[Any], dt: Any) -> Any:
+        return np.concatenate(xs).astype(dt) if xs else np.empty(0, dtype=dt)
+
     return Scored(cat(lt, np.float64), cat(lr, np.float64), lens, cat(toks, np.int64),
                   cat(ttoks, np.int64))
 

@@ -163,7 +163,8 @@ class WeightSyncExtension:
             "modes": ["layerwise", "direct"],
         }
 
-    def parity_update_weights(self, handle: WeightHandle, mode: str = "layerwise") -> dict[str, Any]:
+    def parity_update_weights(self, handle: WeightHandle,
+                              mode: str = "layerwise") -> dict[str, Any]:
         """Load the weights behind `handle` into the running model; report what was loaded.
 
         `mode="layerwise"` (default) goes through vLLM's in-place reload, so kernels that

