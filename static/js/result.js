@@ -50,8 +50,13 @@ function width(el) { return Math.max(el.clientWidth - 4, 280); }
 function histogram(el, h) {
   const edges = h.edges || [], counts = h.counts || [];
   if (!counts.length || edges.length < counts.length + 1) { el.closest("figure").hidden = true; return; }
+  // Edges span 1e-8 .. 20 nats whatever the data: show the occupied bins, one spare each side.
+  let first = counts.findIndex((c) => c > 0), last = counts.length - 1;
+  while (last > 0 && counts[last] === 0) last -= 1;
+  if (first < 0) { first = 0; last = counts.length - 1; }
+  first = Math.max(0, first - 1); last = Math.min(counts.length - 1, last + 1);
   const xs = [], ys = [];
-  for (let i = 0; i < counts.length; i++) {
+  for (let i = first; i <= last; i++) {
     const lo = edges[i], hi = edges[i + 1];
     xs.push(lo > 0 && hi > 0 ? Math.sqrt(lo * hi) : (lo + hi) / 2);
     ys.push(counts[i]);
