@@ -128,8 +128,8 @@ def test_schemathesis_finds_no_server_errors(
         "--checks", "not_a_server_error",
         # The ingest and run operations (this module's API); a few hundred cases, seconds.
         "--include-path-regex", r"^/api/(runs|projects/\{slug\}/runs$)",
-        "--max-examples", "15", "--seed", "7", "--workers", "2",
-        "--phases", "examples,fuzzing", "--max-time", "60",
+        "--max-examples", "10", "--seed", "7", "--workers", "2",
+        "--phases", "examples,fuzzing", "--max-time", "20",
         "--request-timeout", "20", "--suppress-health-check", "all",
         "--report", "ndjson", "--report-ndjson-path", str(report),
     ]
