@@ -46,8 +46,11 @@ def free_port() -> int:
 
 
 def psql(sql: str) -> None:
-    subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-c", sql], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["psql", "-q", "-h", "127.0.0.1", "-U", "postgres", "-c", sql],
+        check=True,
+        capture_output=True,
+    )
 
 
 def recreate_db(name: str) -> None:
@@ -124,10 +127,15 @@ class Parity:
             SECURE_SSL_REDIRECT="0",
             LOG_LEVEL="WARNING",
         )
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env,
-                       check=True)
-        os.environ.update({k: self.env[k] for k in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL",
-                                                    "REDIS_URL", "CHANNELS_PREFIX")})
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env, check=True
+        )
+        os.environ.update(
+            {
+                k: self.env[k]
+                for k in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CHANNELS_PREFIX")
+            }
+        )
         sys.path.insert(0, str(ROOT))
         import django
 
@@ -145,16 +153,28 @@ class Parity:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / "daphne-bench.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "dashboard.asgi:application"],
-            cwd=ROOT, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "dashboard.asgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
         )
         wait_http(self.url + "/healthz", self.proc, self.log)
         self.headers = {"Authorization": f"Bearer {self.token}"}
 
     def create_run(self, name: str) -> int:
-        r = httpx.post(self.url + "/api/runs", json={"project": "bench", "name": name},
-                       headers=self.headers)
+        r = httpx.post(
+            self.url + "/api/runs", json={"project": "bench", "name": name}, headers=self.headers
+        )
         r.raise_for_status()
         return int(r.json()["id"])
 
@@ -165,8 +185,10 @@ class Parity:
             if not hasattr(local, "client"):
                 local.client = httpx.Client(base_url=self.url, headers=self.headers, timeout=60)
             base = i * BATCH
-            points = [{"key": key, "step": base + j, "value": ((base + j) % 977) * 1e-4}
-                      for j in range(BATCH)]
+            points = [
+                {"key": key, "step": base + j, "value": ((base + j) % 977) * 1e-4}
+                for j in range(BATCH)
+            ]
             r = local.client.post(f"/api/runs/{run_id}/points", json={"points": points})
             if r.status_code != 200:
                 raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
@@ -185,10 +207,20 @@ class MLflow:
         self.log = log_dir / "mlflow-bench.log"
         artifacts = tempfile.mkdtemp(prefix="mlflow-artifacts-")
         self.proc = subprocess.Popen(
-            [str(venv / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"postgresql://postgres@127.0.0.1:5432/{MLFLOW_DB}",
-             "--default-artifact-root", artifacts],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            [
+                str(venv / "bin" / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"postgresql://postgres@127.0.0.1:5432/{MLFLOW_DB}",
+                "--default-artifact-root",
+                artifacts,
+            ],
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
         )
         wait_http(self.url + "/health", self.proc, self.log, timeout=240)
         r = httpx.post(self.url + "/api/2.0/mlflow/experiments/create", json={"name": "bench"})
@@ -196,8 +228,10 @@ class MLflow:
         self.experiment = r.json()["experiment_id"]
 
     def create_run(self) -> str:
-        r = httpx.post(self.url + "/api/2.0/mlflow/runs/create",
-                       json={"experiment_id": self.experiment, "start_time": int(time.time() * 1000)})
+        r = httpx.post(
+            self.url + "/api/2.0/mlflow/runs/create",
+            json={"experiment_id": self.experiment, "start_time": int(time.time() * 1000)},
+        )
         r.raise_for_status()
         return str(r.json()["run"]["info"]["run_id"])
 
@@ -210,10 +244,13 @@ class MLflow:
                 local.client = httpx.Client(base_url=self.url, timeout=120)
             base = i * BATCH
             now = int(time.time() * 1000)
-            metrics = [{"key": key, "value": ((base + j) % 977) * 1e-4, "timestamp": now,
-                        "step": base + j} for j in range(BATCH)]
-            r = local.client.post("/api/2.0/mlflow/runs/log-batch",
-                                  json={"run_id": run_id, "metrics": metrics})
+            metrics = [
+                {"key": key, "value": ((base + j) % 977) * 1e-4, "timestamp": now, "step": base + j}
+                for j in range(BATCH)
+            ]
+            r = local.client.post(
+                "/api/2.0/mlflow/runs/log-batch", json={"run_id": run_id, "metrics": metrics}
+            )
             if r.status_code != 200:
                 raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
 
@@ -238,10 +275,14 @@ def p95(xs: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--points", type=int, default=1_000_000, help="Parity ingest and read series size")
+    ap.add_argument(
+        "--points", type=int, default=1_000_000, help="Parity ingest and read series size"
+    )
     ap.add_argument("--concurrency", default="1,4", help="sender threads, comma-separated")
     ap.add_argument("--mlflow-venv", type=Path, default=Path("/tmp/mlflow-venv"))
-    ap.add_argument("--mlflow-points", type=int, default=50_000, help="points per MLflow measurement")
+    ap.add_argument(
+        "--mlflow-points", type=int, default=50_000, help="points per MLflow measurement"
+    )
     ap.add_argument("--reads", type=int, default=30, help="repetitions of the downsampled read")
     ap.add_argument("--raw-reads", type=int, default=3, help="repetitions of the raw fetches")
     args = ap.parse_args()
@@ -262,18 +303,24 @@ def main() -> None:
             # The largest concurrency level writes the full series that the read part uses.
             n = args.points if level == max(levels) else min(args.points, 200_000)
             parity_rate[level] = throughput(n // BATCH, level, parity.sender(run_id, "kl_k3"))
-            print(f"  parity  concurrency {level}: {parity_rate[level]:>10,.0f} points/s ({n:,} points)")
+            print(
+                f"  parity  concurrency {level}: {parity_rate[level]:>10,.0f} points/s"
+                f" ({n:,} points)"
+            )
             if level == max(levels):
                 big_run = run_id
         mlflow_rate: dict[int, float] = {}
         if (args.mlflow_venv / "bin" / "mlflow").exists():
             mlflow = MLflow(args.mlflow_venv, log_dir)
             for level in levels:
-                rate = throughput(args.mlflow_points // BATCH, level,
-                                  mlflow.sender(mlflow.create_run(), "kl_k3"))
+                rate = throughput(
+                    args.mlflow_points // BATCH, level, mlflow.sender(mlflow.create_run(), "kl_k3")
+                )
                 mlflow_rate[level] = rate
-                print(f"  mlflow  concurrency {level}: {rate:>10,.0f} points/s "
-                      f"({args.mlflow_points:,} points)")
+                print(
+                    f"  mlflow  concurrency {level}: {rate:>10,.0f} points/s "
+                    f"({args.mlflow_points:,} points)"
+                )
             for level in levels:
                 ratio = parity_rate[level] / mlflow_rate[level]
                 print(f"  ratio   concurrency {level}: {ratio:,.1f}x MLflow (target >= 30x)")
@@ -289,15 +336,19 @@ def main() -> None:
         client = httpx.Client(base_url=parity.url, headers=parity.headers, timeout=300)
 
         def downsampled() -> None:
-            r = client.get(f"/api/runs/{big_run}/series", params={"key": "kl_k3", "max_points": 2000})
+            r = client.get(
+                f"/api/runs/{big_run}/series", params={"key": "kl_k3", "max_points": 2000}
+            )
             r.raise_for_status()
             assert len(r.json()["steps"]) <= 2000
 
         first = timed(downsampled, 1)[0]
         warm = timed(downsampled, args.reads)
         print(f"  downsampled to 2,000, first read (Postgres):  {first * 1000:8.0f} ms")
-        print(f"  downsampled to 2,000, repeated reads: p50 {statistics.median(warm) * 1000:6.1f} ms,"
-              f" p95 {p95(warm) * 1000:6.1f} ms (target p95 < 150 ms)")
+        print(
+            f"  downsampled to 2,000, repeated reads: p50 {statistics.median(warm) * 1000:6.1f} ms,"
+            f" p95 {p95(warm) * 1000:6.1f} ms (target p95 < 150 ms)"
+        )
 
         from django.db import connection
 
@@ -305,7 +356,9 @@ def main() -> None:
             with connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT step, value FROM core_metricpoint WHERE run_id = %s AND key = %s "
-                    "ORDER BY step", [big_run, "kl_k3"])
+                    "ORDER BY step",
+                    [big_run, "kl_k3"],
+                )
                 assert len(cursor.fetchall()) == n_points
 
         def raw_csv() -> None:
@@ -315,10 +368,19 @@ def main() -> None:
 
         sql_times = timed(raw_sql, args.raw_reads)
         csv_times = timed(raw_csv, args.raw_reads)
-        print(f"  raw series, SQL rows into Python: p50 {statistics.median(sql_times) * 1000:8.0f} ms")
-        print(f"  raw series, CSV export over HTTP: p50 {statistics.median(csv_times) * 1000:8.0f} ms")
-        print(f"  ratio raw SQL / downsampled p95:  {statistics.median(sql_times) / p95(warm):8.1f}x")
-        print(f"  ratio raw SQL / first downsampled read: {statistics.median(sql_times) / first:4.1f}x")
+        print(
+            f"  raw series, SQL rows into Python: p50 {statistics.median(sql_times) * 1000:8.0f} ms"
+        )
+        print(
+            f"  raw series, CSV export over HTTP: p50 {statistics.median(csv_times) * 1000:8.0f} ms"
+        )
+        print(
+            f"  ratio raw SQL / downsampled p95:  {statistics.median(sql_times) / p95(warm):8.1f}x"
+        )
+        print(
+            f"  ratio raw SQL / first downsampled read:"
+            f" {statistics.median(sql_times) / first:4.1f}x"
+        )
         results["read_ms"] = {
             "downsampled_first": first * 1000,
             "downsampled_p50": statistics.median(warm) * 1000,

@@ -55,21 +55,32 @@ def main() -> None:
     mon = parity.Monitor(
         project=args.project,
         run=args.run,
-        config={"algo": "grpo", "model": "synthetic", "batch": args.batch,
-                "max_len": args.max_len, "vllm": "synthetic"},
+        config={
+            "algo": "grpo",
+            "model": "synthetic",
+            "batch": args.batch,
+            "max_len": args.max_len,
+            "vllm": "synthetic",
+        },
         tags=["example", "synthetic"],
     )
     for step in range(args.steps):
         lt, lr, mask, reward = rollout_batch(rng, step, args.batch, args.max_len, args.drift_at)
-        values = mon.log_step(step, trainer_logprobs=lt, rollout_logprobs=lr, mask=mask,
-                              upload_raw=args.upload_raw)
+        values = mon.log_step(
+            step, trainer_logprobs=lt, rollout_logprobs=lr, mask=mask, upload_raw=args.upload_raw
+        )
         mon.log(step, {"reward": reward})
         if step % 20 == 0:
-            print(f"step {step:4d}  abs_diff_mean {values['abs_diff_mean']:.4f}  "
-                  f"kl_k3 {values['kl_k3']:.2e}  clip_rate {values['clip_rate']:.4f}")
+            print(
+                f"step {step:4d}  abs_diff_mean {values['abs_diff_mean']:.4f}  "
+                f"kl_k3 {values['kl_k3']:.2e}  clip_rate {values['clip_rate']:.4f}"
+            )
         time.sleep(args.sleep)
     ok = mon.finish()
-    print(f"done: {mon.sent} points sent, run {mon.run_id}" + ("" if ok else " (some left in the spill file)"))
+    print(
+        f"done: {mon.sent} points sent, run {mon.run_id}"
+        + ("" if ok else " (some left in the spill file)")
+    )
 
 
 if __name__ == "__main__":

@@ -190,8 +190,12 @@ class _Item:
     __slots__ = ("kind", "points", "body", "content_type", "spill_offset")
 
     def __init__(
-        self, kind: str, points: list[dict[str, Any]], body: bytes | None = None,
-        spill_offset: int | None = None, content_type: str = "",
+        self,
+        kind: str,
+        points: list[dict[str, Any]],
+        body: bytes | None = None,
+        spill_offset: int | None = None,
+        content_type: str = "",
     ) -> None:
         self.kind = kind  # "points" | "raw"
         self.points = points
@@ -235,7 +239,8 @@ class Monitor:
         self.project = project
         self.run_name = run
         self.thresholds = (
-            thresholds if isinstance(thresholds, Thresholds) or thresholds is None
+            thresholds
+            if isinstance(thresholds, Thresholds) or thresholds is None
             else Thresholds.from_dict(thresholds)
         )
         self.batch_size = max(1, min(batch_size, MAX_BATCH))
@@ -248,8 +253,11 @@ class Monitor:
         self.dropped = 0  # points lost for good (spill full or disabled); also warned about
         self.sent = 0  # points the server acknowledged
         self._run_spec = {
-            "project": project, "name": run, "kind": kind,
-            "fingerprint": _json_safe(dict(config or {})), "tags": list(tags or []),
+            "project": project,
+            "name": run,
+            "kind": kind,
+            "fingerprint": _json_safe(dict(config or {})),
+            "tags": list(tags or []),
             "status": "running",
         }
         self._cond = threading.Condition()
@@ -264,8 +272,11 @@ class Monitor:
         self._last_drop_warning = 0.0
         self._spill: _Spill | None = None
         if spill_dir is not False:
-            base = Path(spill_dir or os.environ.get("PARITY_SPILL_DIR")
-                        or Path.home() / ".cache" / "parity" / "spill")
+            base = Path(
+                spill_dir
+                or os.environ.get("PARITY_SPILL_DIR")
+                or Path.home() / ".cache" / "parity" / "spill"
+            )
             self._spill = _Spill(base / f"{_slug(project)}__{_slug(run)}.jsonl", max_spill_bytes)
             if self._spill.active:
                 log.warning("parity: replaying %s left by an earlier process", self._spill.path)
@@ -276,7 +287,9 @@ class Monitor:
             log.warning("parity: %s; metrics are computed but not sent", self._disabled)
             return
         if not token:
-            log.warning("parity: no token (pass token= or set PARITY_TOKEN); the server will refuse")
+            log.warning(
+                "parity: no token (pass token= or set PARITY_TOKEN); the server will refuse"
+            )
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token or ''}"},
@@ -287,7 +300,7 @@ class Monitor:
         self._thread.start()
         # A weak reference: registering the bound method would keep every Monitor alive.
         ref = weakref.ref(self)
-        atexit.register(lambda: (m := ref()) is not None and m._at_exit())
+        atexit.register(_at_exit, ref)
 
     # --- what the training loop calls -------------------------------------------------------
 
@@ -419,7 +432,7 @@ class Monitor:
             spilling = self._spill is not None and self._spill.active
             room = 0 if spilling else self.max_buffer - len(self._buffer)
             self._buffer.extend(points[:room])
-            rest = points[max(room, 0):]
+            rest = points[max(room, 0) :]
             if rest:
                 self._to_spill(rest)
             if len(self._buffer) >= self.batch_size or rest:
@@ -445,8 +458,11 @@ class Monitor:
     def _idle(self) -> bool:
         spill_pending = self._spill is not None and self._spill.active
         return (
-            not self._buffer and not self._raw and self._inflight is None
-            and not spill_pending and self._status is None
+            not self._buffer
+            and not self._raw
+            and self._inflight is None
+            and not spill_pending
+            and self._status is None
         )
 
     def _save_unsent(self) -> None:
@@ -466,7 +482,8 @@ class Monitor:
             if self._spill is not None:
                 log.warning(
                     "parity: %d points not sent; saved to %s for the next run with this name",
-                    len(unsent), self._spill.path,
+                    len(unsent),
+                    self._spill.path,
                 )
         if self._status is not None:
             log.warning("parity: could not set the run's status to %r", self._status)
@@ -518,7 +535,9 @@ class Monitor:
                 attempt = 0
                 continue
             attempt += 1
-            delay = min(self.max_backoff, 0.25 * 2 ** min(attempt, 20)) * (0.5 + random.random() / 2)
+            delay = min(self.max_backoff, 0.25 * 2 ** min(attempt, 20)) * (
+                0.5 + random.random() / 2
+            )
             with self._cond:
                 if self._closing and self._deadline is not None:
                     delay = min(delay, max(0.0, self._deadline - time.monotonic()))
@@ -531,11 +550,16 @@ class Monitor:
             if job == "run":
                 response = self._http.post("/api/runs", json=self._run_spec)
             elif job == "status":
-                response = self._http.patch(f"/api/runs/{self.run_id}", json={"status": self._status})
+                response = self._http.patch(
+                    f"/api/runs/{self.run_id}", json={"status": self._status}
+                )
             elif isinstance(job, _Item) and job.kind == "raw":
-                path = "logprobs.msgpack" if job.content_type == "application/msgpack" else "logprobs"
+                path = (
+                    "logprobs.msgpack" if job.content_type == "application/msgpack" else "logprobs"
+                )
                 response = self._http.post(
-                    f"/api/runs/{self.run_id}/{path}", content=job.body,
+                    f"/api/runs/{self.run_id}/{path}",
+                    content=job.body,
                     headers={"Content-Type": job.content_type},
                 )
             else:
@@ -558,8 +582,12 @@ class Monitor:
                     self._cond.notify_all()
                 log.error("parity: %s; nothing more will be sent", self._disabled)
                 return True
-            log.warning("parity: server refused a %s batch (%d: %s); dropping it",
-                        job if isinstance(job, str) else job.kind, response.status_code, detail)
+            log.warning(
+                "parity: server refused a %s batch (%d: %s); dropping it",
+                job if isinstance(job, str) else job.kind,
+                response.status_code,
+                detail,
+            )
         with self._cond:
             if job == "run":
                 self.run_id = int(response.json()["id"])
@@ -589,6 +617,12 @@ class Monitor:
                 self._save_unsent()
 
 
+def _at_exit(ref: weakref.ReferenceType[Monitor]) -> None:
+    monitor = ref()
+    if monitor is not None:
+        monitor._at_exit()
+
+
 def _pack_raw(
     step: int, lt: np.ndarray, lr: np.ndarray, seq_lens: Any, entropy: np.ndarray | None
 ) -> tuple[str, bytes]:
@@ -597,19 +631,30 @@ def _pack_raw(
     float32/float64 go as they are (the server widens to float64 exactly as
     parity.metrics does here), so both sides compute on identical numbers.
     """
+
     def native(a: Any, kind: str) -> np.ndarray:
         a = np.asarray(a)
         if kind == "f":
             return a.astype("<f4" if a.dtype == np.float32 else "<f8", copy=False)
         return a.astype("<i8", copy=False)
 
-    arrays = {"lt": (lt, "f"), "lr": (lr, "f"), "seq_lens": (seq_lens, "i"),
-              "entropy": (entropy, "f")}
+    arrays = {
+        "lt": (lt, "f"),
+        "lr": (lr, "f"),
+        "seq_lens": (seq_lens, "i"),
+        "entropy": (entropy, "f"),
+    }
     try:
         import msgpack
     except ImportError:
-        body = {"step": step, **{name: native(a, kind).tolist() for name, (a, kind)
-                                 in arrays.items() if a is not None}}
+        body = {
+            "step": step,
+            **{
+                name: native(a, kind).tolist()
+                for name, (a, kind) in arrays.items()
+                if a is not None
+            },
+        }
         return "application/json", json.dumps(body).encode()
     packed: dict[str, Any] = {"step": step}
     for name, (a, kind) in arrays.items():

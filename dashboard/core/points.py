@@ -139,7 +139,9 @@ _COPY_ROW = np.dtype(
 )
 
 
-def fetch_series(run_id: int, key: str, start: int | None = None, end: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fetch_series(
+    run_id: int, key: str, start: int | None = None, end: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """All (step, value) of one key in [start, end], ordered by step, as numpy arrays.
 
     Binary COPY into numpy is several times faster than building a Python tuple per row,
@@ -302,7 +304,9 @@ class SeriesCache:
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
         # (run_id, key) -> (version, steps, values); LRU order.
-        self._entries: OrderedDict[tuple[int, str], tuple[int, np.ndarray, np.ndarray]] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, str], tuple[int, np.ndarray, np.ndarray]] = (
+            OrderedDict()
+        )
         self._bytes = 0
         self._redis = None
 
@@ -390,7 +394,9 @@ class SeriesCache:
         hi = steps.shape[0] if end is None else int(np.searchsorted(steps, end, side="right"))
         return steps[lo:hi], values[lo:hi]
 
-    def _put(self, entry_key: tuple[int, str], version: int, steps: np.ndarray, values: np.ndarray) -> None:
+    def _put(
+        self, entry_key: tuple[int, str], version: int, steps: np.ndarray, values: np.ndarray
+    ) -> None:
         size = steps.nbytes + values.nbytes
         with self._lock:
             if entry_key in self._entries:

@@ -15,7 +15,7 @@ import pytest
 
 from dashboard.core.models import MetricPoint, Run
 from parity.client import Monitor, scalar_values
-from tests.conftest import Server, wait_for
+from tests.conftest import Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -30,7 +30,10 @@ def synthetic_step(step: int, n_seq: int = 4) -> tuple[np.ndarray, np.ndarray, n
 
 
 def stored_points(run: Run) -> dict[tuple[str, int], float]:
-    return {(k, s): v for k, s, v in MetricPoint.objects.filter(run=run).values_list("key", "step", "value")}
+    return {
+        (k, s): v
+        for k, s, v in MetricPoint.objects.filter(run=run).values_list("key", "step", "value")
+    }
 
 
 @pytest.fixture
@@ -41,9 +44,16 @@ def spill_dir(tmp_path: Path) -> Path:
 def test_hundred_steps_arrive_and_a_resent_batch_changes_nothing(
     live_server_proc: Server, alice_token: str, project_a: Any, spill_dir: Path
 ) -> None:
-    mon = Monitor(live_server_proc.url, alice_token, project="proj-a", run="grpo-live",
-                  config={"lr": 1e-6, "vllm": "0.11"}, tags=["live"], spill_dir=spill_dir,
-                  flush_interval=0.05)
+    mon = Monitor(
+        live_server_proc.url,
+        alice_token,
+        project="proj-a",
+        run="grpo-live",
+        config={"lr": 1e-6, "vllm": "0.11"},
+        tags=["live"],
+        spill_dir=spill_dir,
+        flush_interval=0.05,
+    )
     sent: dict[tuple[str, int], float] = {}
     for step in range(100):
         lt, lr, mask = synthetic_step(step)
@@ -58,8 +68,11 @@ def test_hundred_steps_arrive_and_a_resent_batch_changes_nothing(
     assert stored_points(run) == sent
     # The retry of a batch the server already has: same rows, same values.
     batch = [{"key": k, "step": s, "value": v} for (k, s), v in list(sent.items())[:1000]]
-    response = httpx.post(f"{live_server_proc.url}/api/runs/{run.pk}/points", json={"points": batch},
-                          headers={"Authorization": f"Bearer {alice_token}"})
+    response = httpx.post(
+        f"{live_server_proc.url}/api/runs/{run.pk}/points",
+        json={"points": batch},
+        headers={"Authorization": f"Bearer {alice_token}"},
+    )
     assert response.status_code == 200
     assert stored_points(run) == sent
 
@@ -67,13 +80,20 @@ def test_hundred_steps_arrive_and_a_resent_batch_changes_nothing(
 def test_raw_upload_gives_exactly_the_local_metrics(
     live_server_proc: Server, alice_token: str, project_a: Any, spill_dir: Path
 ) -> None:
-    mon = Monitor(live_server_proc.url, alice_token, project="proj-a", run="raw",
-                  spill_dir=spill_dir, flush_interval=0.05)
+    mon = Monitor(
+        live_server_proc.url,
+        alice_token,
+        project="proj-a",
+        run="raw",
+        spill_dir=spill_dir,
+        flush_interval=0.05,
+    )
     local = {}
     for step in range(3):
         lt, lr, mask = synthetic_step(step, n_seq=16)
-        local[step] = mon.log_step(step, trainer_logprobs=lt, rollout_logprobs=lr, mask=mask,
-                                   upload_raw=True)
+        local[step] = mon.log_step(
+            step, trainer_logprobs=lt, rollout_logprobs=lr, mask=mask, upload_raw=True
+        )
     assert mon.finish(timeout=30)
     run = Run.objects.get(project=project_a, name="raw")
     for step, values in local.items():
@@ -93,8 +113,16 @@ def test_server_killed_and_restarted_mid_run_loses_and_duplicates_nothing(
     own_server: Server, alice_token: str, project_a: Any, spill_dir: Path
 ) -> None:
     # A small memory buffer, so the outage also goes through the spill file.
-    mon = Monitor(own_server.url, alice_token, project="proj-a", run="outage",
-                  spill_dir=spill_dir, flush_interval=0.05, max_buffer=300, max_backoff=0.5)
+    mon = Monitor(
+        own_server.url,
+        alice_token,
+        project="proj-a",
+        run="outage",
+        spill_dir=spill_dir,
+        flush_interval=0.05,
+        max_buffer=300,
+        max_backoff=0.5,
+    )
     for step in range(50):
         mon.log(step, {"reward": float(step), "kl_k3": step * 1e-4})
     assert mon.flush(timeout=30)
@@ -123,15 +151,36 @@ def test_schemathesis_finds_no_server_errors(
     MetricPoint.objects.create(run=run, key="kl_k3", step=0, value=0.1)
     report = tmp_path / "st.json"
     cmd = [
-        sys.executable, "-m", "schemathesis.cli", "run", f"{live_server_proc.url}/api/schema",
-        "-H", f"Authorization: Bearer {alice_token}",
-        "--checks", "not_a_server_error",
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{live_server_proc.url}/api/schema",
+        "-H",
+        f"Authorization: Bearer {alice_token}",
+        "--checks",
+        "not_a_server_error",
         # The ingest and run operations (this module's API); a few hundred cases, seconds.
-        "--include-path-regex", r"^/api/(runs|projects/\{slug\}/runs$)",
-        "--max-examples", "10", "--seed", "7", "--workers", "2",
-        "--phases", "examples,fuzzing", "--max-time", "20",
-        "--request-timeout", "20", "--suppress-health-check", "all",
-        "--report", "ndjson", "--report-ndjson-path", str(report),
+        "--include-path-regex",
+        r"^/api/(runs|projects/\{slug\}/runs$)",
+        "--max-examples",
+        "10",
+        "--seed",
+        "7",
+        "--workers",
+        "2",
+        "--phases",
+        "examples,fuzzing",
+        "--max-time",
+        "20",
+        "--request-timeout",
+        "20",
+        "--suppress-health-check",
+        "all",
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(report),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     output = result.stdout + result.stderr

@@ -31,7 +31,9 @@ class Api:
         return self.client.post("/api" + path, data, content_type=content_type, **self.auth)
 
     def patch(self, path: str, body: Any) -> Any:
-        return self.client.patch("/api" + path, json.dumps(body), content_type="application/json", **self.auth)
+        return self.client.patch(
+            "/api" + path, json.dumps(body), content_type="application/json", **self.auth
+        )
 
 
 @pytest.fixture
@@ -55,7 +57,8 @@ def points(n: int, key: str = "kl_k3", start: int = 0) -> list[dict[str, Any]]:
 
 def test_create_run_is_create_or_get(api: Api, run: Run) -> None:
     again = api.post(
-        "/runs", {"project": "proj-a", "name": "r1", "tags": ["v1"], "fingerprint": {"vllm": "0.11"}}
+        "/runs",
+        {"project": "proj-a", "name": "r1", "tags": ["v1"], "fingerprint": {"vllm": "0.11"}},
     )
     assert again.status_code == 200
     body = again.json()
@@ -92,8 +95,15 @@ def test_update_status(api: Api, run: Run) -> None:
 
 def test_list_runs_filters_and_pages(api: Api, run: Run) -> None:
     for i in range(5):
-        api.post("/runs", {"project": "proj-a", "name": f"sweep-{i}", "tags": ["sweep"],
-                           "status": "finished" if i % 2 else "running"})
+        api.post(
+            "/runs",
+            {
+                "project": "proj-a",
+                "name": f"sweep-{i}",
+                "tags": ["sweep"],
+                "status": "finished" if i % 2 else "running",
+            },
+        )
     page = api.get("/projects/proj-a/runs", tag="sweep", limit=2).json()
     assert page["count"] == 5 and len(page["items"]) == 2
     rest = api.get("/projects/proj-a/runs", tag="sweep", limit=2, offset=4).json()
@@ -119,7 +129,12 @@ def test_points_upsert_and_resend_changes_nothing(api: Api, run: Run) -> None:
 
 BAD_BATCHES = [
     ("nan value", [{"key": "k", "step": 1, "value": "NaN"}], 422, "points.0.value"),
-    ("inf value", '{"points": [{"key": "k", "step": 1, "value": Infinity}]}', 422, "points.0.value"),
+    (
+        "inf value",
+        '{"points": [{"key": "k", "step": 1, "value": Infinity}]}',
+        422,
+        "points.0.value",
+    ),
     ("huge value", '{"points": [{"key": "k", "step": 1, "value": 1e999}]}', 422, "points.0.value"),
     ("negative step", [{"key": "k", "step": -1, "value": 1.0}], 422, "points.0.step"),
     ("fractional step", [{"key": "k", "step": 1.5, "value": 1.0}], 422, "points.0.step"),
@@ -152,7 +167,9 @@ def test_oversized_batch_is_413(api: Api, run: Run) -> None:
     assert response.status_code == 413
     assert response.json()["field"] == "points"
     assert not MetricPoint.objects.exists()
-    assert api.post(f"/runs/{run.pk}/points", {"points": points(10_000)}).json()["written"] == 10_000
+    assert (
+        api.post(f"/runs/{run.pk}/points", {"points": points(10_000)}).json()["written"] == 10_000
+    )
 
 
 def test_unknown_run_wrong_token_and_bad_json(api: Api, run: Run, client: Any) -> None:
@@ -161,7 +178,12 @@ def test_unknown_run_wrong_token_and_bad_json(api: Api, run: Run, client: Any) -
     wrong = Api(client, "pty_not-a-token")
     assert wrong.post(f"/runs/{run.pk}/points", {"points": points(1)}).status_code == 401
     assert api.post(f"/runs/{run.pk}/points", "not json").status_code == 400
-    assert api.post("/runs", {"project": "proj-a", "name": "x", "fingerprint": {"a": "\x00"}}).status_code == 422
+    assert (
+        api.post(
+            "/runs", {"project": "proj-a", "name": "x", "fingerprint": {"a": "\x00"}}
+        ).status_code
+        == 422
+    )
     assert not MetricPoint.objects.exists()
 
 
@@ -193,12 +215,14 @@ def test_raw_json_gives_the_metrics_computed_locally(api: Api, run: Run) -> None
 def test_raw_msgpack_binary_gives_the_same_metrics(api: Api, run: Run) -> None:
     lt, lr, seq_lens = arrays(seed=1)
     lt32, lr32 = lt.astype(np.float32), lr.astype(np.float32)
-    body = msgpack.packb({
-        "step": 4,
-        "lt": {"dtype": "<f4", "data": lt32.tobytes()},
-        "lr": {"dtype": "<f4", "data": lr32.tobytes()},
-        "seq_lens": seq_lens.tolist(),
-    })
+    body = msgpack.packb(
+        {
+            "step": 4,
+            "lt": {"dtype": "<f4", "data": lt32.tobytes()},
+            "lr": {"dtype": "<f4", "data": lr32.tobytes()},
+            "seq_lens": seq_lens.tolist(),
+        }
+    )
     response = api.post(f"/runs/{run.pk}/logprobs.msgpack", body, "application/msgpack")
     assert response.status_code == 200, response.content
     assert stored(run, 4) == scalar_values(compute_metrics(lt32, lr32, seq_lens).values)
@@ -213,12 +237,20 @@ def test_bad_raw_arrays_get_4xx_and_write_nothing(api: Api, run: Run) -> None:
     assert api.post(path, {"step": -1, "lt": [-1.0], "lr": [-1.0]}).status_code == 422
     mp = f"/runs/{run.pk}/logprobs.msgpack"
     assert api.post(mp, b"\xc1garbage", "application/msgpack").status_code == 400
-    r = api.post(mp, msgpack.packb({"step": 1, "lt": {"dtype": "<f4", "data": b"abc"}, "lr": [1.0]}),
-                 "application/msgpack")
+    r = api.post(
+        mp,
+        msgpack.packb({"step": 1, "lt": {"dtype": "<f4", "data": b"abc"}, "lr": [1.0]}),
+        "application/msgpack",
+    )
     assert r.status_code == 422 and r.json()["field"] == "lt"
-    r = api.post(mp, msgpack.packb({"step": 1, "lt": [-1.0], "lr": [-1.0, -2.0]}), "application/msgpack")
+    r = api.post(
+        mp, msgpack.packb({"step": 1, "lt": [-1.0], "lr": [-1.0, -2.0]}), "application/msgpack"
+    )
     assert r.status_code == 422 and r.json()["field"] == "lr"
-    assert api.post("/runs/987654321/logprobs", {"step": 1, "lt": [-1.0], "lr": [-1.0]}).status_code == 404
+    assert (
+        api.post("/runs/987654321/logprobs", {"step": 1, "lt": [-1.0], "lr": [-1.0]}).status_code
+        == 404
+    )
     assert not MetricPoint.objects.exists()
 
 
@@ -231,7 +263,10 @@ def test_series_downsamples_and_keeps_the_spike(
     values = np.sin(np.arange(20_000) / 500.0)
     values[12_345] = 50.0
     for lo in range(0, 20_000, 10_000):
-        batch = [{"key": "clip_rate", "step": i, "value": float(values[i])} for i in range(lo, lo + 10_000)]
+        batch = [
+            {"key": "clip_rate", "step": i, "value": float(values[i])}
+            for i in range(lo, lo + 10_000)
+        ]
         api.post(f"/runs/{run.pk}/points", {"points": batch})
     body = api.get(f"/runs/{run.pk}/series", key="clip_rate", max_points=200).json()
     assert body["total"] == 20_000 and body["downsampled"] and len(body["steps"]) <= 200
@@ -241,7 +276,9 @@ def test_series_downsamples_and_keeps_the_spike(
     assert part["steps"] == list(range(100, 150)) and not part["downsampled"]
     # A later write shows up in the next read (the per-process cache is kept fresh).
     with django_capture_on_commit_callbacks(execute=True):
-        api.post(f"/runs/{run.pk}/points", {"points": [{"key": "clip_rate", "step": 120, "value": -7.0}]})
+        api.post(
+            f"/runs/{run.pk}/points", {"points": [{"key": "clip_rate", "step": 120, "value": -7.0}]}
+        )
     part = api.get(f"/runs/{run.pk}/series", key="clip_rate", start=120, end=120).json()
     assert part["values"] == [-7.0]
     assert api.get(f"/runs/{run.pk}/series", key="clip_rate", max_points=2).status_code == 422
@@ -258,6 +295,9 @@ def test_keys_and_csv_export(api: Api, run: Run) -> None:
     lines = b"".join(response).decode().splitlines()
     assert lines[0] == "key,step,value,time"
     assert [line.split(",")[:3] for line in lines[1:]] == [
-        ["clip_rate", "5", "0.0"], ["clip_rate", "6", "0.5"],
-        ["kl_k3", "0", "0.0"], ["kl_k3", "1", "0.5"], ["kl_k3", "2", "1.0"],
+        ["clip_rate", "5", "0.0"],
+        ["clip_rate", "6", "0.5"],
+        ["kl_k3", "0", "0.0"],
+        ["kl_k3", "1", "0.5"],
+        ["kl_k3", "2", "1.0"],
     ]

@@ -62,15 +62,23 @@ def server() -> FakeServer:
 def monitor(server: FakeServer, tmp_path: Path, **kwargs: Any) -> Monitor:
     options: dict[str, Any] = dict(flush_interval=0.02, max_backoff=0.05, spill_dir=tmp_path)
     options.update(kwargs)
-    return Monitor("http://parity.test", "pty_x", project="p", run="r",
-                   transport=httpx.MockTransport(server), **options)
+    return Monitor(
+        "http://parity.test",
+        "pty_x",
+        project="p",
+        run="r",
+        transport=httpx.MockTransport(server),
+        **options,
+    )
 
 
 def expected(n_steps: int, keys: tuple[str, ...] = ("reward",)) -> dict[tuple[str, int], float]:
     return {(k, s): float(s) for s in range(n_steps) for k in keys}
 
 
-def test_log_step_returns_the_metrics_of_the_masked_tokens(server: FakeServer, tmp_path: Path) -> None:
+def test_log_step_returns_the_metrics_of_the_masked_tokens(
+    server: FakeServer, tmp_path: Path
+) -> None:
     rng = np.random.default_rng(0)
     lr = -rng.exponential(1.0, (4, 16))
     lt = lr + rng.normal(0, 0.02, lr.shape)
@@ -110,8 +118,9 @@ def test_accepts_torch_like_tensors_without_torch() -> None:
     assert values == compute_metrics((lr + 0.01).astype(np.float32), lr.astype(np.float32)).values
 
 
-def test_nonfinite_scalars_are_skipped_not_sent(server: FakeServer, tmp_path: Path,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_nonfinite_scalars_are_skipped_not_sent(
+    server: FakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     mon = monitor(server, tmp_path)
     with caplog.at_level(logging.WARNING, "parity.client"):
         mon.log(1, {"reward": 0.5, "loss": float("nan"), "note": "x"})
@@ -131,7 +140,9 @@ def test_retries_5xx_with_backoff(server: FakeServer, tmp_path: Path) -> None:
     assert server.points == expected(10)
 
 
-def test_outage_overflow_spills_to_disk_and_replays_in_full(server: FakeServer, tmp_path: Path) -> None:
+def test_outage_overflow_spills_to_disk_and_replays_in_full(
+    server: FakeServer, tmp_path: Path
+) -> None:
     server.down = True
     mon = monitor(server, tmp_path, max_buffer=50, batch_size=20)
     for step in range(500):
@@ -146,7 +157,9 @@ def test_outage_overflow_spills_to_disk_and_replays_in_full(server: FakeServer, 
     mon.finish(timeout=5)
 
 
-def test_unsent_points_survive_the_process_in_the_spill_file(server: FakeServer, tmp_path: Path) -> None:
+def test_unsent_points_survive_the_process_in_the_spill_file(
+    server: FakeServer, tmp_path: Path
+) -> None:
     server.down = True
     first = monitor(server, tmp_path)
     for step in range(30):
@@ -160,8 +173,9 @@ def test_unsent_points_survive_the_process_in_the_spill_file(server: FakeServer,
     second.finish(timeout=5)
 
 
-def test_full_buffer_without_spill_drops_with_a_warning(server: FakeServer, tmp_path: Path,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_full_buffer_without_spill_drops_with_a_warning(
+    server: FakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     server.down = True
     mon = monitor(server, tmp_path, max_buffer=10, spill_dir=False)
     with caplog.at_level(logging.WARNING, "parity.client"):
@@ -186,8 +200,15 @@ def test_refused_token_stops_sending_without_raising(tmp_path: Path) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401, json={"detail": "Authentication required"})
 
-    mon = Monitor("http://parity.test", "bad", project="p", run="r", spill_dir=tmp_path,
-                  flush_interval=0.02, transport=httpx.MockTransport(refuse))
+    mon = Monitor(
+        "http://parity.test",
+        "bad",
+        project="p",
+        run="r",
+        spill_dir=tmp_path,
+        flush_interval=0.02,
+        transport=httpx.MockTransport(refuse),
+    )
     mon.log(0, {"reward": 1.0})
     time.sleep(0.2)
     mon.log(1, {"reward": 1.0})  # no exception, just dropped

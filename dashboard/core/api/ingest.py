@@ -214,7 +214,9 @@ def log_points(request: HttpRequest, run_id: int, payload: PointsIn) -> Any:
             413, f"{len(payload.points)} points in one batch; at most {MAX_BATCH}.", "points"
         )
     run = _run(request, run_id)
-    written = store_points(run, (StoredPoint(p.key, p.step, p.value, p.time) for p in payload.points))
+    written = store_points(
+        run, (StoredPoint(p.key, p.step, p.value, p.time) for p in payload.points)
+    )
     return {"written": written}
 
 
@@ -239,8 +241,12 @@ def log_logprobs(request: HttpRequest, run_id: int, payload: LogprobsIn) -> Any:
     """The server computes every METRICS.md metric with parity.metrics and stores them as
     this step's points. NaN/inf in lt or lr are counted (nonfinite_*), not refused.
     """
-    arrays = {"lt": payload.lt, "lr": payload.lr, "seq_lens": payload.seq_lens,
-              "entropy": payload.entropy}
+    arrays = {
+        "lt": payload.lt,
+        "lr": payload.lr,
+        "seq_lens": payload.seq_lens,
+        "entropy": payload.entropy,
+    }
     return _store_logprobs(request, run_id, payload.step, arrays)
 
 
@@ -250,8 +256,12 @@ MSGPACK_DOC = (
     "('<f4', '<f8' for lt/lr/entropy; '<i4', '<i8' for seq_lens): numpy's "
     "`{'dtype': a.dtype.str, 'data': a.tobytes()}`."
 )
-_DTYPES = {"lt": ("<f2", "<f4", "<f8"), "lr": ("<f2", "<f4", "<f8"),
-           "entropy": ("<f2", "<f4", "<f8"), "seq_lens": ("<i4", "<i8", "<u4")}
+_DTYPES = {
+    "lt": ("<f2", "<f4", "<f8"),
+    "lr": ("<f2", "<f4", "<f8"),
+    "entropy": ("<f2", "<f4", "<f8"),
+    "seq_lens": ("<i4", "<i8", "<u4"),
+}
 
 
 def decode_array(name: str, value: Any) -> np.ndarray | None:
@@ -288,7 +298,9 @@ def decode_array(name: str, value: Any) -> np.ndarray | None:
             "required": True,
             # Any content type is read as msgpack; declared as octet-stream so that generic
             # OpenAPI tooling (schemathesis, codegen) can send bytes.
-            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
         }
     },
 )
@@ -348,8 +360,12 @@ def get_series(
     summary="Every point of a run as CSV (streamed)",
     response={200: str},
     openapi_extra={
-        "responses": {"200": {"description": "key,step,value,time rows",
-                              "content": {"text/csv": {"schema": {"type": "string"}}}}}
+        "responses": {
+            "200": {
+                "description": "key,step,value,time rows",
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+            }
+        }
     },
 )
 def export_csv(request: HttpRequest, run_id: int) -> StreamingHttpResponse:
