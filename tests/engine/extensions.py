@@ -12,9 +12,12 @@ import torch
 
 from workers.weight_sync import WeightSyncExtension
 
-# The parameter the partial update leaves behind: a shard of vLLM's fused qkv_proj, so the
-# checksums must split the fused parameter back to HF names to name it.
-SKIPPED_PARAM = "model.layers.0.self_attn.v_proj.weight"
+# The parameter the partial update leaves behind (a lost lm_head is the classic tied/untied
+# embedding mapping bug). Not a shard of a fused parameter on purpose: with vLLM's layerwise
+# reload a fused layer that receives only some of its shards is re-materialised, and the
+# missing shard holds uninitialised memory, so the size of the spike would vary from run to
+# run. A whole layer that receives nothing keeps its previous weights, deterministically.
+SKIPPED_PARAM = "lm_head.weight"
 
 
 class PartialUpdateExtension(WeightSyncExtension):
