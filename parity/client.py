@@ -514,7 +514,15 @@ class Monitor:
         attempt = 0
         while True:
             with self._cond:
-                if not self._closing and len(self._buffer) < self.batch_size:
+                # Wait to fill a batch only when nothing else is ready: a backlog on disk
+                # after an outage goes out back to back, not one batch per interval.
+                backlog = (
+                    len(self._buffer) >= self.batch_size
+                    or self._inflight is not None
+                    or bool(self._raw)
+                    or (self._spill is not None and self._spill.pending)
+                )
+                if not self._closing and not backlog:
                     self._cond.wait(self.flush_interval)
                 if self._closing and (
                     self._idle() or time.monotonic() > (self._deadline or 0) or self._disabled

@@ -144,14 +144,15 @@ def test_outage_overflow_spills_to_disk_and_replays_in_full(
     server: FakeServer, tmp_path: Path
 ) -> None:
     server.down = True
-    mon = monitor(server, tmp_path, max_buffer=50, batch_size=20)
+    # A long flush interval: the backlog must still go out back to back.
+    mon = monitor(server, tmp_path, max_buffer=50, batch_size=20, flush_interval=1.0)
     for step in range(500):
         mon.log(step, {"reward": float(step)})
     spill = tmp_path / "p__r.jsonl"
     assert spill.exists() and mon.pending <= 50 + 20
     assert mon.dropped == 0
     server.down = False
-    assert mon.flush(timeout=20)
+    assert mon.flush(timeout=5)
     assert server.points == expected(500)
     assert not spill.exists()
     mon.finish(timeout=5)
