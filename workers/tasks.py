@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 RUNNERS: dict[str, str] = {
     Job.Kind.PING: "workers.tasks:ping",
     Job.Kind.COMPARISON: "workers.compare:run_comparison_job",
+    Job.Kind.REPLAY: "workers.replay:run_replay_job",
 }
 
 HEARTBEAT_EVERY_S = 10.0

@@ -50,11 +50,9 @@ class RecordingReporter:
 
 
 @pytest.fixture(scope="module")
-def replay_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama (W0), built once for this module."""
-    from workers.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("replay-models"), variant="base")
+def replay_model(tiny_model: Path) -> Path:
+    """W0: the session's tiny Llama (tests/engine/conftest.py)."""
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
