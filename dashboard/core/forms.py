@@ -27,9 +27,13 @@ class RunFilterForm(forms.Form):
         "-created": "Newest first",
         "created": "Oldest first",
         "name": "Name",
-        "-last_step": "Last step",
+        "-name": "Name, Z to A",
+        "-last_step": "Last step, highest first",
+        "last_step": "Last step, lowest first",
         "status": "Status",
+        "-status": "Status, reversed",
         "kind": "Kind",
+        "-kind": "Kind, reversed",
     }
 
     q = forms.CharField(required=False, label="Name", max_length=200)
@@ -52,10 +56,12 @@ class RunFilterForm(forms.Form):
             runs = runs.filter(kind=data["kind"])
         sort = data["sort"] or "-created"
         # nulls last: a run that never posted a point sorts after every run that did.
-        if sort == "-last_step":
+        if sort in ("-last_step", "last_step"):
             from django.db.models import F
 
-            return runs.order_by(F("last_step").desc(nulls_last=True), "-created")
+            step = F("last_step")
+            order = step.desc(nulls_last=True) if sort[0] == "-" else step.asc(nulls_last=True)
+            return runs.order_by(order, "-created")
         return runs.order_by(sort, "-created")
 
 

@@ -321,6 +321,25 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
     query = request.GET.copy()
     query.pop("page", None)
     query.pop("partial", None)
+    sort_query = query.copy()
+    sort_query.pop("sort", None)
+    current = (form.cleaned_data.get("sort") if form.is_valid() else "") or "-created"
+    sorts = {}
+    for column, first in (
+        ("name", "name"),
+        ("kind", "kind"),
+        ("status", "status"),
+        ("last_step", "-last_step"),
+        ("created", "-created"),
+    ):
+        active = current.lstrip("-") == column
+        # A second click on the active column flips its direction.
+        target = (current[1:] if current.startswith("-") else "-" + current) if active else first
+        sort_query["sort"] = target
+        sorts[column] = {
+            "url": "?" + sort_query.urlencode(),
+            "aria": ("descending" if current.startswith("-") else "ascending") if active else "",
+        }
     context = {
         "form": form,
         "page": page,
@@ -328,6 +347,7 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "summary_keys": SUMMARY_KEYS,
         "spark_key": SPARK_KEY,
         "query": query.urlencode(),
+        "sorts": sorts,
         "filtered": any(request.GET.get(k) for k in ("q", "tag", "status", "kind")),
         "jobs": project.jobs.select_related("run")[:10],
         "new_kinds": [k for k in ("replay", "checklist") if spec_model(k) is not None],

@@ -327,3 +327,14 @@ def test_a_failed_job_says_why(alice_client: Any, project_a: Any) -> None:
     body = alice_client.get(reverse("job", args=[job.pk])).content.decode()
     assert "The job failed" in body and "/nope does not exist" in body
     assert "hidden" not in body.split('id="job-error"')[1].split(">")[0]  # shown, not hidden
+
+
+def test_runs_list_sorts_by_column_headers(alice_client: Any, project_a: Any) -> None:
+    for name in ("beta", "alpha", "gamma"):
+        _run(project_a, name)
+    url = reverse("project", args=["proj-a"])
+    body = alice_client.get(url, {"sort": "name"}).content.decode()
+    assert body.index("alpha") < body.index("beta") < body.index("gamma")
+    assert 'aria-sort="ascending"' in body and "sort=-name" in body  # click again: Z to A
+    body = alice_client.get(url, {"sort": "-name"}).content.decode()
+    assert body.index("gamma") < body.index("beta") < body.index("alpha")
