@@ -11,6 +11,8 @@ from dashboard.alerts.evaluate import rise_pct
 from dashboard.alerts.models import AlertRule, RuleState
 from dashboard.core.models import Run
 
+pytestmark = pytest.mark.unit
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 

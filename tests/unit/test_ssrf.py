@@ -21,6 +21,8 @@ from dashboard.alerts import ssrf
 from dashboard.alerts.models import Delivery, WebhookEndpoint
 from dashboard.alerts.transports import Standard, TransportError
 
+pytestmark = pytest.mark.unit
+
 LOOPBACK = {"127.0.0.1", "::1"}
 
 

@@ -13,6 +13,8 @@ from dashboard.alerts.delivery import backoff_s
 from dashboard.alerts.models import Delivery, WebhookEndpoint
 from dashboard.alerts.transports import Event, Slack, Standard, TransportError
 
+pytestmark = pytest.mark.unit
+
 
 def answer(code: int, **headers: str) -> ssrf.Answer:
     return ssrf.Answer(
