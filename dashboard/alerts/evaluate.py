@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from django.db import transaction
 from django.utils import timezone
 
 from dashboard.alerts.delivery import notify
 from dashboard.alerts.models import AlertRule, Delivery, Incident, RuleState, Transition
+from dashboard.core import live
 from dashboard.core.models import MetricPoint, Run
 
 if TYPE_CHECKING:
@@ -83,6 +85,7 @@ def evaluate_rule(rule: AlertRule, run: Run, batch: Sequence[Point], now: dateti
             )
             state.incident = incident
             notify(incident, Delivery.Event.FIRING)
+            _publish(incident)
         elif transition == Transition.HOLD and incident is not None:
             # Repeats are time-based, so the periodic sweep sends them (delivery.renotify):
             # a run that crashed while firing sends no more points but still deserves them.
@@ -95,11 +98,31 @@ def evaluate_rule(rule: AlertRule, run: Run, batch: Sequence[Point], now: dateti
             incident.last_notified_at = now
             incident.save()
             notify(incident, Delivery.Event.RESOLVED)
+            _publish(incident)
             state.incident = None
             incident = None
     if incident is not None:
         incident.save(update_fields=["peak_value"])
     state.save()
+
+
+def _publish(incident: Incident) -> None:
+    """Tell the run's open pages (group run.<id>, kind "incident") once the change commits."""
+    data = {
+        "id": incident.pk,
+        "rule": incident.rule.name,
+        "key": incident.metric_key,
+        "state": incident.state,
+        "severity": incident.severity,
+        "step": incident.started_step,
+        "fired_step": incident.fired_step,
+        "end": incident.resolved_step,
+        "value": incident.resolved_value
+        if incident.resolved_step is not None
+        else incident.fired_value,
+    }
+    group = incident.run.group_name
+    transaction.on_commit(lambda: live.publish(group, "incident", data))
 
 
 def _locked_state(rule: AlertRule, run: Run) -> RuleState:

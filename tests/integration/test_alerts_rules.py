@@ -210,3 +210,22 @@ def test_a_lost_state_row_continues_the_episode(project_a: Any, run: Run, endpoi
     assert Incident.objects.count() == 1 and Delivery.objects.count() == 1
     put(run, 3, 0.1)
     assert Incident.objects.get().state == "resolved"
+
+
+def test_incident_changes_are_published_to_the_run_page_after_commit(
+    project_a: Any,
+    run: Run,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from dashboard.core import live
+
+    published: list[tuple[str, str, dict[str, Any]]] = []
+    monkeypatch.setattr(
+        live, "publish", lambda group, kind, data: published.append((group, kind, data))
+    )
+    make_rule(project_a)
+    with django_capture_on_commit_callbacks(execute=True):
+        put(run, 1, 0.9, 0.1)
+    incidents = [(g, d["state"], d["step"], d["end"]) for g, k, d in published if k == "incident"]
+    assert incidents == [(f"run.{run.pk}", "firing", 1, None), (f"run.{run.pk}", "resolved", 1, 2)]
