@@ -253,6 +253,8 @@ def test_every_named_address_kind() -> None:
 def _self_signed(tmp_path: Any, name: str) -> tuple[str, str]:
     from datetime import UTC, datetime, timedelta
 
+    pytest.importorskip("cryptography")
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
