@@ -31,6 +31,7 @@ RUNNERS: dict[str, str] = {
     Job.Kind.PING: "workers.tasks:ping",
     Job.Kind.COMPARISON: "workers.compare:run_comparison_job",
     Job.Kind.REPLAY: "workers.replay:run_replay_job",
+    Job.Kind.CHECKLIST: "workers.checklist:run_checklist_job",
 }
 
 HEARTBEAT_EVERY_S = 10.0
