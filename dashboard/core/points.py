@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import psycopg
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -38,8 +39,8 @@ class Point:
 
 _UPSERT = f"""
 INSERT INTO {MetricPoint._meta.db_table} (run_id, key, step, value, wall_time)
-SELECT %s, u.key, u.step, u.value, u.wall_time
-FROM unnest(%s::text[], %s::bigint[], %s::float8[], %s::timestamptz[])
+SELECT %b, u.key, u.step, u.value, u.wall_time
+FROM unnest(%b::text[], %b::bigint[], %b::float8[], %b::timestamptz[])
      AS u(key, step, value, wall_time)
 ON CONFLICT (run_id, key, step)
 DO UPDATE SET value = EXCLUDED.value, wall_time = EXCLUDED.wall_time
@@ -67,7 +68,11 @@ def store_points(run: Run, points: Iterable[Point]) -> int:
     times = [p.time or now for p in rows]
     max_step = max(steps)
     with transaction.atomic():
-        with connection.cursor() as cursor:
+        connection.ensure_connection()
+        # Binary parameters on a server-side-binding cursor (same connection, same
+        # transaction): Django's cursor would print the four arrays into the SQL text,
+        # which costs as much as the upsert itself (measured: ~2x the whole insert).
+        with psycopg.Cursor(connection.connection) as cursor:
             cursor.execute(_UPSERT, [run.pk, keys, steps, values, times])
         Run.objects.filter(pk=run.pk).update(
             last_step=_greatest("last_step", max_step),
