@@ -248,6 +248,8 @@ class Measured:
     reasons: list[str] = field(default_factory=list)
     histogram: dict[str, Any] | None = None
     engine_reused: bool | None = None
+    # The variant whose sampled tokens this one scored (no new generation), if any.
+    rollout_of: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -398,6 +400,7 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
 
     measured: dict[str, Measured] = {}
     rollouts: dict[str, Any] = {}
+    by_key: dict[tuple[str, str], str] = {}
     for i, v in enumerate(plan):
         t0 = time.perf_counter()
         m = Measured(v.name, v.label, "measured")
@@ -407,7 +410,7 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
                     raise UserError(f"needs the rollout of variant {v.rescore_of!r}, which "
                                     f"could not run: {measured[v.rescore_of].error}")
                 ro, eng_settings = rollouts[v.rescore_of]
-                m.engine_reused = True
+                m.engine_reused, m.rollout_of = True, v.rescore_of
             else:
                 progress.say(i, v.label, "loading engine")
                 engine, reused = rollout.get_engine(model_path, v.engine)
@@ -416,10 +419,19 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
                 if not reused:
                     m.seconds["engine_load_s"] = engine.load_seconds
                 eng_settings = engine.effective_settings()
-                progress.say(i, v.label, "generating", 0.3)
                 sampling = sampling_explicit if v.explicit_sampling else sampling_as_given
-                ro = rollout.generate(engine, prompt_ids, sampling)
-                m.seconds["generate_s"] = ro.seconds
+                # Same engine, same effective parameters, same seeds: the same tokens. Reuse
+                # them (e.g. explicit fields on a model whose generation_config sets none).
+                same_key = (v.engine.model_dump_json(), json.dumps(rollout.sampling_dict(
+                    rollout.effective_sampling(sampling, engine.llm)), sort_keys=True))
+                if same_key in by_key:
+                    m.rollout_of = by_key[same_key]
+                    ro = rollouts[m.rollout_of][0]
+                else:
+                    progress.say(i, v.label, "generating", 0.3)
+                    ro = rollout.generate(engine, prompt_ids, sampling)
+                    m.seconds["generate_s"] = ro.seconds
+                    by_key[same_key] = v.name
                 rollouts[v.name] = (ro, eng_settings)
             m.engine = {k: eng_settings.get(k) for k in
                         ("dtype", "head_dtype", "logprobs_mode", "generation_config",
@@ -1027,17 +1039,17 @@ def _trainer_processing_code(spec: ChecklistSpec) -> str:
 def recommendation(check: str, spec: ChecklistSpec) -> dict[str, str]:
     """Copy-pasteable settings for one row: `vllm_llm` (offline LLM(...)), `vllm_serve`
     (the server's flags) and `trainer` (what the trainer side must do), as code."""
-    model = spec.model
+    model, m = spec.model, json.dumps(spec.model)
     fp32 = '{"head_dtype": "float32"}'
     if check == "processed_logprobs":
         return {
-            "vllm_llm": f'llm = LLM(model={model!r}, logprobs_mode="processed_logprobs")',
+            "vllm_llm": f'llm = LLM(model={m}, logprobs_mode="processed_logprobs")',
             "vllm_serve": f"vllm serve {model} --logprobs-mode processed_logprobs",
             "trainer": _trainer_processing_code(spec),
         }
     if check == "runtime_defaults":
         return {
-            "vllm_llm": (f'llm = LLM(model={model!r}, generation_config="vllm")\n'
+            "vllm_llm": (f'llm = LLM(model={m}, generation_config="vllm")\n'
                          f"# or leave nothing to the model's generation_config.json:\n"
                          f"params = {_sampling_params_code(spec)}"),
             "vllm_serve": f"vllm serve {model} --generation-config vllm",
@@ -1063,7 +1075,7 @@ def recommendation(check: str, spec: ChecklistSpec) -> dict[str, str]:
         }
     if check == "fp32_head":
         return {
-            "vllm_llm": f"llm = LLM(model={model!r}, hf_overrides={fp32})",
+            "vllm_llm": f"llm = LLM(model={m}, hf_overrides={fp32})",
             "vllm_serve": f"vllm serve {model} --hf-overrides '{fp32}'",
             "trainer": ("# fp32 on BOTH sides: one side alone makes the gap no smaller\n"
                         "hidden = model.model(input_ids, attention_mask=mask).last_hidden_state\n"
@@ -1071,8 +1083,8 @@ def recommendation(check: str, spec: ChecklistSpec) -> dict[str, str]:
                         "model.lm_head.weight.float())"),
         }
     return {
-        "vllm_llm": (f"llm = LLM(model={model!r}, logprobs_mode=\"processed_logprobs\", "
-                     f"generation_config=\"vllm\",\n          hf_overrides={fp32})\n"
+        "vllm_llm": (f"llm = LLM(\n    model={m},\n    logprobs_mode=\"processed_logprobs\",\n"
+                     f"    generation_config=\"vllm\",\n    hf_overrides={fp32},\n)\n"
                      f"params = {_sampling_params_code(spec)}\n"
                      "# after every weight update: llm.reset_prefix_cache()"),
         "vllm_serve": (f"vllm serve {model} --logprobs-mode processed_logprobs "
@@ -1091,9 +1103,13 @@ _STATUS_MD = {"pass": "✅ pass", "needs-fix": "⚠️ needs fix", "not-applicab
 def _md_cell(cell: Mapping[str, Any] | None) -> str:
     if not cell:
         return "—"
-    parts = [f"{k.replace('abs_diff_mean', 'mean |d|').replace('abs_diff_max', 'max |d|')} "
-             f"{_num(cell.get(k))}" for k in ("abs_diff_mean", "kl_k3", "abs_diff_max")
-             if k in cell]
+    # Escaped pipes: these cells live in a Markdown table.
+    names = {"abs_diff_mean": "mean \\|d\\|", "kl_k3": "kl_k3", "abs_diff_max": "max \\|d\\|"}
+    parts = [f"{names[k]} {_num(cell.get(k))}" for k in names if k in cell]
+    if cell.get("nonfinite_trainer"):
+        # Why a small gap can still fail: a sampled token outside the trainer's own
+        # top-p/top-k support has lt = -inf (METRICS.md counts it, never averages it in).
+        parts.append(f"non-finite lt {cell['nonfinite_trainer']}")
     return "<br>".join(parts) or "not measured"
 
 
@@ -1258,10 +1274,12 @@ def format_text(result: Mapping[str, Any]) -> str:
     """The short summary the CLI prints by default: one line per row."""
     lines = [f"verdict: {str(result['verdict']).upper()}  ({result['engine_builds']} engine "
              f"builds, {_num(result['seconds'])} s)"]
+    def plain(cell: Mapping[str, Any] | None) -> str:
+        return _md_cell(cell).replace("<br>", ", ").replace("\\|", "|")
+
     for row in result["rows"]:
         lines.append(f"  [{row['status']:>14}] {row['title']}: before "
-                     f"{_md_cell(row.get('before')).replace('<br>', ', ')} | after "
-                     f"{_md_cell(row.get('after')).replace('<br>', ', ')}")
+                     f"{plain(row.get('before'))} | after {plain(row.get('after'))}")
         lines.append(f"      {row['reason']}")
     return "\n".join(lines)
 
