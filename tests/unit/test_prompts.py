@@ -1,0 +1,110 @@
+"""Prompt sets: JSONL parsing with line-numbered errors, the built-in set, chat rendering."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from workers import prompts
+from workers.reporting import UserError
+
+pytestmark = pytest.mark.unit
+
+
+def jsonl(*objs: Any) -> str:
+    return "\n".join(o if isinstance(o, str) else json.dumps(o) for o in objs)
+
+
+def test_plain_and_chat_items_parse() -> None:
+    text = jsonl(
+        {"prompt": "Hello"},
+        "",
+        {"messages": [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "Hi"}], "id": 7},
+    )
+    assert prompts.parse_jsonl(text) == [
+        {"prompt": "Hello"},
+        {"messages": [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "Hi"}]},
+    ]
+
+
+def test_extra_keys_are_ignored() -> None:
+    assert prompts.parse_jsonl(jsonl({"prompt": "x", "answer": "y"})) == [{"prompt": "x"}]
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([{"prompt": "ok"}, "{not json"], "line 2: not valid JSON"),
+        ([{"prompt": "ok"}, {"prompt": "ok"}, {"promt": "typo"}],
+         'line 3: expected an object with "prompt"'),
+        ([["a", "list"]], "line 1: expected an object"),
+        ([{"prompt": ""}], 'line 1: "prompt" must be a non-empty string'),
+        ([{"prompt": 3}], 'line 1: "prompt" must be a non-empty string'),
+        ([{"prompt": "a", "messages": []}], "line 1: expected an object"),
+        ([{"messages": []}], 'line 1: "messages" must be a non-empty list'),
+        ([{"messages": [{"role": "user"}]}], 'line 1: message 1 must be an object with "role"'),
+        ([{"messages": [{"role": "robot", "content": "x"}]}], "line 1: message 1 has role 'robot'"),
+        ([{"messages": [{"role": "user", "content": 5}]}], 'line 1: message 1 "content"'),
+    ],
+)
+def test_invalid_lines_are_named(lines: list[Any], expected: str) -> None:
+    with pytest.raises(UserError) as err:
+        prompts.parse_jsonl(jsonl(*lines))
+    assert str(err.value).startswith(expected), str(err.value)
+
+
+def test_line_numbers_count_blank_lines() -> None:
+    with pytest.raises(UserError, match=r"^line 3: "):
+        prompts.parse_jsonl(jsonl({"prompt": "a"}, "", {"nope": 1}))
+
+
+def test_an_empty_file_is_an_error() -> None:
+    with pytest.raises(UserError, match="no prompts"):
+        prompts.parse_jsonl("\n  \n")
+
+
+def test_builtin_set_is_varied_and_shares_long_prefixes() -> None:
+    items = prompts.builtin()
+    assert 30 <= len(items) <= 60
+    chats = [i for i in items if "messages" in i]
+    plain = [i["prompt"] for i in items if "prompt" in i]
+    assert chats and plain
+    shared = [p for p in plain if len(p) > 200]
+    prefixes = {p[:200] for p in shared}
+    assert len(shared) >= 6 and len(prefixes) < len(shared)  # long prompts share prefixes
+    systems = [c["messages"][0]["content"] for c in chats if c["messages"][0]["role"] == "system"]
+    assert len(systems) >= 4 and len(set(systems)) == 1
+
+
+def test_load_limits_and_prefers_inline_prompts() -> None:
+    assert len(prompts.load(prompts.BUILTIN, None, 5)) == 5
+    assert prompts.load("mine", [{"prompt": "a", "x": 1}], None) == [{"prompt": "a"}]
+    with pytest.raises(UserError, match="unknown prompt set 'mine'"):
+        prompts.load("mine", None)
+
+
+class FakeTokenizer:
+    chat_template = "{{ messages }}"
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": ([1] if add_special_tokens else []) + [ord(c) for c in text]}
+
+    def apply_chat_template(self, messages: list[dict[str, str]], **kw: Any) -> list[int]:
+        assert kw["add_generation_prompt"] and kw["tokenize"]
+        return [1] + [ord(m["content"][0]) for m in messages] + [2]
+
+
+def test_render_plain_and_chat() -> None:
+    items = [{"prompt": "ab"}, {"messages": [{"role": "user", "content": "hi"}]}]
+    assert prompts.render(items, FakeTokenizer()) == [[1, 97, 98], [1, ord("h"), 2]]
+
+
+def test_render_chat_without_template_is_a_user_error() -> None:
+    tok = FakeTokenizer()
+    tok.chat_template = None  # type: ignore[assignment]
+    with pytest.raises(UserError, match="prompt 1 is a chat"):
+        prompts.render([{"messages": [{"role": "user", "content": "hi"}]}], tok)

@@ -1,0 +1,655 @@
+"""A comparison: sample with vLLM V1, score exactly those tokens with the trainer, measure the
+gap with `parity.metrics`, and say in words what causes it.
+
+    python -m workers.compare --model var/models/tiny-llama --temperature 0.7 --top-p 0.9 \\
+        --engine-logprobs-mode processed
+
+Three ways in share this module: the CLI (`main`), the Celery task (`run_comparison_job`,
+called by workers.tasks) and tests/bench (`run_comparison`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydantic
+
+from workers import prompts as prompt_sets
+from workers.reporting import JobOutcome, PrintReporter, Reporter, UserError
+from workers.specs import ComparisonSpec, EngineSettings, SamplingSettings, TrainerSettings
+
+WORST_K = 20
+# Stage progress bands: engine load is the long pole on a cold worker, then generation.
+_BANDS = {"engine": (0.0, 0.1), "generate": (0.1, 0.55), "trainer": (0.55, 0.6),
+          "score": (0.6, 0.95), "metrics": (0.95, 1.0)}
+# A diagnosis is "measured" when fixing it would remove at least this much of the gap.
+_MEASURED_GAIN = 0.5
+
+
+def run_comparison_job(spec: Mapping[str, Any], reporter: Reporter) -> JobOutcome:
+    """The Celery entry point: validate a job's spec (UserError on bad values), then run it."""
+    try:
+        parsed = ComparisonSpec.model_validate(dict(spec))
+    except pydantic.ValidationError as exc:
+        raise UserError(validation_message(exc)) from None
+    return run_comparison(parsed, reporter)
+
+
+def validation_message(exc: pydantic.ValidationError) -> str:
+    """pydantic's errors as one line per field: "sampling.temperature: Input should be ..."."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}")
+    return "; ".join(lines)
+
+
+class _Stages:
+    """Stage messages with progress, throttled so that a big job does not write its job row
+    once per finished request."""
+
+    def __init__(self, reporter: Reporter, min_interval_s: float = 0.5) -> None:
+        self.reporter, self.min_interval_s = reporter, min_interval_s
+        self.last = 0.0
+
+    def say(self, band: str, message: str, frac: float = 0.0, force: bool = True) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.min_interval_s:
+            return
+        self.last = now
+        lo, hi = _BANDS[band]
+        self.reporter.stage(message, lo + (hi - lo) * min(max(frac, 0.0), 1.0))
+
+    def counter(self, band: str, verb: str) -> Callable[[int, int], None]:
+        def progress(done: int, total: int) -> None:
+            self.say(band, f"{verb} {done}/{total}", done / max(total, 1), force=done >= total)
+
+        return progress
+
+
+def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
+    """Run one comparison end to end and return its outcome.
+
+    Raises UserError (before any engine work where it can be known) for a missing model, an
+    unusable prompt set or settings the engine refuses. The trainer scores exactly the token
+    ids the engine returned; any disagreement is counted in `token_mismatch`, never hidden.
+    """
+    from parity.metrics import Thresholds, compute_metrics
+    from workers import rollout, trainer
+
+    wall_started = time.perf_counter()
+    stages = _Stages(reporter)
+    timings: dict[str, float] = {}
+    try:
+        thresholds = Thresholds.from_dict(spec.thresholds)
+    except ValueError as exc:
+        raise UserError(f"thresholds: {exc}") from None
+    model_path = rollout.resolve_model(spec.model)
+    items = prompt_sets.load(spec.prompt_set, spec.prompts, spec.num_prompts)
+
+    stages.say("engine", "loading engine")
+    engine, engine_reused = rollout.get_engine(model_path, spec.engine)
+    timings["engine_load_s"] = 0.0 if engine_reused else engine.load_seconds
+    tokenizer = _tokenizer(model_path)
+    prompt_ids = prompt_sets.render(items, tokenizer)
+
+    n_seq = len(prompt_ids) * spec.sampling.n
+    stages.say("generate", f"generating 0/{len(prompt_ids)}")
+    ro = rollout.generate(engine, prompt_ids, spec.sampling,
+                          progress=stages.counter("generate", "generating"))
+    timings["generate_s"] = ro.seconds
+
+    stages.say("trainer", "loading trainer")
+    tm, trainer_reused = trainer.get_trainer(model_path, spec.trainer)
+    timings["trainer_load_s"] = 0.0 if trainer_reused else tm.load_seconds
+    processing = trainer.Processing.for_comparison(spec.trainer, spec.engine, ro.requested)
+    matched = trainer.Processing.for_engine(spec.engine, ro.effective)
+    seq_prompts = [ro.prompt_token_ids[i] for i in ro.prompt_index]
+    stages.say("score", f"scoring 0/{n_seq}")
+    scores = trainer.score(
+        tm, seq_prompts, ro.token_ids, processing,
+        topk=spec.sampling.logprobs_topk,
+        reference=matched if matched != processing else None,
+        progress=stages.counter("score", "scoring"),
+    )
+    timings["score_s"] = scores.seconds
+
+    stages.say("metrics", "computing metrics")
+    started = time.perf_counter()
+    seq_lens = np.array([len(t) for t in ro.token_ids], dtype=np.int64)
+    lr = np.fromiter((x for seq in ro.lr for x in seq), dtype=np.float64, count=int(seq_lens.sum()))
+    token_ids = np.fromiter((t for seq in ro.token_ids for t in seq), dtype=np.int64,
+                            count=lr.size)
+    rollout_topk = _rollout_topk(ro, lr.size)
+    metrics = compute_metrics(
+        scores.lt, lr, seq_lens,
+        entropy=scores.entropy,
+        token_ids=token_ids,
+        trainer_token_ids=scores.token_ids,
+        trainer_argmax=scores.argmax,
+        rollout_argmax=None if rollout_topk is None else rollout_topk[:, 0],
+        trainer_topk=scores.topk,
+        rollout_topk=rollout_topk,
+        thresholds=thresholds,
+    )
+    reference = None
+    if scores.lt_reference is not None:
+        reference = compute_metrics(scores.lt_reference, lr, seq_lens, thresholds=thresholds)
+    timings["metrics_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    diagnoses = diagnose(spec, ro, processing, matched, metrics.values,
+                         None if reference is None else reference.values)
+    worst = _worst_sequences(metrics, ro, scores, lr, seq_lens, items, tokenizer)
+    fingerprint = _fingerprint(spec, model_path, engine, tm, ro, processing)
+    timings["report_s"] = time.perf_counter() - started
+    result = {
+        "metrics": metrics.to_dict(),
+        "diagnoses": diagnoses,
+        "worst_sequences": worst,
+        "sampling": {
+            "requested": ro.requested,
+            "effective": ro.effective,
+            "model_defaults": ro.model_defaults,
+            "changed_by_defaults": {k: {"requested": a, "effective": b}
+                                    for k, (a, b) in ro.changed_by_defaults.items()},
+        },
+        "trainer_processing": _processing_dict(processing),
+        "engine_processing": _processing_dict(matched),
+        "reference": None if reference is None else {
+            "what": "the same tokens scored with the processing that matches the engine",
+            "processing": _processing_dict(matched),
+            "values": reference.values,
+            "verdict": reference.verdict,
+        },
+        "counts": {
+            "prompts": len(prompt_ids),
+            "sequences": len(ro.token_ids),
+            "tokens": int(lr.size),
+            "finish_reasons": _count(ro.finish_reasons),
+        },
+        "fingerprint": fingerprint,
+        "timings": timings,
+        "reused": {"engine": engine_reused, "trainer": trainer_reused},
+        "wall_s": time.perf_counter() - wall_started,
+    }
+    values = {k: float(v) for k, v in metrics.values.items()
+              if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+    stages.say("metrics", "done", 1.0)
+    return JobOutcome(result=_json_safe(result), fingerprint=_json_safe(fingerprint),
+                      verdict=metrics.verdict, step_values={0: values})
+
+
+_tokenizers: dict[str, Any] = {}
+
+
+def _tokenizer(model_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    if model_path not in _tokenizers:
+        _tokenizers.clear()
+        _tokenizers[model_path] = AutoTokenizer.from_pretrained(model_path)
+    return _tokenizers[model_path]
+
+
+def _rollout_topk(ro: Any, n_tokens: int) -> np.ndarray | None:
+    """The engine's top-k token ids as an (n_tokens, k) array, -1 where it returned fewer."""
+    if ro.topk_ids is None:
+        return None
+    rows = [row for seq in ro.topk_ids for row in seq]
+    k = max((len(r) for r in rows), default=0)
+    if k == 0:
+        return None
+    out = np.full((n_tokens, k), -1, dtype=np.int64)
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=n_tokens)
+    flat = np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(lengths.sum()))
+    mask = np.arange(k)[None, :] < lengths[:, None]
+    out[mask] = flat
+    return out
+
+
+def _count(xs: Sequence[Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in xs:
+        out[str(x)] = out.get(str(x), 0) + 1
+    return out
+
+
+def _processing_dict(p: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(p)
+
+
+# --- diagnoses ---------------------------------------------------------------------------
+
+
+@dataclass
+class Diagnosis:
+    name: str
+    severity: str  # "error": it explains a measured gap; "warning": wrong but not measured here
+    message: str
+    fix: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "severity": self.severity, "message": self.message,
+                "fix": self.fix}
+
+
+def _gap(values: Mapping[str, Any] | None) -> float | None:
+    v = None if values is None else values.get("abs_diff_mean")
+    return float(v) if isinstance(v, int | float) else None
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.1f}" if x.is_integer() and abs(x) < 1e6 else f"{x:.4g}"
+    return str(x)
+
+
+def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, matched: Any,
+             values: Mapping[str, Any],
+             reference: Mapping[str, Any] | None) -> list[dict[str, str]]:
+    """The METRICS.md "known offsets" this comparison shows, by name, with the fix.
+
+    Each is decided from the configuration and, where the trainer's processing differs from
+    the engine's, backed by the measurement: the same tokens were also scored with the
+    processing that matches the engine (`reference`), so the report can say how much of the
+    gap the misconfiguration explains.
+    """
+    out: list[Diagnosis] = []
+    eff = ro.effective
+    gap, ref_gap = _gap(values), _gap(reference)
+    measured = (gap is not None and ref_gap is not None and gap > 0
+                and ref_gap <= (1 - _MEASURED_GAIN) * gap)
+    gap_note = ""
+    if gap is not None and ref_gap is not None:
+        gap_note = (f" Measured: mean |lt - lr| = {gap:.4g} as configured, {ref_gap:.4g} when "
+                    "the trainer applies the engine's processing.")
+    engine_raw = spec.engine.logprobs_mode == "raw"
+    temp = float(eff["temperature"])
+    greedy = temp < 1e-5
+    eff_truncates = not greedy and (eff["top_p"] < 1.0 or eff["top_k"] > 0 or eff["min_p"] > 0)
+    eff_penalised = (eff["repetition_penalty"] != 1.0 or eff["presence_penalty"] != 0.0
+                     or eff["frequency_penalty"] != 0.0)
+
+    changed = ro.changed_by_defaults
+    if changed:
+        listed = ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in changed.items())
+        affects_trainer = processing.kind != "raw" and measured
+        out.append(Diagnosis(
+            "generation_config_defaults",
+            "error" if affects_trainer else "warning",
+            "generation_config='auto' (vLLM's default) applied the model's "
+            f"generation_config.json to the sampling fields left unset: {listed} (requested -> "
+            "effective). The engine samples with parameters the trainer does not know about."
+            + (gap_note if affects_trainer else ""),
+            "Start vLLM with generation_config='vllm' (vllm serve --generation-config vllm), "
+            "or set every sampling parameter explicitly and give the trainer the same ones.",
+        ))
+
+    if engine_raw and (not greedy and temp != 1.0 or eff_truncates or eff_penalised):
+        what = []
+        if not greedy and temp != 1.0:
+            what.append(f"T={_fmt(temp)}")
+        if eff_truncates:
+            what += [f"{k}={_fmt(eff[k])}" for k in ("top_p", "top_k", "min_p")
+                     if (k == "top_p" and eff[k] < 1.0) or (k != "top_p" and eff[k] > 0)]
+        if eff_penalised:
+            what.append("penalties")
+        sampling_desc = "sampling at " + ", ".join(what)
+        trainer_processes = processing.kind in ("processed", "temperature")
+        out.append(Diagnosis(
+            "raw_logprobs_with_processing",
+            "error" if trainer_processes else "warning",
+            f"engine returns raw logprobs while {sampling_desc}: lr is the log-prob under the "
+            "unprocessed distribution, not the one the token was sampled from"
+            + (", so it cannot match the trainer's processed lt (d scales with (1/T - 1) x "
+               "logits)." + gap_note if trainer_processes else
+               "; the trainer matches it, but importance ratios against the sampling "
+               "distribution are biased."),
+            "use processed logprobs (logprobs_mode='processed_logprobs'; vllm serve "
+            "--logprobs-mode processed_logprobs) and apply the same temperature and "
+            "truncation in the trainer.",
+        ))
+
+    if not engine_raw and eff_truncates and processing.kind in ("raw", "temperature"):
+        bias = values.get("bias")
+        out.append(Diagnosis(
+            "truncation_log_s",
+            "error",
+            "the engine renormalises over the top-p/top-k/min-p support while the trainer "
+            "scores the full vocabulary: lr = log p - log S with S the surviving mass, so "
+            f"rho = exp(lt - lr) ≈ S < 1 (mean d = {_fmt(bias)}, i.e. mean log S)." + gap_note,
+            "apply the same top-p/top-k/min-p with renormalisation in the trainer (processing="
+            "'processed'), or sample RL rollouts without truncation.",
+        ))
+
+    if (not engine_raw and not greedy and temp != 1.0 and processing.kind == "raw"):
+        out.append(Diagnosis(
+            "temperature_not_applied",
+            "error",
+            f"the engine's processed logprobs use T={_fmt(temp)} but the trainer scores at "
+            "T=1." + gap_note,
+            f"divide the trainer's logits by the sampling temperature ({_fmt(temp)}).",
+        ))
+
+    nonfinite = values.get("nonfinite_trainer") or 0
+    if nonfinite and processing.kind == "processed" and processing.truncates:
+        out.append(Diagnosis(
+            "truncation_boundary",
+            "warning",
+            f"{nonfinite} sampled token(s) fall outside the trainer's own top-p/top-k/min-p "
+            "support (lt = -inf): near the cut-off, small logit differences move a token "
+            "across the boundary. They are counted as non-finite, not averaged in.",
+            "score the engine's support on the trainer side (or sample RL rollouts without "
+            "truncation); reducing the logit gap (fp32 lm_head on both sides) makes it rarer.",
+        ))
+
+    if spec.engine.head_dtype != spec.trainer.head_dtype:
+        fp32_side = "engine" if spec.engine.head_dtype == "float32" else "trainer"
+        out.append(Diagnosis(
+            "fp32_head_one_side",
+            "warning",
+            f"only the {fp32_side} computes the lm_head in fp32; the other side's logits keep "
+            "the model dtype's rounding, so the two disagree by that rounding.",
+            "use an fp32 lm_head on both sides (vLLM hf_overrides={'head_dtype': 'float32'}; "
+            "trainer head in fp32).",
+        ))
+
+    mismatched = values.get("token_mismatch") or 0
+    if mismatched:
+        out.append(Diagnosis(
+            "token_mismatch",
+            "error",
+            f"the trainer scored {mismatched} token(s) other than the ones the engine sampled: "
+            "the comparison itself is broken at those positions.",
+            "report this as a bug in Parity with the job's fingerprint.",
+        ))
+    return [d.as_dict() for d in out]
+
+
+# --- report pieces ------------------------------------------------------------------------
+
+
+def _worst_sequences(metrics: Any, ro: Any, scores: Any, lr: np.ndarray, seq_lens: np.ndarray,
+                     items: Sequence[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+    from parity.metrics import worst_sequences
+
+    offsets = np.concatenate([[0], np.cumsum(seq_lens)])
+    per_seq = metrics.per_sequence
+    out = []
+    for s in worst_sequences(metrics, WORST_K):
+        lo, hi = int(offsets[s]), int(offsets[s + 1])
+        ids = ro.token_ids[s]
+        texts = [tokenizer.decode([t]) for t in ids]
+        tokens = [
+            {"text": texts[j], "id": int(ids[j]), "lt": _finite(scores.lt[lo + j]),
+             "lr": _finite(lr[lo + j]), "d": _finite(scores.lt[lo + j] - lr[lo + j]),
+             "rank": int(scores.rank[lo + j])}
+            for j in range(hi - lo)
+        ]
+        out.append({
+            "sequence": int(s),
+            "prompt_index": int(ro.prompt_index[s]),
+            "prompt": prompt_sets.describe(items[ro.prompt_index[s]]),
+            "seq_log_ratio": per_seq["seq_log_ratio"][s],
+            "max_abs_d": per_seq["max_abs_diff"][s],
+            "n_tokens": int(hi - lo),
+            "finish_reason": ro.finish_reasons[s],
+            "tokens": tokens,
+        })
+    return out
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _json_safe(x: Any) -> Any:
+    """`x` with NaN/inf replaced by None and numpy scalars by Python ones (Postgres jsonb
+    refuses NaN and Infinity)."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _fingerprint(spec: ComparisonSpec, model_path: str, engine: Any, tm: Any, ro: Any,
+                 processing: Any) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {
+        "model": spec.model,
+        "model_path": model_path,
+        "engine": {"vllm_version": ro.vllm_version, **engine.effective_settings(),
+                   "settings": spec.engine.model_dump()},
+        "trainer": {"transformers_version": transformers.__version__, **spec.trainer.model_dump(),
+                    "processing_applied": processing.kind, "device_resolved": str(tm.device)},
+        "sampling": ro.effective,
+        "sampling_requested": ro.requested,
+        "sampling_model_defaults": ro.model_defaults,
+        "prompt_set": spec.prompt_set,
+        "num_prompts": spec.num_prompts,
+        "versions": {
+            "vllm": ro.vllm_version,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "device": _device_name(tm.device),
+    }
+
+
+def _device_name(device: Any) -> str:
+    import torch
+
+    if getattr(device, "type", "") == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu ({cpu}, {torch.get_num_threads()} threads)"
+
+
+# --- the command line ---------------------------------------------------------------------
+
+_SECTIONS: dict[str, type[pydantic.BaseModel]] = {
+    "engine": EngineSettings, "trainer": TrainerSettings, "sampling": SamplingSettings,
+}
+# Short flags for sampling fields whose names are unique across sections.
+_SHORT = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+          "frequency_penalty", "max_tokens", "logprobs_topk"}
+
+
+def _flag_type(annotation: Any) -> tuple[Any, list[str] | None]:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    nullable = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    base = args[0] if nullable and len(args) == 1 else annotation
+    if typing.get_origin(base) is typing.Literal:
+        return str, [str(a) for a in typing.get_args(base)]
+    conv = base if base in (int, float, str) else str
+
+    def parse(text: str) -> Any:
+        if nullable and text.lower() in ("none", "default", ""):
+            return None
+        return conv(text)
+
+    parse.__name__ = getattr(conv, "__name__", "value")
+    return parse, None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's flags, one per field of the spec's settings models."""
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.compare",
+        description="Compare vLLM V1 and the trainer (transformers) on the same sampled tokens.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--model", help="model directory or hub id "
+                        f"(default {ComparisonSpec.model_fields['model'].default})")
+    parser.add_argument("--prompts", dest="prompts_file", metavar="FILE.jsonl",
+                        help='JSONL prompt set: {"prompt": ...} or {"messages": [...]} per line')
+    parser.add_argument("--num-prompts", type=int, help="use at most this many prompts")
+    parser.add_argument("--threshold", action="append", metavar="KEY=VALUE",
+                        help="verdict threshold override, e.g. warn_abs_diff_mean=0.05")
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument("--fail-on", choices=["never", "fail", "warn"],
+                        help="exit 1 when the verdict is this bad or worse (default never)")
+    for section, model in _SECTIONS.items():
+        group = parser.add_argument_group(f"{section} settings", model.__doc__)
+        for name, info in model.model_fields.items():
+            flags = [f"--{section}-{name.replace('_', '-')}"]
+            if section == "sampling" and name in _SHORT:
+                flags.insert(0, f"--{name.replace('_', '-')}")
+            help_text = f"{info.description or ''} (default: {info.default})"
+            if info.annotation is bool:
+                group.add_argument(*flags, dest=f"{section}.{name}", help=help_text,
+                                   action=argparse.BooleanOptionalAction)
+                continue
+            conv, choices = _flag_type(info.annotation)
+            group.add_argument(*flags, dest=f"{section}.{name}", type=conv, choices=choices,
+                               help=help_text, metavar=None if choices else "VALUE")
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace) -> ComparisonSpec:
+    """The ComparisonSpec the parsed flags describe (UserError on invalid values)."""
+    data: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            data.setdefault(section, {})[name] = value
+    for key in ("model", "num_prompts"):
+        if key in args:
+            data[key] = getattr(args, key)
+    if "prompts_file" in args:
+        path = Path(args.prompts_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot read prompt file {path}: {exc.strerror}") from None
+        try:
+            data["prompts"] = prompt_sets.parse_jsonl(text)
+        except UserError as exc:
+            raise UserError(f"{path}: {exc}") from None
+        data["prompt_set"] = path.name
+    if "threshold" in args:
+        thresholds = {}
+        for item in args.threshold:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UserError(f"--threshold {item!r}: expected KEY=VALUE")
+            thresholds[key.strip()] = value.strip()
+        data["thresholds"] = thresholds
+    try:
+        return ComparisonSpec.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise UserError(validation_message(exc)) from None
+
+
+_KEY_METRICS = (
+    "n_sequences", "n_tokens", "abs_diff_mean", "abs_diff_p99", "abs_diff_max", "bias",
+    "kl_k1", "kl_k3", "chi2_token", "ess", "clip_rate", "catastrophic_seq_frac",
+    "token_mismatch", "nonfinite_trainer", "argmax_agree", "topk_containment",
+    "bit_equal_frac", "trainer_ppl", "distinct_2",
+)
+
+
+def format_report(outcome: JobOutcome, worst: int = 3) -> str:
+    """The human-readable report the CLI prints."""
+    r = outcome.result
+    m = r["metrics"]
+    lines = [f"verdict: {outcome.verdict.upper()}"]
+    lines += [f"  - {reason}" for reason in m.get("reasons", [])]
+    fp = r["fingerprint"]
+    eng = fp["engine"]
+    lines.append(
+        f"model {fp['model']} · vLLM {eng['vllm_version']} · {fp['device']} · engine "
+        f"{eng['dtype']}/{eng['logprobs_mode']}/generation_config={eng['generation_config']} · "
+        f"trainer {fp['trainer']['dtype']}/{fp['trainer']['processing_applied']}"
+    )
+    if r["diagnoses"]:
+        lines.append("\ndiagnoses:")
+        for d in r["diagnoses"]:
+            lines.append(f"  [{d['severity']}] {d['name']}: {d['message']}")
+            lines.append(f"      fix: {d['fix']}")
+    samp = r["sampling"]
+    lines.append("\nsampling (requested -> effective):")
+    for k, v in samp["effective"].items():
+        req = samp["requested"].get(k)
+        flag = "   *changed*" if req != v else ""
+        lines.append(f"  {k:20s} {_fmt(req):>10s} -> {_fmt(v)}{flag}")
+    lines.append("\nmetrics:")
+    values = m["values"]
+    for k in _KEY_METRICS:
+        if k in values:
+            lines.append(f"  {k:24s} {_fmt(values[k])}")
+    t = r["timings"]
+    lines.append("\ntimings: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
+                 + f", wall {r['wall_s']:.2f} s")
+    for seq in r["worst_sequences"][:worst]:
+        lines.append(
+            f"\nworst sequence {seq['sequence']} (max |d| {_fmt(seq['max_abs_d'])}, "
+            f"S {_fmt(seq['seq_log_ratio'])}) prompt: {seq['prompt'][-120:]!r}"
+        )
+        parts = []
+        for tok in seq["tokens"]:
+            d = tok["d"]
+            if d is None or abs(d) >= 0.1:
+                parts.append(f"[{tok['text']}|d={'-inf' if d is None else f'{d:+.2f}'}]")
+            else:
+                parts.append(tok["text"])
+        lines.append("  " + "".join(parts))
+    return "\n".join(lines)
+
+
+_SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        spec = spec_from_args(args)
+        outcome = run_comparison(spec, PrintReporter(quiet=getattr(args, "json", False)))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        print(json.dumps({"verdict": outcome.verdict, "result": outcome.result}, indent=1))
+    else:
+        print(format_report(outcome))
+    fail_on = getattr(args, "fail_on", "never")
+    if fail_on != "never" and _SEVERITY.get(outcome.verdict, 2) >= _SEVERITY[fail_on]:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Prompt sets: the built-in one shipped with Parity, user uploads as JSONL, and rendering
+them to token ids with the model's tokenizer.
+
+One item is either `{"prompt": "text"}` or `{"messages": [{"role": ..., "content": ...}, ...]}`
+(a chat, rendered with the tokenizer's chat template and a generation prompt). Other keys
+(ids, answers, sources) are allowed and ignored, so existing datasets load as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from workers.reporting import UserError
+
+BUILTIN = "builtin"
+BUILTIN_PATH = Path(__file__).with_name("data") / "prompts.jsonl"
+ROLES = ("system", "user", "assistant", "tool")
+MAX_ITEMS = 100_000
+MAX_CHARS = 200_000
+
+_EXPECTED = (
+    'expected an object with "prompt" (a string) or "messages" (a list of '
+    '{"role", "content"} objects)'
+)
+
+
+class PromptError(ValueError):
+    """An invalid prompt item; the message names where it is (line or index) and why."""
+
+
+def check_item(item: Any, where: str) -> dict[str, Any]:
+    """The item reduced to its `prompt` or `messages`, or PromptError naming `where`."""
+    if not isinstance(item, dict):
+        raise PromptError(f"{where}: {_EXPECTED}, got {type(item).__name__}")
+    has_prompt, has_messages = "prompt" in item, "messages" in item
+    if has_prompt == has_messages:
+        keys = ", ".join(sorted(map(str, item))) or "none"
+        both = "both" if has_prompt else "neither"
+        raise PromptError(f"{where}: {_EXPECTED}; it has {both} (keys: {keys})")
+    if has_prompt:
+        prompt = item["prompt"]
+        if not isinstance(prompt, str) or not prompt:
+            raise PromptError(f'{where}: "prompt" must be a non-empty string')
+        if len(prompt) > MAX_CHARS:
+            raise PromptError(f'{where}: "prompt" is longer than {MAX_CHARS} characters')
+        return {"prompt": prompt}
+    messages = item["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise PromptError(f'{where}: "messages" must be a non-empty list')
+    out = []
+    for j, msg in enumerate(messages, 1):
+        if not isinstance(msg, dict) or not {"role", "content"} <= msg.keys():
+            raise PromptError(
+                f'{where}: message {j} must be an object with "role" and "content"'
+            )
+        role, content = msg["role"], msg["content"]
+        if role not in ROLES:
+            raise PromptError(
+                f"{where}: message {j} has role {role!r}; expected one of {', '.join(ROLES)}"
+            )
+        if not isinstance(content, str):
+            raise PromptError(f'{where}: message {j} "content" must be a string')
+        out.append({"role": role, "content": content})
+    if sum(len(m["content"]) for m in out) > MAX_CHARS:
+        raise PromptError(f"{where}: the messages are longer than {MAX_CHARS} characters")
+    return {"messages": out}
+
+
+def parse_jsonl(text: str) -> list[dict[str, Any]]:
+    """Validated items of a JSONL prompt set; UserError with the 1-based line number of the
+    first problem ("line 3: ..."). Blank lines are skipped."""
+    items: list[dict[str, Any]] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})"
+            ) from None
+        try:
+            items.append(check_item(obj, f"line {lineno}"))
+        except PromptError as exc:
+            raise UserError(str(exc)) from None
+        if len(items) > MAX_ITEMS:
+            raise UserError(f"line {lineno}: more than {MAX_ITEMS} prompts")
+    if not items:
+        raise UserError("the prompt file has no prompts (one JSON object per line)")
+    return items
+
+
+@cache
+def _builtin() -> tuple[dict[str, Any], ...]:
+    return tuple(parse_jsonl(BUILTIN_PATH.read_text(encoding="utf-8")))
+
+
+def builtin() -> list[dict[str, Any]]:
+    """The built-in prompt set (plain and chat items, several sharing long prefixes)."""
+    return [dict(item) for item in _builtin()]
+
+
+def load(prompt_set: str, inline: Sequence[dict[str, Any]] | None,
+         limit: int | None = None) -> list[dict[str, Any]]:
+    """The items of a comparison: `inline` when given, else the named built-in set; at most
+    `limit` of them."""
+    if inline is not None:
+        items = [check_item(item, f"prompt {i + 1}") for i, item in enumerate(inline)]
+    elif prompt_set == BUILTIN:
+        items = builtin()
+    else:
+        raise UserError(
+            f"unknown prompt set {prompt_set!r}: pass its prompts inline or use {BUILTIN!r}"
+        )
+    return items[:limit] if limit else items
+
+
+def render(items: Sequence[dict[str, Any]], tokenizer: Any) -> list[list[int]]:
+    """Token ids of each item: plain prompts with the tokenizer's special tokens (BOS), chats
+    through its chat template with the generation prompt appended."""
+    out: list[list[int]] = []
+    for i, item in enumerate(items):
+        if "prompt" in item:
+            ids = tokenizer(item["prompt"], add_special_tokens=True)["input_ids"]
+        else:
+            if not getattr(tokenizer, "chat_template", None):
+                raise UserError(
+                    f"prompt {i + 1} is a chat (messages) but the model's tokenizer has no "
+                    "chat template; use plain {\"prompt\": ...} items for this model"
+                )
+            ids = tokenizer.apply_chat_template(
+                item["messages"], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        if not ids:
+            raise UserError(f"prompt {i + 1} renders to no tokens")
+        out.append([int(t) for t in ids])
+    return out
+
+
+def describe(item: dict[str, Any], max_chars: int = 400) -> str:
+    """A short human-readable form of an item, for reports."""
+    if "prompt" in item:
+        text = item["prompt"]
+    else:
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in item["messages"])
+    return text if len(text) <= max_chars else "…" + text[-(max_chars - 1):]

@@ -1,0 +1,309 @@
+"""The settings of a comparison: one definition shared by the CLI, the API, the browser form
+and the job spec.
+
+Defaults mirror what a user who sets nothing runs with vLLM V1 (`logprobs_mode` raw,
+`generation_config="auto"`, vLLM's sampling defaults), except where this product's CPU demo
+needs otherwise (`gpu_memory_utilization`, `enforce_eager`), so that a comparison left at its
+defaults measures the setup people actually have; the diagnoses then name what to change.
+Every default works on the tiny demo model (`python -m workers.tiny_model`).
+
+Sampling fields left unset (None) behave exactly as in a vLLM request: the engine fills them
+from its default sampling parameters, which under `generation_config="auto"` come from the
+model's generation_config.json. The trainer only knows what was asked for (unset = vLLM's
+neutral default), which is how that hidden difference shows up in the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from workers import prompts as prompt_sets
+
+# vLLM clamps 0 < temperature < 0.01 up to 0.01 (vllm/sampling_params.py, _MAX_TEMP); rather
+# than silently sampling at a temperature the user did not ask for, such values are refused.
+MIN_TEMPERATURE = 0.01
+# vLLM's neutral defaults for unset request fields (entrypoints/openai/completion/protocol.py,
+# _DEFAULT_SAMPLING_PARAMS): what the trainer assumes when the user leaves a field unset.
+NEUTRAL_SAMPLING: dict[str, float | int] = {
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+# vLLM's max_logprobs default: an engine refuses requests for more top logprobs than this.
+MAX_LOGPROBS = 20
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineSettings(_Settings):
+    """How vLLM V1 is built: what changes the engine itself (a different value, a new engine)."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="bfloat16",
+        description="Weights and activations dtype ('auto': the model config's).",
+    )
+    logprobs_mode: Literal["processed", "raw"] = Field(
+        default="raw",
+        description=(
+            "Which logprobs the engine returns: 'processed' = of the distribution it samples "
+            "from, after penalties, temperature, min-p, top-k/top-p (vLLM "
+            "logprobs_mode='processed_logprobs'); 'raw' = of the model's unprocessed "
+            "distribution (vLLM's default, 'raw_logprobs')."
+        ),
+    )
+    generation_config: Literal["auto", "vllm"] = Field(
+        default="auto",
+        description=(
+            "'auto' (vLLM's default) applies the model's generation_config.json to every "
+            "sampling field you leave unset; 'vllm' uses vLLM's neutral defaults."
+        ),
+    )
+    enable_prefix_caching: bool = Field(
+        default=True, description="vLLM prefix caching (V1 default on)."
+    )
+    max_num_seqs: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Most sequences the engine batches per step (empty: vLLM's default).",
+    )
+    enforce_eager: bool = Field(
+        default=True, description="Skip torch.compile and CUDA graphs (much faster engine start)."
+    )
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="The engine's global random seed.")
+    gpu_memory_utilization: float = Field(
+        default=0.2,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "Fraction of accelerator memory vLLM may use; on CPU the fraction of RAM reserved "
+            "for the engine."
+        ),
+    )
+    head_dtype: Literal["model", "float32"] = Field(
+        default="model",
+        description=(
+            "lm_head dtype: 'float32' computes the logits in fp32 "
+            "(vLLM hf_overrides={'head_dtype': 'float32'})."
+        ),
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="Context length (empty: the model's own)."
+    )
+
+    @property
+    def vllm_logprobs_mode(self) -> str:
+        """The value of vLLM's `logprobs_mode` engine argument."""
+        return f"{self.logprobs_mode}_logprobs"
+
+
+class TrainerSettings(_Settings):
+    """How the trainer side (HF transformers) loads the model and scores the engine's tokens."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="Trainer dtype ('auto': the model config's)."
+    )
+    head_dtype: Literal["model", "float32"] = Field(
+        default="model", description="lm_head dtype: 'float32' projects the hidden states in fp32."
+    )
+    attn_implementation: Literal["eager", "sdpa"] = Field(
+        default="sdpa", description="transformers attention implementation."
+    )
+    processing: Literal["match_engine", "raw", "processed", "temperature"] = Field(
+        default="match_engine",
+        description=(
+            "Which distribution the trainer scores: 'match_engine' = the same kind the engine "
+            "returns (its logprobs_mode); 'raw' = full-vocabulary log-softmax at T=1; "
+            "'processed' = penalties, temperature, min-p, top-k/top-p with renormalisation; "
+            "'temperature' = logits / T on the full vocabulary (what most RL trainers do)."
+        ),
+    )
+    batch_size: int = Field(default=16, ge=1, le=1024, description="Sequences per forward pass.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where the trainer runs ('auto': cuda when available)."
+    )
+
+
+class SamplingSettings(_Settings):
+    """What the rollout asks vLLM for; empty fields take the engine's default."""
+
+    temperature: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=2.0,
+        description="0 = greedy; empty: engine default (1.0 unless auto).",
+    )
+    top_p: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Nucleus mass, in (0, 1]."
+    )
+    top_k: int | None = Field(
+        default=None, ge=-1, description="Keep the k most likely tokens (0 or -1: off)."
+    )
+    min_p: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Drop tokens below min_p x the top probability."
+    )
+    repetition_penalty: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=10.0,
+        description="> 1 discourages tokens already in prompt or output.",
+    )
+    presence_penalty: float | None = Field(
+        default=None, ge=-2.0, le=2.0, description="Subtracted from tokens already in the output."
+    )
+    frequency_penalty: float | None = Field(
+        default=None, ge=-2.0, le=2.0, description="Subtracted per occurrence in the output."
+    )
+    max_tokens: int = Field(default=64, ge=1, le=8192, description="Tokens to sample per sequence.")
+    n: int = Field(default=1, ge=1, le=64, description="Samples per prompt.")
+    seed: int | None = Field(
+        default=0, ge=0, le=2**63 - 1, description="Per-request seed (empty: unseeded)."
+    )
+    logprobs_topk: int = Field(
+        default=5,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="Top-k logprobs to fetch from the engine per token (argmax/top-k agreement).",
+    )
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_not_clamped(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or 0.0 < v < MIN_TEMPERATURE):
+            raise ValueError(
+                f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}: vLLM would "
+                f"silently raise {v} to {MIN_TEMPERATURE}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _greedy_needs_one_sample(self) -> SamplingSettings:
+        if self.temperature == 0.0 and self.n > 1:
+            raise ValueError("n must be 1 when temperature is 0 (greedy sampling is deterministic)")
+        return self
+
+    def requested(self) -> dict[str, Any]:
+        """The sampling parameters as the user (and so the trainer) sees them: set fields as
+        given, unset ones at vLLM's neutral defaults."""
+        out: dict[str, Any] = {
+            k: (getattr(self, k) if getattr(self, k) is not None else v)
+            for k, v in NEUTRAL_SAMPLING.items()
+        }
+        out.update(max_tokens=self.max_tokens, n=self.n, seed=self.seed)
+        return out
+
+
+class ComparisonSpec(_Settings):
+    """One comparison: sample with vLLM V1, score the same tokens with the trainer, compare."""
+
+    model: str = Field(
+        default="var/models/tiny-llama",
+        min_length=1,
+        max_length=500,
+        description="Local model directory on the worker, or a Hugging Face hub id.",
+    )
+    prompt_set: str = Field(
+        default=prompt_sets.BUILTIN,
+        min_length=1,
+        max_length=200,
+        description=("'builtin' (shipped with Parity) or the name of the inline prompts below."),
+    )
+    prompts: list[dict[str, Any]] | None = Field(
+        default=None,
+        description=(
+            'Inline prompts: [{"prompt": "..."}] or [{"messages": [{"role": "user", '
+            '"content": "..."}]}]; these replace the built-in set.'
+        ),
+    )
+    num_prompts: int | None = Field(
+        default=None, ge=1, le=100_000, description="Use at most this many prompts (empty: all)."
+    )
+    engine: EngineSettings = Field(
+        default_factory=EngineSettings,
+        description="How vLLM V1 is built (the rollout side).",
+    )
+    trainer: TrainerSettings = Field(
+        default_factory=TrainerSettings,
+        description="How the trainer (transformers) loads the model and scores the tokens.",
+    )
+    sampling: SamplingSettings = Field(
+        default_factory=SamplingSettings,
+        description="What the rollout asks vLLM for; empty fields take the engine's defaults.",
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description='Verdict threshold overrides, e.g. {"warn_abs_diff_mean": 0.05}.',
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("model must name a local directory or a hub id")
+        return v.strip()
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_valid(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("prompts is empty; leave it unset to use the built-in set")
+        return [prompt_sets.check_item(item, f"prompt {i + 1}") for i, item in enumerate(v)]
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_known(cls, v: dict[str, float]) -> dict[str, float]:
+        from parity.metrics import Thresholds
+
+        Thresholds.from_dict(v)
+        return v
+
+    @model_validator(mode="after")
+    def _prompt_source_exists(self) -> ComparisonSpec:
+        if self.prompts is None and self.prompt_set != prompt_sets.BUILTIN:
+            raise ValueError(
+                f"prompt set {self.prompt_set!r} has no prompts: pass them inline in 'prompts' "
+                f"or use prompt_set={prompt_sets.BUILTIN!r}"
+            )
+        return self
+
+
+# Job kind -> (module, class) of its spec. The replay and checklist specs live with their
+# engine code; they are looked up lazily so that this module stays import-light.
+SPEC_CLASSES: dict[str, tuple[str, str]] = {
+    "comparison": ("workers.specs", "ComparisonSpec"),
+    "replay": ("workers.replay", "ReplaySpec"),
+    "checklist": ("workers.checklist", "ChecklistSpec"),
+}
+
+
+def spec_model(kind: str) -> type[BaseModel]:
+    """The spec model of a job kind; KeyError for a kind without one (or not installed)."""
+    import importlib
+
+    module_name, class_name = SPEC_CLASSES[kind]
+    try:
+        return getattr(importlib.import_module(module_name), class_name)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError):
+        raise KeyError(kind) from None
+
+
+def __getattr__(name: str) -> Any:
+    # `specs.ReplaySpec` / `specs.ChecklistSpec` for callers that look specs up by name.
+    for kind, (module_name, class_name) in SPEC_CLASSES.items():
+        if name == class_name and module_name != __name__:
+            try:
+                return spec_model(kind)
+            except KeyError:
+                break
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
