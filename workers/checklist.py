@@ -75,7 +75,8 @@ CELL_KEYS = ("abs_diff_mean", "kl_k3", "abs_diff_max", "n_tokens", "nonfinite_tr
 
 
 def _default_sampling() -> SamplingSettings:
-    return SamplingSettings(temperature=0.7, top_p=0.9, max_tokens=32, logprobs_topk=0)
+    return SamplingSettings.model_validate(
+        {"temperature": 0.7, "top_p": 0.9, "max_tokens": 32, "logprobs_topk": 0})
 
 
 class ChecklistSpec(BaseModel):
