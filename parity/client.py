@@ -430,9 +430,9 @@ class Monitor:
                 return
             # Once points spill, later ones follow them to disk so the order is kept.
             spilling = self._spill is not None and self._spill.active
-            room = 0 if spilling else self.max_buffer - len(self._buffer)
+            room = 0 if spilling else max(0, self.max_buffer - len(self._buffer))
             self._buffer.extend(points[:room])
-            rest = points[max(room, 0) :]
+            rest = points[room:]
             if rest:
                 self._to_spill(rest)
             if len(self._buffer) >= self.batch_size or rest:
