@@ -372,8 +372,6 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
     that fails on its own (an option this vLLM or device refuses) is recorded with its
     exact reason, and the rows that need it say "could-not-run"; no number is invented.
     """
-    import vllm
-
     from parity.metrics import Thresholds, compute_metrics
     from workers import rollout
     from workers import trainer as trainer_mod
@@ -490,6 +488,8 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
         if isinstance(rep.get("seconds"), int | float):
             timings[f"replay_{key}.total_s"] = float(rep["seconds"])
     reporter.stage(f"checklist done: verdict {overall}, {builds} engine builds", 1.0)
+    import vllm
+
     return ChecklistResult(
         model=model_path, vllm_version=str(vllm.__version__),
         sampling_requested=spec.sampling.requested(), rows=rows,

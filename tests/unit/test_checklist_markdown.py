@@ -276,3 +276,19 @@ def test_result_template_renders_rows_badges_numbers_and_chart_data() -> None:
     payload = json.loads(data[data.index(">") + 1:data.index("</script>")])
     assert payload == result["histograms"]
     assert 'class="checklist-hist plot" data-hist-id="checklist-hist-data"' in out
+
+
+# --- bad input: refused before any engine work ----------------------------------------------
+
+
+def test_bad_spec_and_missing_model_are_user_errors(tmp_path: Any) -> None:
+    from workers.checklist import run_checklist_job
+    from workers.reporting import NullReporter, UserError
+
+    with pytest.raises(UserError) as err:
+        run_checklist_job({"model": str(tmp_path / "nope")}, NullReporter())
+    assert "does not exist on this worker" in str(err.value)
+    with pytest.raises(UserError) as err:
+        run_checklist_job({"sampling": {"temperature": -1}, "checks": ["bogus"]},
+                          NullReporter())
+    assert "sampling.temperature" in str(err.value) and "checks.0" in str(err.value)
