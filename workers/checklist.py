@@ -1292,7 +1292,7 @@ def main(argv: list[str] | None = None) -> int:
         # vLLM logs to stdout (its handler binds the stream when vllm is first imported, in
         # here): keep stdout for the report alone, so that --json output parses.
         with contextlib.redirect_stdout(sys.stderr):
-            result = run_checklist(spec, PrintReporter(quiet=args.json or args.markdown))
+            result = run_checklist(spec, PrintReporter())
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
