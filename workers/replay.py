@@ -308,6 +308,29 @@ class ReplayResult:
                 out.setdefault(name, []).append(u.step)
         return out
 
+    def summary(self) -> dict[str, Any]:
+        """The few numbers a caller (e.g. the migration checklist) puts in a table row."""
+        def mean(key: str) -> float | None:
+            vals = [_f(u.metrics.get(key)) for u in self.updates]
+            vals = [v for v in vals if math.isfinite(v)]
+            return sum(vals) / len(vals) if vals else None
+
+        return {
+            "updates": len(self.updates),
+            "verdict": self.verdict,
+            "flags": self.flags_summary,
+            "any_flag": any(self.flags_summary.values()),
+            "baseline_abs_diff_mean": self.baseline["metrics"].get("abs_diff_mean"),
+            "baseline_kl_k3": self.baseline["metrics"].get("kl_k3"),
+            "post_update_abs_diff_mean": mean("abs_diff_mean"),
+            "post_update_kl_k3": mean("kl_k3"),
+            "params_not_updated": sorted({n for u in self.updates
+                                          for n in u.checksums.get("not_updated", [])}),
+            "reset_prefix_cache": self.spec.get("reset_prefix_cache"),
+            "update_mode": self.spec.get("update_mode"),
+            "prefix_cache": self.prefix_cache_summary.get("summary"),
+        }
+
     def step_values(self) -> dict[int, dict[str, float]]:
         steps = {0: step_values_of(self.baseline["metrics"], {})}
         for u in self.updates:
@@ -317,6 +340,7 @@ class ReplayResult:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["flags_summary"] = self.flags_summary
+        out["summary"] = self.summary()
         return out
 
 
@@ -1268,6 +1292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extension", default=EXTENSION_QUALNAME)
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     args = parser.parse_args(argv)
+    # vLLM logs to stdout by default; stdout is for the report (and must be pure JSON).
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     source: dict[str, Any] = (
         {"kind": "checkpoints", "dirs": args.checkpoints} if args.checkpoints
         else {"kind": "synthetic", "seed": args.seed, "step_size": args.step_size})

@@ -153,7 +153,7 @@ class WeightSyncExtension:
         """What is installed: the extension class, the platform, the load modes on offer."""
         model = self.model_runner.get_model()  # type: ignore[attr-defined]
         return {
-            "extension": f"{type(self).__module__}.{type(self).__qualname__}",
+            "worker_class": f"{type(self).__module__}.{type(self).__qualname__}",
             "extension_classes": [
                 f"{c.__module__}.{c.__qualname__}" for c in type(self).__mro__
                 if issubclass(c, WeightSyncExtension)
@@ -244,6 +244,9 @@ class WeightSyncExtension:
                 tensor, source = param.data, "param"
                 if pname == "weight" and module is not None and _is_matmul_layer(module):
                     tensor, source = _effective_weight(module, param), "kernel"
+                elif pname == "weight" and _is_vocab_embedding(module):
+                    # vLLM pads the vocabulary rows; the HF tensor has only the real ones.
+                    tensor = tensor[: int(module.org_vocab_size)]  # type: ignore[union-attr]
                 for hf_name, part in _split_packed(name, tensor, module, packed):
                     out[hf_name] = tensor_checksum(part, source)
         return out
@@ -262,7 +265,13 @@ def _is_matmul_layer(module: torch.nn.Module) -> bool:
     return isinstance(module, LinearBase | ParallelLMHead) and hasattr(module, "quant_method")
 
 
-def _effective_weight(module: torch.nn.Module, param: torch.Tensor) -> torch.Tensor:
+def _is_vocab_embedding(module: torch.nn.Module | None) -> bool:
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    return isinstance(module, VocabParallelEmbedding) and hasattr(module, "org_vocab_size")
+
+
+def _effective_weight(module: Any, param: torch.Tensor) -> torch.Tensor:
     """W (out x in) as the layer's serving kernel sees it, from apply(identity) = W^T.
 
     Each output element of I @ W^T has exactly one non-zero product, so the result is W's
