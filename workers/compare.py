@@ -19,7 +19,7 @@ import time
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
     prompt_ids = prompt_sets.render(items, tokenizer)
 
     n_seq = len(prompt_ids) * spec.sampling.n
-    stages.say("generate", f"generating 0/{len(prompt_ids)}")
+    stages.say("generate", f"generating 0/{n_seq}")
     ro = rollout.generate(engine, prompt_ids, spec.sampling,
                           progress=stages.counter("generate", "generating"))
     timings["generate_s"] = ro.seconds
@@ -229,8 +229,6 @@ def _count(xs: Sequence[Any]) -> dict[str, int]:
 
 
 def _processing_dict(p: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return asdict(p)
 
 

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Sampling fields a model's generation_config.json can set (vllm/config/model.py,
 # get_diff_sampling_param), in the order reports list them.
@@ -44,10 +45,13 @@ def resolve_model(model: str) -> str:
     directory without config.json, or a hub id that is neither cached nor reachable.
     """
     path = Path(model).expanduser()
-    if not path.exists() and "/" not in model:
-        models_dir = os.environ.get("PARITY_MODELS_DIR")
-        if models_dir and (Path(models_dir) / model).exists():
-            path = Path(models_dir) / model
+    if not path.exists() and not path.is_absolute():
+        # The defaults name the demo model relative to the repository; a worker started
+        # elsewhere, or a bare name under PARITY_MODELS_DIR, should still find it.
+        candidates = [REPO_ROOT / path]
+        if "/" not in model and os.environ.get("PARITY_MODELS_DIR"):
+            candidates.insert(0, Path(os.environ["PARITY_MODELS_DIR"]) / model)
+        path = next((c for c in candidates if c.exists()), path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(
@@ -342,7 +346,7 @@ def generate(engine: Engine, prompt_token_ids: Sequence[Sequence[int]],
 
     The reported `effective` parameters are read back from the `SamplingParams` object that
     was passed to vLLM, after vLLM's own normalisation (e.g. greedy resets top-p/top-k).
-    `progress(done, total)` counts finished prompts.
+    `progress(done, total)` counts finished requests the way vLLM's progress bar does.
     """
     import vllm
     from vllm.inputs import TokensPrompt
