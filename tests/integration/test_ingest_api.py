@@ -285,6 +285,8 @@ def test_series_downsamples_and_keeps_the_spike(
     assert api.get(f"/runs/{run.pk}/series", key="clip_rate", max_points=2).status_code == 422
 
 
+# The sync test client collects the async stream; daphne streams it (see the live bench).
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume")
 def test_keys_and_csv_export(api: Api, run: Run) -> None:
     api.post(f"/runs/{run.pk}/points", {"points": points(3, "kl_k3") + points(2, "clip_rate", 5)})
     assert api.get(f"/runs/{run.pk}/keys").json() == [
