@@ -470,13 +470,14 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
         m.seconds["total_s"] = time.perf_counter() - t0
         measured[v.name] = m
 
-    replays: dict[str, Any] = {}
-    builds += _run_replays(spec, model_path, replay_steps, replays, progress, len(plan))
-
     if plan and all(not m.ok for m in measured.values()):
+        # Nothing could be measured on this model at all (e.g. vLLM or transformers cannot
+        # load it): that is the job's error, not five rows of the same reason.
         first = next(iter(measured.values()))
         raise UserError(f"no variant of the checklist could run; the first failed with: "
                         f"{first.error}")
+    replays: dict[str, Any] = {}
+    builds += _run_replays(spec, model_path, replay_steps, replays, progress, len(plan))
 
     rows = build_rows(spec, measured, replays, thresholds)
     all_fixes = next((r for r in rows if r["check"] == "all_fixes"), None)
