@@ -641,6 +641,15 @@ def test_no_tokens() -> None:
     assert everything_nan.verdict == "fail"
 
 
+def test_overflowing_inputs_stay_json() -> None:
+    # Finite but absurd log-probs: d overflows to inf; nothing may turn into inf/NaN output.
+    res = compute_metrics([1e308, -0.5], [-1e308, -0.5], [1, 1])
+    json.dumps(res.to_dict(), allow_nan=False)
+    assert res.values["nonfinite_trainer"] == res.values["nonfinite_rollout"] == 0
+    assert res.values["abs_diff_max"] is None and res.values["rms_diff"] is None
+    assert sum(res.histogram["counts"]) + res.histogram["zeros"] == 2
+
+
 def test_empty_sequences_are_skipped_by_sequence_metrics() -> None:
     res = compute_metrics([-1.0, -2.0], [-1.5, -2.0], [0, 1, 0, 1, 0])
     assert res.values["n_sequences"] == 2
