@@ -292,3 +292,21 @@ def test_bad_spec_and_missing_model_are_user_errors(tmp_path: Any) -> None:
         run_checklist_job({"sampling": {"temperature": -1}, "checks": ["bogus"]},
                           NullReporter())
     assert "sampling.temperature" in str(err.value) and "checks.0" in str(err.value)
+
+
+def test_in_flight_replay_is_skipped_with_the_reason_where_vllm_lacks_it() -> None:
+    from workers.checklist import _Progress, _run_replays, build_rows
+    from workers.reporting import PrintReporter
+
+    reporter = PrintReporter(quiet=True)
+    caps = {"vllm_version": "0.9.9", "llm_sleep_params": ["level"], "pause_modes": []}
+    replays: dict[str, Any] = {"between_batches": {"status": "could-not-run",
+                                                   "error": "x", "capabilities": caps}}
+    built = _run_replays(ChecklistSpec(), "/m", [("in_flight", "in flight")], replays,
+                         _Progress(reporter, 1), 0)
+    assert built == 0
+    assert replays["in_flight"]["status"] == "not-offered"
+    assert "vLLM 0.9.9 offers no in-flight update mode" in replays["in_flight"]["reason"]
+    row = {r["check"]: r for r in build_rows(ChecklistSpec(checks=["weight_updates"]), {},
+                                              replays, None)}["weight_updates"]
+    assert row["status"] == "could-not-run" and row["before"] is None
