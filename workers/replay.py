@@ -629,6 +629,10 @@ def shutdown_replay_engine(engine: Any) -> None:
     try:
         if core is not None:
             core.shutdown()
+    except Exception:  # noqa: BLE001 - must not mask the error that ended the replay
+        import logging
+
+        logging.getLogger(__name__).warning("replay engine shutdown failed", exc_info=True)
     finally:
         if isinstance(worker_cls_name, str):
             _uninstall_extension(worker_cls_name)
