@@ -620,6 +620,7 @@ def summarise_replay(result: Any) -> dict[str, Any]:
         })
     return {
         "status": "measured",
+        "summary": result.summary() if hasattr(result, "summary") else None,
         "verdict": result.verdict,
         "flags_summary": result.flags_summary,
         "prefix_cache_summary": result.prefix_cache_summary,
