@@ -211,6 +211,12 @@ class SpecForm:
                     _describe((name, sub), sub_info)
                     for sub, sub_info in annotation.model_fields.items()
                 ]
+                # A spec may default a nested model to other values than the nested
+                # model's own defaults (the checklist samples at T=0.7, top_p=0.9).
+                parent = info.get_default(call_default_factory=True)
+                if isinstance(parent, annotation):
+                    for field in fields:
+                        field.default = getattr(parent, field.path[-1])
                 label = info.title or name.replace("_", " ").capitalize()
                 help_text = info.description or (annotation.__doc__ or "").strip().split("\n")[0]
                 self.sections.append(Section(name, label, help_text, fields))
