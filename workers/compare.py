@@ -151,7 +151,7 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
     timings["metrics_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    diagnoses = diagnose(spec, ro, processing, matched, metrics.values,
+    diagnoses = diagnose(spec, ro, processing, metrics.values,
                          None if reference is None else reference.values)
     worst = _worst_sequences(metrics, ro, scores, lr, seq_lens, items, tokenizer)
     fingerprint = _fingerprint(spec, model_path, engine, tm, ro, processing)
@@ -258,8 +258,7 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
-def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, matched: Any,
-             values: Mapping[str, Any],
+def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, values: Mapping[str, Any],
              reference: Mapping[str, Any] | None) -> list[dict[str, str]]:
     """The METRICS.md "known offsets" this comparison shows, by name, with the fix.
 
