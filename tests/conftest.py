@@ -33,7 +33,9 @@ def make_member(db: Any) -> Callable[..., Any]:
         if created:
             user.set_password("pw-" + username)
             user.save()
-        project, _ = Project.objects.get_or_create(slug=project_slug, defaults={"name": project_slug})
+        project, _ = Project.objects.get_or_create(
+            slug=project_slug, defaults={"name": project_slug}
+        )
         Membership.objects.get_or_create(user=user, project=project, defaults={"role": role})
         return user
 
@@ -103,8 +105,20 @@ class Server:
     def start(self) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "dashboard.asgi:application"],
-            cwd=ROOT, env=process_env(), stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "dashboard.asgi:application",
+            ],
+            cwd=ROOT,
+            env=process_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -134,7 +148,9 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def live_server_proc(django_db_setup: Any, django_db_blocker: Any, artifacts_dir: Path) -> Iterator[Server]:
+def live_server_proc(
+    django_db_setup: Any, django_db_blocker: Any, artifacts_dir: Path
+) -> Iterator[Server]:
     """A real daphne process for the whole session (tests using it need transactional_db)."""
     server = Server(artifacts_dir / "daphne.log")
     server.start()
@@ -155,11 +171,29 @@ class Worker:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "workers.celery", "worker",
-                "-Q", self.queues, "--pool", "solo", "--concurrency", "1",
-                "-n", f"{self.name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery",
+                "worker",
+                "-Q",
+                self.queues,
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "-n",
+                f"{self.name}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
             ],
-            cwd=ROOT, env=process_env(), stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=process_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         # Ready when the worker says so in its log.
         deadline = time.monotonic() + 90
@@ -185,7 +219,9 @@ class Worker:
 
 
 @pytest.fixture(scope="session")
-def celery_worker_proc(django_db_setup: Any, django_db_blocker: Any, artifacts_dir: Path) -> Iterator[Worker]:
+def celery_worker_proc(
+    django_db_setup: Any, django_db_blocker: Any, artifacts_dir: Path
+) -> Iterator[Worker]:
     """One real worker on both queues for the session (tests using it need transactional_db)."""
     _purge_queues()
     worker = Worker("gpu,default", artifacts_dir / "celery-worker.log", "test")

@@ -109,7 +109,10 @@ class _TimeLimits:
         if self.done.wait(self.hard_s):
             return
         log.error("job %s ran past its hard limit; exiting the worker", self.job.pk)
-        _fail(self.job, f"The job ran past its hard time limit ({self.hard_s:.0f} s); its worker was restarted.")
+        _fail(
+            self.job,
+            f"The job ran past its hard time limit ({self.hard_s:.0f} s); its worker was restarted.",
+        )
         os._exit(1)
 
 
@@ -133,7 +136,9 @@ def run_job(self: Any, job_id: int) -> None:
     except UserError as exc:
         _fail(job, str(exc))
     except SoftTimeLimitExceeded:
-        _fail(job, f"The job ran past its time limit ({settings.JOB_SOFT_LIMIT_S} s) and was stopped.")
+        _fail(
+            job, f"The job ran past its time limit ({settings.JOB_SOFT_LIMIT_S} s) and was stopped."
+        )
     except Exception as exc:  # noqa: BLE001 - any crash ends the job as failed, visibly
         log.exception("job %s crashed", job_id)
         _fail(job, f"Internal error: {type(exc).__name__}: {exc}")

@@ -9,34 +9,21 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema
-from pydantic import AfterValidator
 
 from dashboard.alerts import ssrf
 from dashboard.alerts.models import AlertRule, Incident, WebhookEndpoint
 from dashboard.core.api import ApiError
+from dashboard.core.api.types import Text
 from dashboard.core.auth import visible_projects, visible_runs
 
 router = Router(tags=["alerts"])
 
 
-def _no_nul(value: str) -> str:
-    # Postgres text cannot hold NUL: refuse it here as a 422, not a 500 at insert time.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-def _text(max_length: int, min_length: int = 0) -> Any:
-    return Annotated[
-        str, Field(min_length=min_length, max_length=max_length), AfterValidator(_no_nul)
-    ]
-
-
-Name = _text(100, 1)
-MetricKey = _text(128, 1)
-Pattern = _text(200)
-Tag = _text(64)
-Url = _text(2000, 1)
+Name = Text(100, 1)
+MetricKey = Text(128, 1)
+Pattern = Text(200)
+Tag = Text(64)
+Url = Text(2000, 1)
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, le=2_147_483_647)]
 

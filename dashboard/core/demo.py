@@ -13,7 +13,9 @@ from dashboard.core.points import Point, store_points
 from parity.metrics import compute_metrics
 
 
-def synthetic_step(rng: np.random.Generator, noise: float, n_seq: int = 16, max_len: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_step(
+    rng: np.random.Generator, noise: float, n_seq: int = 16, max_len: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One GRPO step's (lt, lr, seq_lens): peaked rollout logprobs, trainer = rollout + noise.
 
     The noise grows on low-probability tokens, as real mismatch does.
@@ -35,7 +37,9 @@ def drift_noise(step: int, steps: int) -> float:
     return base
 
 
-def seed_training_run(project: Project, name: str = "grpo-demo-drift", steps: int = 1000, seed: int = 0) -> Run:
+def seed_training_run(
+    project: Project, name: str = "grpo-demo-drift", steps: int = 1000, seed: int = 0
+) -> Run:
     """Create (or refill) a finished training run with one point per metric per step."""
     run, _ = Run.objects.get_or_create(
         project=project,
@@ -46,7 +50,11 @@ def seed_training_run(project: Project, name: str = "grpo-demo-drift", steps: in
             "fingerprint": {
                 "model": "tiny-llama (synthetic demo)",
                 "trainer": {"dtype": "bfloat16"},
-                "engine": {"vllm": "0.32.0", "logprobs_mode": "processed_logprobs", "dtype": "bfloat16"},
+                "engine": {
+                    "vllm": "0.32.0",
+                    "logprobs_mode": "processed_logprobs",
+                    "dtype": "bfloat16",
+                },
             },
         },
     )

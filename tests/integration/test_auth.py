@@ -34,7 +34,9 @@ def test_member_sees_own_project_dashboard(alice_client: Any) -> None:
     assert b"proj-a" in response.content
 
 
-def test_other_projects_run_is_404_on_page_and_api(make_member: Any, client: Any, alice: Any) -> None:
+def test_other_projects_run_is_404_on_page_and_api(
+    make_member: Any, client: Any, alice: Any
+) -> None:
     make_member("bob", "proj-b")
     from django.contrib.auth.models import User
 
@@ -55,7 +57,9 @@ def test_token_authenticates_api_and_records_last_use(client: Any, alice_token: 
     assert ApiToken.objects.get().last_used_at is not None
 
 
-def test_token_is_scoped_to_its_project(make_member: Any, client: Any, alice: Any, alice_token: str) -> None:
+def test_token_is_scoped_to_its_project(
+    make_member: Any, client: Any, alice: Any, alice_token: str
+) -> None:
     # alice is a member of proj-c too, but her token was issued for proj-a only.
     make_member("alice", "proj-c")
     response = client.get("/api/projects", HTTP_AUTHORIZATION=f"Bearer {alice_token}")

@@ -27,16 +27,23 @@ def _communicator(path: str, cookie: bytes | None) -> WebsocketCommunicator:
     return WebsocketCommunicator(application, path, headers=headers)
 
 
-async def test_group_message_from_outside_reaches_the_socket(client: Any, alice: Any, project_a: Project) -> None:
+async def test_group_message_from_outside_reaches_the_socket(
+    client: Any, alice: Any, project_a: Project
+) -> None:
     run = await Run.objects.acreate(project=project_a, name="live")
     cookie = await sync_to_async(_session_cookie)(client, alice)
     communicator = _communicator(f"/ws/runs/{run.pk}/", cookie)
     connected, _ = await communicator.connect()
     assert connected
     # Published by code outside the consumer, through Redis (as the ingest API and workers do).
-    await sync_to_async(live.publish)(f"run.{run.pk}", "points", {"points": [{"key": "kl_k3", "step": 1, "value": 0.5}]})
+    await sync_to_async(live.publish)(
+        f"run.{run.pk}", "points", {"points": [{"key": "kl_k3", "step": 1, "value": 0.5}]}
+    )
     message = await communicator.receive_json_from(timeout=5)
-    assert message == {"kind": "points", "data": {"points": [{"key": "kl_k3", "step": 1, "value": 0.5}]}}
+    assert message == {
+        "kind": "points",
+        "data": {"points": [{"key": "kl_k3", "step": 1, "value": 0.5}]},
+    }
     await communicator.disconnect()
 
 
@@ -48,7 +55,9 @@ async def test_anonymous_websocket_is_refused(project_a: Project) -> None:
     assert code == 4401
 
 
-async def test_other_projects_run_socket_is_refused(client: Any, make_member: Any, project_a: Project) -> None:
+async def test_other_projects_run_socket_is_refused(
+    client: Any, make_member: Any, project_a: Project
+) -> None:
     run = await Run.objects.acreate(project=project_a, name="live")
     mallory = await sync_to_async(make_member)("mallory", "proj-m")
     cookie = await sync_to_async(_session_cookie)(client, mallory)
@@ -61,8 +70,13 @@ async def test_foreign_origin_is_refused(client: Any, alice: Any, project_a: Pro
     run = await Run.objects.acreate(project=project_a, name="live")
     cookie = await sync_to_async(_session_cookie)(client, alice)
     communicator = WebsocketCommunicator(
-        application, f"/ws/runs/{run.pk}/",
-        headers=[(b"origin", b"http://evil.example"), (b"host", b"127.0.0.1:8000"), (b"cookie", cookie)],
+        application,
+        f"/ws/runs/{run.pk}/",
+        headers=[
+            (b"origin", b"http://evil.example"),
+            (b"host", b"127.0.0.1:8000"),
+            (b"cookie", cookie),
+        ],
     )
     connected, _ = await communicator.connect()
     assert not connected

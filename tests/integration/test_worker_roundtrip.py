@@ -43,10 +43,16 @@ def test_dead_worker_job_ends_failed_not_running_forever(project_a: Project) -> 
 
     from django.utils import timezone
 
-    run = Run.objects.create(project=project_a, name="r", kind=Run.Kind.COMPARISON, status="running")
+    run = Run.objects.create(
+        project=project_a, name="r", kind=Run.Kind.COMPARISON, status="running"
+    )
     job = Job.objects.create(
-        project=project_a, run=run, kind=Job.Kind.COMPARISON, status=Job.Status.RUNNING,
-        stage="generating 3/8", heartbeat_at=timezone.now() - timedelta(minutes=10),
+        project=project_a,
+        run=run,
+        kind=Job.Kind.COMPARISON,
+        status=Job.Status.RUNNING,
+        stage="generating 3/8",
+        heartbeat_at=timezone.now() - timedelta(minutes=10),
     )
     assert Job.fail_dead(heartbeat_timeout_s=60) == [job.pk]
     job.refresh_from_db()

@@ -42,7 +42,9 @@ def on_api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
 def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     errors = [
         {
-            "field": ".".join(str(part) for part in err.get("loc", ()) if part not in ("body", "payload")),
+            "field": ".".join(
+                str(part) for part in err.get("loc", ()) if part not in ("body", "payload")
+            ),
             "reason": err.get("msg", "invalid"),
         }
         for err in exc.errors
@@ -55,9 +57,8 @@ def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespo
 
 @api.exception_handler(AuthenticationError)
 def on_auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    return api.create_response(
-        request, {"detail": "Authentication required: send 'Authorization: Bearer <token>'."}, status=401
-    )
+    detail = "Authentication required: send 'Authorization: Bearer <token>'."
+    return api.create_response(request, {"detail": detail}, status=401)
 
 
 @api.exception_handler(Http404)

@@ -6,7 +6,6 @@ too. Every write goes through `dashboard.core.points`; these handlers only valid
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -15,10 +14,11 @@ import numpy as np
 from django.http import HttpRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from ninja import Field, Query, Router, Schema
-from pydantic import AfterValidator, BaseModel, StrictInt
+from pydantic import BaseModel, StrictInt
 
 from dashboard.core.api import ApiError
 from dashboard.core.api.runs import RunOut
+from dashboard.core.api.types import JsonObject, MetricKey, RunName, Slug, Tag, db_text
 from dashboard.core.auth import visible_projects, visible_runs
 from dashboard.core.models import Run
 from dashboard.core.points import (
@@ -37,41 +37,9 @@ MAX_BATCH = 10_000
 MAX_STEP = 2**63 - 1
 
 
-def _text(value: str) -> str:
-    # Postgres text cannot hold NUL, and lone surrogates cannot be encoded: refuse both
-    # here as a 422 on the field rather than a database error.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError("must be valid Unicode text") from exc
-    return value
-
-
-def _json_clean(value: Any, path: str = "") -> Any:
-    if isinstance(value, str):
-        _text(value)
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{path or 'value'}: numbers must be finite")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _text(k)
-            _json_clean(v, f"{path}.{k}" if path else k)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _json_clean(v, f"{path}[{i}]")
-    return value
-
-
-MetricKey = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_text)]
-RunName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_text)]
-Slug = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_text)]
-Tag = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_text)]
 # Strict: a step of 1.5, "3" or true is a client bug, not something to round.
 Step = Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Fingerprint = Annotated[dict[str, Any], AfterValidator(_json_clean)]
 RunStatus = Literal["pending", "running", "finished", "failed", "crashed"]
 RunKind = Literal["training", "comparison", "replay", "checklist"]
 
@@ -80,7 +48,7 @@ class RunIn(Schema):
     project: Slug = Field(description="Slug of the project; a token only reaches its own.")
     name: RunName
     kind: RunKind = "training"
-    fingerprint: Fingerprint = Field(
+    fingerprint: JsonObject = Field(
         default_factory=dict, description="Model, engine and trainer settings, versions."
     )
     tags: list[Tag] = Field(default_factory=list, max_length=100)
@@ -189,7 +157,7 @@ def list_runs(
     """Newest first; `count` is the total matching, `items` one page of them."""
     for field, value in (("slug", slug), ("name", name), ("tag", tag)):
         if value is not None:
-            _query_text(field, value)
+            _querydb_text(field, value)
     project = get_object_or_404(visible_projects(request), slug=slug)
     runs = project.runs.select_related("project")
     if name:
@@ -344,7 +312,7 @@ def get_series(
     """Steps in [start, end], at most `max_points` of them, chosen by MinMaxLTTB so that
     spikes survive the reduction.
     """
-    _query_text("key", key)
+    _querydb_text("key", key)
     series = read_series(_run(request, run_id), key, start, end, max_points)
     return {
         "key": series.key,
@@ -375,8 +343,8 @@ def export_csv(request: HttpRequest, run_id: int) -> StreamingHttpResponse:
     return response
 
 
-def _query_text(field: str, value: str) -> None:
+def _querydb_text(field: str, value: str) -> None:
     try:
-        _text(value)
+        db_text(value)
     except ValueError as exc:
         raise ApiError(422, str(exc), field) from exc

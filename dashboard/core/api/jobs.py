@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404
 from ninja import Router, Schema
 
 from dashboard.core.api import ApiError
+from dashboard.core.api.types import JsonObject, Slug, Tag, Text
 from dashboard.core.auth import visible_projects
 from dashboard.core.models import Job, start_job
 
@@ -34,11 +35,11 @@ class JobOut(Schema):
 
 
 class JobIn(Schema):
-    project: str
+    project: Slug
     kind: Job.Kind
-    spec: dict[str, Any] = {}
-    run_name: str = ""
-    tags: list[str] = []
+    spec: JsonObject = {}  # the job spec: any JSON a jsonb column can hold
+    run_name: Text(200) = ""  # type: ignore[valid-type]
+    tags: list[Tag] = []
 
 
 def spec_model(kind: str) -> type[pydantic.BaseModel] | None:

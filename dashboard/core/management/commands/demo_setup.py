@@ -42,8 +42,11 @@ class Command(BaseCommand):
             project=project,
             name="kl_k3 drift",
             defaults={
-                "metric_key": "kl_k3", "threshold": 0.003, "recovery_threshold": 0.002,
-                "for_steps": 3, "severity": AlertRule.Severity.WARNING,
+                "metric_key": "kl_k3",
+                "threshold": 0.003,
+                "recovery_threshold": 0.002,
+                "for_steps": 3,
+                "severity": AlertRule.Severity.WARNING,
             },
         )
         if not Run.objects.filter(project=project, name="grpo-demo-drift").exists():
@@ -52,13 +55,18 @@ class Command(BaseCommand):
 
         if not options["no_jobs"]:
             self._queue_engine_jobs(project, user)
-        self.stdout.write(self.style.SUCCESS(
-            f"Demo login: user '{DEMO_USER}', password '{DEMO_PASSWORD}'  ({settings.SITE_URL}/)"
-        ))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Demo login: user '{DEMO_USER}', password '{DEMO_PASSWORD}'  ({settings.SITE_URL}/)"
+            )
+        )
 
     def _queue_engine_jobs(self, project: Project, user: Any) -> None:
         model = str(settings.PARITY_MODELS_DIR / "tiny-llama")
-        for kind, name in ((Job.Kind.COMPARISON, "demo-comparison"), (Job.Kind.REPLAY, "demo-replay")):
+        for kind, name in (
+            (Job.Kind.COMPARISON, "demo-comparison"),
+            (Job.Kind.REPLAY, "demo-replay"),
+        ):
             if Run.objects.filter(project=project, name=name).exists():
                 continue
             spec = validate_spec(kind, {"model": model})

@@ -1,0 +1,49 @@
+"""Field types shared by every API router: text that Postgres can store."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+
+def db_text(value: str) -> str:
+    """Refuse what a Postgres text column cannot hold, as a 422 on the field, not a 500."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates
+        raise ValueError("must be valid Unicode text") from exc
+    return value
+
+
+def Text(max_length: int, min_length: int = 0) -> Any:  # noqa: N802 - used like a type
+    length = Field(min_length=min_length, max_length=max_length)
+    return Annotated[str, length, AfterValidator(db_text)]
+
+
+Slug = Text(100, 1)
+RunName = Text(200, 1)
+MetricKey = Text(128, 1)
+Tag = Text(64, 1)
+
+
+def db_json(value: Any, path: str = "") -> Any:
+    """Refuse what a jsonb column cannot hold (NUL, lone surrogates) and non-finite numbers."""
+    if isinstance(value, str):
+        db_text(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path or 'value'}: numbers must be finite")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            db_text(k)
+            db_json(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            db_json(v, f"{path}[{i}]")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(db_json)]

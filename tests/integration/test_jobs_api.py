@@ -1,0 +1,88 @@
+"""POST /api/jobs: a job is queued only from a valid spec; every bad input is a clear 4xx."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from dashboard.core.models import Job, Run
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db]
+
+
+def _post(client: Any, token: str, body: Any) -> Any:
+    return client.post(
+        "/api/jobs",
+        data=json.dumps(body),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+    )
+
+
+def test_valid_comparison_is_queued_with_defaults_filled_in(
+    client: Any, alice_token: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = _post(
+            client,
+            alice_token,
+            {
+                "project": "proj-a",
+                "kind": "comparison",
+                "spec": {"model": "/models/m"},
+                "run_name": "pre-flight",
+            },
+        )
+    assert response.status_code == 201, response.content
+    job = Job.objects.get()
+    assert job.status == Job.Status.QUEUED
+    assert (
+        job.spec["sampling"]["max_tokens"] > 0
+    )  # defaults are stored: what runs is what was shown
+    assert Run.objects.get().name == "pre-flight"
+    assert len(callbacks) >= 1  # sent to the broker only on commit
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"sampling": {"temperature": -1}}, "spec.sampling.temperature"),
+        ({"sampling": {"top_p": 1.5}}, "spec.sampling.top_p"),
+        ({"engine": {"dtype": "int3"}}, "spec.engine.dtype"),
+    ],
+)
+def test_invalid_sampling_or_engine_value_is_422_naming_the_field(
+    client: Any, alice_token: str, spec: dict, field: str
+) -> None:
+    response = _post(client, alice_token, {"project": "proj-a", "kind": "comparison", "spec": spec})
+    assert response.status_code == 422
+    assert response.json()["field"] == field
+    assert not Job.objects.exists() and not Run.objects.exists()
+
+
+def test_nul_in_any_text_is_422_not_500(client: Any, alice_token: str) -> None:
+    for body in (
+        {"project": "proj\x00a", "kind": "ping"},
+        {"project": "proj-a", "kind": "ping", "run_name": "a\x00b"},
+        {"project": "proj-a", "kind": "comparison", "spec": {"model": "m\x00"}},
+    ):
+        assert _post(client, alice_token, body).status_code == 422, body
+    assert not Job.objects.exists()
+
+
+def test_unknown_or_foreign_project_is_404(client: Any, alice_token: str, make_member: Any) -> None:
+    make_member("bob", "proj-b")
+    assert _post(client, alice_token, {"project": "proj-b", "kind": "ping"}).status_code == 404
+    assert _post(client, alice_token, {"project": "nope", "kind": "ping"}).status_code == 404
+
+
+def test_malformed_json_is_400(client: Any, alice_token: str) -> None:
+    response = client.post(
+        "/api/jobs",
+        data="{not json",
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {alice_token}",
+    )
+    assert response.status_code == 400
