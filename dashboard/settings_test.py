@@ -17,3 +17,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast log
 JOB_HEARTBEAT_TIMEOUT_S = int(os.environ.get("JOB_HEARTBEAT_TIMEOUT_S", 20))
 # One test database per test process: several suites (developers, CI) may run side by side.
 DATABASES["default"]["TEST"] = {"NAME": f"test_parity_{os.getpid()}"}  # noqa: F405
+# Close connections after each use: threads of async tests must not keep the test DB busy
+# (it is dropped at the end of the session).
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
