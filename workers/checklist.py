@@ -47,7 +47,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from workers import prompts as prompt_sets
 from workers.reporting import JobOutcome, NullReporter, PrintReporter, Reporter, UserError
-from workers.specs import NEUTRAL_SAMPLING, EngineSettings, SamplingSettings, TrainerSettings
+from workers.specs import (
+    NEUTRAL_SAMPLING,
+    EngineSettings,
+    InlinePrompts,
+    ModelRef,
+    SamplingSettings,
+    ThresholdOverrides,
+    TrainerSettings,
+)
 
 Check = Literal["processed_logprobs", "runtime_defaults", "weight_updates", "fp32_head"]
 CHECKS: tuple[Check, ...] = ("processed_logprobs", "runtime_defaults", "weight_updates",
@@ -84,11 +92,11 @@ class ChecklistSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field("var/models/tiny-llama", min_length=1, max_length=500,
+    model: ModelRef = Field("var/models/tiny-llama", min_length=1, max_length=500,
                        description="Local model directory on the worker, or a hub id.")
     prompt_set: str = Field(prompt_sets.BUILTIN, min_length=1, max_length=200,
                             description="'builtin' or the name of the inline prompts below.")
-    prompts: list[dict[str, Any]] | None = Field(
+    prompts: InlinePrompts = Field(
         None, description='Inline prompts: [{"prompt": "..."}] or [{"messages": [...]}].')
     num_prompts: int | None = Field(
         16, ge=1, le=100_000, description="Use at most this many prompts (empty: all).")
@@ -111,7 +119,7 @@ class ChecklistSpec(BaseModel):
         description="The trainer as the user runs it; processing and head_dtype are set "
                     "by each variant.",
     )
-    thresholds: dict[str, float] = Field(
+    thresholds: ThresholdOverrides = Field(
         default_factory=dict, description="Verdict threshold overrides (parity.metrics).")
     checks: list[Check] = Field(
         default_factory=lambda: list(CHECKS), min_length=1,
@@ -123,30 +131,6 @@ class ChecklistSpec(BaseModel):
                                    description="Tokens per sequence in the replay.")
     include_in_flight: bool = Field(
         True, description="Also replay one update in flight, where this vLLM offers it.")
-
-    @field_validator("model")
-    @classmethod
-    def _model_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("model must name a local directory or a hub id")
-        return v.strip()
-
-    @field_validator("prompts")
-    @classmethod
-    def _prompts_valid(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if v is None:
-            return v
-        if not v:
-            raise ValueError("prompts is empty; leave it unset to use the built-in set")
-        return [prompt_sets.check_item(item, f"prompt {i + 1}") for i, item in enumerate(v)]
-
-    @field_validator("thresholds")
-    @classmethod
-    def _thresholds_known(cls, v: dict[str, float]) -> dict[str, float]:
-        from parity.metrics import Thresholds
-
-        Thresholds.from_dict(v)
-        return v
 
     @field_validator("checks")
     @classmethod

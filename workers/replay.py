@@ -42,7 +42,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workers.reporting import JobOutcome, NullReporter, PrintReporter, Reporter, UserError
-from workers.specs import EngineSettings, SamplingSettings, TrainerSettings
+from workers.specs import (
+    EngineSettings,
+    ModelRef,
+    SamplingSettings,
+    ThresholdOverrides,
+    TrainerSettings,
+)
 from workers.weight_sync import EXTENSION_QUALNAME
 
 # Worker extensions a spec may name: this product's, and the planted-fault ones of the tests.
@@ -139,7 +145,7 @@ class FlagSettings(_Spec):
 class ReplaySpec(_Spec):
     """A weight-update replay (issue 4): N updates pushed into one running vLLM V1 engine."""
 
-    model: str = Field("var/models/tiny-llama", min_length=1, max_length=500,
+    model: ModelRef = Field("var/models/tiny-llama", min_length=1, max_length=500,
                        description="Local model directory on the worker (W0).")
     engine: EngineSettings = Field(default_factory=EngineSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
@@ -193,16 +199,9 @@ class ReplaySpec(_Spec):
     )
     extension: str = Field(EXTENSION_QUALNAME, description="vLLM worker_extension_cls.")
     flags: FlagSettings = Field(default_factory=FlagSettings)
-    thresholds: dict[str, float] = Field(
+    thresholds: ThresholdOverrides = Field(
         default_factory=dict, description="Verdict threshold overrides (parity.metrics)."
     )
-
-    @field_validator("model")
-    @classmethod
-    def _model_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("model must name a local model directory")
-        return v.strip()
 
     @field_validator("prompts")
     @classmethod
@@ -216,14 +215,6 @@ class ReplaySpec(_Spec):
     def _known_extension(cls, v: str) -> str:
         if not v.startswith(EXTENSION_PREFIXES):
             raise ValueError(f"extension must be a class under {' or '.join(EXTENSION_PREFIXES)}")
-        return v
-
-    @field_validator("thresholds")
-    @classmethod
-    def _thresholds_known(cls, v: dict[str, float]) -> dict[str, float]:
-        from parity.metrics import Thresholds
-
-        Thresholds.from_dict(v)
         return v
 
     @model_validator(mode="after")

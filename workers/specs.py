@@ -16,9 +16,9 @@ neutral default), which is how that hidden difference shows up in the metrics.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workers import prompts as prompt_sets
 
@@ -202,10 +202,37 @@ class SamplingSettings(_Settings):
         return out
 
 
+def _model_ref(v: str) -> str:
+    if not v.strip():
+        raise ValueError("model must name a local directory or a hub id")
+    return v.strip()
+
+
+def _inline_prompts(v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if v is None:
+        return v
+    if not v:
+        raise ValueError("prompts is empty; leave it unset to use the built-in set")
+    return [prompt_sets.check_item(item, f"prompt {i + 1}") for i, item in enumerate(v)]
+
+
+def _known_thresholds(v: dict[str, float]) -> dict[str, float]:
+    from parity.metrics import Thresholds
+
+    Thresholds.from_dict(v)  # raises on an unknown key, naming it
+    return v
+
+
+# Field types shared by every job spec (comparison, replay, checklist).
+ModelRef = Annotated[str, AfterValidator(_model_ref)]
+InlinePrompts = Annotated[list[dict[str, Any]] | None, AfterValidator(_inline_prompts)]
+ThresholdOverrides = Annotated[dict[str, float], AfterValidator(_known_thresholds)]
+
+
 class ComparisonSpec(_Settings):
     """One comparison: sample with vLLM V1, score the same tokens with the trainer, compare."""
 
-    model: str = Field(
+    model: ModelRef = Field(
         default="var/models/tiny-llama",
         min_length=1,
         max_length=500,
@@ -217,7 +244,7 @@ class ComparisonSpec(_Settings):
         max_length=200,
         description=("'builtin' (shipped with Parity) or the name of the inline prompts below."),
     )
-    prompts: list[dict[str, Any]] | None = Field(
+    prompts: InlinePrompts = Field(
         default=None,
         description=(
             'Inline prompts: [{"prompt": "..."}] or [{"messages": [{"role": "user", '
@@ -239,34 +266,10 @@ class ComparisonSpec(_Settings):
         default_factory=SamplingSettings,
         description="What the rollout asks vLLM for; empty fields take the engine's defaults.",
     )
-    thresholds: dict[str, float] = Field(
+    thresholds: ThresholdOverrides = Field(
         default_factory=dict,
         description='Verdict threshold overrides, e.g. {"warn_abs_diff_mean": 0.05}.',
     )
-
-    @field_validator("model")
-    @classmethod
-    def _model_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("model must name a local directory or a hub id")
-        return v.strip()
-
-    @field_validator("prompts")
-    @classmethod
-    def _prompts_valid(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if v is None:
-            return v
-        if not v:
-            raise ValueError("prompts is empty; leave it unset to use the built-in set")
-        return [prompt_sets.check_item(item, f"prompt {i + 1}") for i, item in enumerate(v)]
-
-    @field_validator("thresholds")
-    @classmethod
-    def _thresholds_known(cls, v: dict[str, float]) -> dict[str, float]:
-        from parity.metrics import Thresholds
-
-        Thresholds.from_dict(v)
-        return v
 
     @model_validator(mode="after")
     def _prompt_source_exists(self) -> ComparisonSpec:
