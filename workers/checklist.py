@@ -46,7 +46,14 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workers import prompts as prompt_sets
-from workers.reporting import JobOutcome, NullReporter, PrintReporter, Reporter, UserError
+from workers.reporting import (
+    JobOutcome,
+    NullReporter,
+    PrintReporter,
+    Reporter,
+    UserError,
+    json_safe,
+)
 from workers.specs import (
     NEUTRAL_SAMPLING,
     EngineSettings,
@@ -290,22 +297,9 @@ class ChecklistResult:
             "timings": self.timings,
             "spec": self.spec,
         }
-        out = _json_safe(out)
+        out = json_safe(out)
         out["markdown"] = render_markdown(out)
         return out
-
-
-def _json_safe(x: Any) -> Any:
-    """`x` with NaN/inf as None and numpy scalars as Python ones (jsonb refuses NaN)."""
-    if isinstance(x, Mapping):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def abs_d_histogram(lt: np.ndarray, lr: np.ndarray) -> dict[str, Any]:
@@ -1173,7 +1167,7 @@ def run_checklist_job(spec: Mapping[str, Any], reporter: Reporter) -> JobOutcome
         steps[0] = {k: float(v) for k, v in fixed.values.items()
                     if isinstance(v, int | float) and not isinstance(v, bool)
                     and math.isfinite(v)}
-    fingerprint = _json_safe({
+    fingerprint = json_safe({
         "kind": "checklist",
         "model": parsed.model,
         "model_path": result.model,

@@ -27,7 +27,7 @@ import numpy as np
 import pydantic
 
 from workers import prompts as prompt_sets
-from workers.reporting import JobOutcome, PrintReporter, Reporter, UserError
+from workers.reporting import JobOutcome, PrintReporter, Reporter, UserError, json_safe
 from workers.specs import ComparisonSpec, EngineSettings, SamplingSettings, TrainerSettings
 
 WORST_K = 20
@@ -189,7 +189,7 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
     values = {k: float(v) for k, v in metrics.values.items()
               if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
     stages.say("metrics", "done", 1.0)
-    return JobOutcome(result=_json_safe(result), fingerprint=_json_safe(fingerprint),
+    return JobOutcome(result=json_safe(result), fingerprint=json_safe(fingerprint),
                       verdict=metrics.verdict, step_values={0: values})
 
 
@@ -415,20 +415,6 @@ def _worst_sequences(metrics: Any, ro: Any, scores: Any, lr: np.ndarray, seq_len
 def _finite(x: float) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def _json_safe(x: Any) -> Any:
-    """`x` with NaN/inf replaced by None and numpy scalars by Python ones (Postgres jsonb
-    refuses NaN and Infinity)."""
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _fingerprint(spec: ComparisonSpec, model_path: str, engine: Any, tm: Any, ro: Any,

@@ -7,6 +7,7 @@ returns a `JobOutcome` that `workers.tasks` stores.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,3 +59,19 @@ class PrintReporter:
 class NullReporter(PrintReporter):
     def __init__(self) -> None:
         super().__init__(quiet=True)
+
+
+def json_safe(x: Any) -> Any:
+    """`x` with NaN/inf replaced by None and numpy scalars by Python ones.
+
+    Job results are stored in Postgres jsonb, which refuses NaN and Infinity.
+    """
+    if isinstance(x, Mapping):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and callable(x.item) and getattr(x, "shape", None) == ():
+        x = x.item()  # numpy scalar (numpy is not imported here)
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
