@@ -293,16 +293,10 @@ class SpecForm:
 
 
 def spec_model(kind: str) -> type[Any] | None:
-    """The pydantic spec of a job kind, or None when the engine is not installed here."""
+    """The pydantic spec of a job kind (workers.specs), or None for a kind without one."""
+    from workers.specs import spec_model as lookup
+
     try:
-        from workers import specs
-    except ImportError:
+        return lookup(kind)
+    except KeyError:
         return None
-    getter = getattr(specs, "spec_model", None)
-    if getter is not None:
-        try:
-            return getter(kind)
-        except (KeyError, ValueError):
-            return None
-    names = {"comparison": "ComparisonSpec", "replay": "ReplaySpec", "checklist": "ChecklistSpec"}
-    return getattr(specs, names.get(kind, ""), None)

@@ -13,6 +13,7 @@ from ninja import Router, Schema
 from dashboard.core.api import ApiError
 from dashboard.core.api.types import JsonObject, Slug, Tag, Text
 from dashboard.core.auth import visible_projects
+from dashboard.core.forms import spec_model
 from dashboard.core.models import Job, start_job
 
 router = Router(tags=["jobs"])
@@ -40,14 +41,6 @@ class JobIn(Schema):
     spec: JsonObject = {}  # the job spec: any JSON a jsonb column can hold
     run_name: Text(200) = ""  # type: ignore[valid-type]
     tags: list[Tag] = []
-
-
-def spec_model(kind: str) -> type[pydantic.BaseModel] | None:
-    """The pydantic model that defines a job kind's settings (workers.specs), if any."""
-    from workers import specs
-
-    names = {"comparison": "ComparisonSpec", "replay": "ReplaySpec", "checklist": "ChecklistSpec"}
-    return getattr(specs, names.get(kind, ""), None)
 
 
 def validate_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
