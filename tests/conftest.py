@@ -18,6 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests run last (after pytest-django's own ordering by database use).
+
+    Playwright's sync API keeps an event loop running in the main thread until the session
+    ends, and async tests cannot start theirs beside it.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
 # --- people and projects ------------------------------------------------------------------
 
 
