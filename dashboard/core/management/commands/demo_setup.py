@@ -56,9 +56,7 @@ class Command(BaseCommand):
         if not options["no_jobs"]:
             self._queue_engine_jobs(project, user)
         self.stdout.write(
-            self.style.SUCCESS(
-                f"Demo login: user '{DEMO_USER}', password '{DEMO_PASSWORD}'  ({settings.SITE_URL}/)"
-            )
+            self.style.SUCCESS(f"Demo login: user '{DEMO_USER}', password '{DEMO_PASSWORD}'")
         )
 
     def _queue_engine_jobs(self, project: Project, user: Any) -> None:
