@@ -381,9 +381,11 @@ class _Scan:
     signed_zero_pairs: int = 0
     counts: IntArray = field(default_factory=lambda: np.zeros(_N_KEYS, dtype=np.int64))
     cand_e: list[FloatArray] = field(default_factory=list)
-    q_vals: list[FloatArray] = field(default_factory=list)  # |d| in the predicted key bins
-    q_keys: list[IntArray] = field(default_factory=list)
-    low_lr: list[FloatArray] = field(default_factory=list)
+    # Every |d| whose key bin q_tab marks (the bins a sample predicts to hold the quantiles).
+    q_tab: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(_N_KEYS, dtype=bool))
+    q_vals: list[FloatArray] = field(default_factory=list)
+    # The tokens below the top lr stratum: their bucket ids, |d| and k3 terms.
+    low_b: list[IntArray] = field(default_factory=list)
     low_a: list[FloatArray] = field(default_factory=list)
     low_k: list[FloatArray] = field(default_factory=list)
 
@@ -417,7 +419,7 @@ def _scan(
     non-finite d or lt and `abort_on_nonfinite`: the caller then drops those tokens and
     runs again, so the common all-finite case never pays for finiteness masks."""
     n = lt.shape[0]
-    r = _Scan()
+    r = _Scan(q_tab=qtab)
     size = min(_BLOCK, n)
     conv_lt = lt.dtype != np.float64
     conv_lr = lr.dtype != np.float64
@@ -488,7 +490,6 @@ def _scan(
         r.counts[: bc.size] += bc
         hit = np.flatnonzero(qtab[key])
         r.q_vals.append(a[hit])
-        r.q_keys.append(key[hit])
         if bc[0]:
             z = np.flatnonzero(a == 0.0)
             r.zeros += int(z.size)
@@ -497,7 +498,13 @@ def _scan(
 
         low = np.flatnonzero(lrc < lo_lr_edge)
         if low.size:
-            r.low_lr.append(lrc[low])
+            # Bucket id = number of lower edges at or below lr (0 for lr < -10), computed
+            # here while the few low-lr tokens are in cache.
+            lr_s = lrc[low]
+            b = np.greater_equal(lr_s, LR_EDGES[0]).astype(np.intp)
+            for edge in LR_EDGES[1:-1]:
+                b += lr_s >= edge
+            r.low_b.append(b)
             r.low_a.append(a[low])
             r.low_k.append(k[low])
 
@@ -571,8 +578,9 @@ def _quantiles(r: _Scan, lt: np.ndarray, lr: np.ndarray, n: int) -> dict[str, fl
     """Exact np.quantile(|d|, q) (linear interpolation) for the four QUANTILES.
 
     The exact histogram says which key bin holds each wanted order statistic; the scan kept
-    every |d| of the bins predicted from a sample, so only those few values are partitioned.
-    A bin the prediction missed is read with one more pass over lt, lr.
+    every |d| of the bins predicted from a sample, so only those few values are partitioned
+    (each needed bin is cut out by its value range, then partitioned once for all of its
+    ranks). A bin the prediction missed is read with one more pass over lt, lr.
     """
     cum = np.cumsum(r.counts)
     plan = []
@@ -583,29 +591,28 @@ def _quantiles(r: _Scan, lt: np.ndarray, lr: np.ndarray, n: int) -> dict[str, fl
         hi = min(lo + 1, n - 1)
         plan.append((name, lo, hi, h - lo))
         ranks.update((lo, hi))
-    vals = np.concatenate(r.q_vals) if r.q_vals else np.empty(0)
-    vkeys = np.concatenate(r.q_keys) if r.q_keys else np.empty(0, dtype=np.int64)
-    by_bin: dict[int, FloatArray] = {}
-    missing = set()
-    for rank in ranks:
-        b = int(np.searchsorted(cum, rank, side="right"))
-        by_bin.setdefault(b, np.empty(0))
-    for b in by_bin:
-        got = vals[vkeys == b]
-        if got.size == r.counts[b]:
-            by_bin[b] = got
-        else:
-            missing.add(b)
-    if missing:
+    bins = {rank: int(np.searchsorted(cum, rank, side="right")) for rank in ranks}
+    tab = r.q_tab
+    if all(tab[b] for b in bins.values()):
+        vals = np.concatenate(r.q_vals) if r.q_vals else np.empty(0)
+    else:
+        tab = tab.copy()
+        for b in bins.values():
+            tab[b] = True
         a = np.abs(lt.astype(np.float64) - lr.astype(np.float64))
-        ak = a.view(np.int64) >> _KEY_SHIFT
-        for b in missing:
-            by_bin[b] = a[ak == b]
+        vals = a[tab[a.view(np.int64) >> _KEY_SHIFT]]
+    # vals holds the marked bins whole; key bin b is the value range [b's edge, b+1's edge).
     order_stat: dict[int, float] = {}
-    for rank in ranks:
-        b = int(np.searchsorted(cum, rank, side="right"))
-        local = rank - (int(cum[b - 1]) if b > 0 else 0)
-        order_stat[rank] = float(np.partition(by_bin[b], local)[local])
+    for b in set(bins.values()):
+        lo_v, hi_v = _key_value(b), _key_value(b + 1)
+        sel = vals >= lo_v
+        if not math.isnan(hi_v):  # the bin of inf has no upper edge
+            sel &= vals < hi_v
+        in_bin = vals[sel]
+        below = int(cum[b - 1]) if b > 0 else 0
+        local = {rank: rank - below for rank, rb in bins.items() if rb == b}
+        part = np.partition(in_bin, sorted(local.values()))
+        order_stat.update((rank, float(part[i])) for rank, i in local.items())
     out: dict[str, float] = {}
     for name, lo, hi, frac in plan:
         a_, b_ = order_stat[lo], order_stat[hi]
@@ -1002,12 +1009,8 @@ def _lr_strata(r: _Scan, n: int) -> list[dict[str, Any]]:
     """
     nb = len(LR_EDGES) + 1
     c, sa, sk = np.zeros(nb), np.zeros(nb), np.zeros(nb)
-    if r.low_lr:
-        lr_s = np.concatenate(r.low_lr)
-        # Bucket id = number of lower edges at or below lr (0 for lr < -10).
-        b = np.zeros(lr_s.size, dtype=np.intp)
-        for edge in LR_EDGES[:-1]:
-            b += lr_s >= edge
+    if r.low_b:
+        b = np.concatenate(r.low_b)
         c[:-1] = np.bincount(b, minlength=nb - 1)
         sa[:-1] = np.bincount(b, weights=np.concatenate(r.low_a), minlength=nb - 1)
         sk[:-1] = np.bincount(b, weights=np.concatenate(r.low_k), minlength=nb - 1)
