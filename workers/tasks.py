@@ -109,10 +109,8 @@ class _TimeLimits:
         if self.done.wait(self.hard_s):
             return
         log.error("job %s ran past its hard limit; exiting the worker", self.job.pk)
-        _fail(
-            self.job,
-            f"The job ran past its hard time limit ({self.hard_s:.0f} s); its worker was restarted.",
-        )
+        message = f"The job ran past its hard time limit ({self.hard_s:.0f} s)"
+        _fail(self.job, message + "; its worker was restarted.")
         os._exit(1)
 
 

@@ -30,7 +30,16 @@ class RunAdmin(admin.ModelAdmin):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "kind", "status", "progress", "stage", "project", "worker_host", "created")
+    list_display = (
+        "id",
+        "kind",
+        "status",
+        "progress",
+        "stage",
+        "project",
+        "worker_host",
+        "created",
+    )
     list_filter = ("kind", "status")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from urllib.parse import urlencode
+
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect

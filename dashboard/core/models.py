@@ -130,9 +130,7 @@ class Run(models.Model):
 
     class Meta:
         ordering = ["-created"]
-        constraints = [
-            models.UniqueConstraint(fields=["project", "name"], name="unique_run_name")
-        ]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="unique_run_name")]
         indexes = [models.Index(fields=["project", "-created"])]
 
     def __str__(self) -> str:
@@ -164,9 +162,7 @@ class MetricPoint(models.Model):
 
     class Meta:
         # The unique index is also the read path: one key of one run, by step range.
-        constraints = [
-            models.UniqueConstraint(fields=["run", "key", "step"], name="unique_point")
-        ]
+        constraints = [models.UniqueConstraint(fields=["run", "key", "step"], name="unique_point")]
 
 
 class PromptSet(models.Model):
@@ -206,7 +202,9 @@ class Job(models.Model):
     FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="jobs")
-    run = models.ForeignKey(Run, on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs")
+    run = models.ForeignKey(
+        Run, on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs"
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
     )
@@ -256,19 +254,23 @@ class Job(models.Model):
         """
         now = timezone.now()
         stale_before = now - timedelta(seconds=heartbeat_timeout_s)
-        taken = Job.objects.filter(pk=self.pk).filter(
-            models.Q(status=self.Status.QUEUED)
-            | models.Q(status=self.Status.RUNNING, heartbeat_at__lt=stale_before)
-        ).update(
-            status=self.Status.RUNNING,
-            worker_host=host,
-            celery_task_id=task_id,
-            attempts=models.F("attempts") + 1,
-            started=now,
-            heartbeat_at=now,
-            progress=0.0,
-            stage="starting",
-            error="",
+        taken = (
+            Job.objects.filter(pk=self.pk)
+            .filter(
+                models.Q(status=self.Status.QUEUED)
+                | models.Q(status=self.Status.RUNNING, heartbeat_at__lt=stale_before)
+            )
+            .update(
+                status=self.Status.RUNNING,
+                worker_host=host,
+                celery_task_id=task_id,
+                attempts=models.F("attempts") + 1,
+                started=now,
+                heartbeat_at=now,
+                progress=0.0,
+                stage="starting",
+                error="",
+            )
         )
         self.refresh_from_db()
         if taken:
@@ -276,7 +278,9 @@ class Job(models.Model):
         return bool(taken)
 
     def beat(self) -> None:
-        Job.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(heartbeat_at=timezone.now())
+        Job.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+            heartbeat_at=timezone.now()
+        )
 
     def report(self, stage: str, progress: float | None = None) -> None:
         self.stage = stage[:200]
@@ -337,7 +341,13 @@ class Job(models.Model):
 
 
 def start_job(
-    project: Project, kind: str, spec: dict, *, user: Any = None, run_name: str = "", tags: list[str] | None = None
+    project: Project,
+    kind: str,
+    spec: dict,
+    *,
+    user: Any = None,
+    run_name: str = "",
+    tags: list[str] | None = None,
 ) -> Job:
     """Create a job (and, for engine kinds, its run) and queue it once this commits.
 

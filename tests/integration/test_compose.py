@@ -20,7 +20,11 @@ def _config(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, SECRET_KEY="compose-check")
     return subprocess.run(
         [binary, "-f", str(ROOT / "docker-compose.yml"), "config", *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
     )
 
 
@@ -32,7 +36,13 @@ def test_compose_file_is_accepted() -> None:
 def test_compose_has_every_process_of_the_architecture() -> None:
     result = _config("--services")
     assert result.returncode == 0, result.stderr
-    assert set(result.stdout.split()) == {"postgres", "redis", "web", "worker-default", "worker-gpu"}
+    assert set(result.stdout.split()) == {
+        "postgres",
+        "redis",
+        "web",
+        "worker-default",
+        "worker-gpu",
+    }
 
 
 def test_gpu_worker_runs_solo_on_the_gpu_queue_with_nvidia() -> None:
