@@ -35,7 +35,7 @@ test-fast: install
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check parity workers dashboard tests bench
+	$(VENV)/bin/ruff check parity workers dashboard tests bench examples
 	$(VENV)/bin/mypy parity workers
 
 bench: install services
