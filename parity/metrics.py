@@ -184,6 +184,35 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+# METRICS.md "Default verdict", as data: metric -> (comparison, {level: bound}), where a bound
+# is a Thresholds field name or a fixed number. `verdict` applies it; pages mark rows with it.
+VERDICT_RULES: dict[str, tuple[str, dict[str, str | float]]] = {
+    "nonfinite_trainer": (">", {"fail": 0}),
+    "nonfinite_rollout": (">", {"fail": 0}),
+    "token_mismatch": (">", {"fail": 0}),
+    "abs_diff_mean": (">", {"fail": "fail_abs_diff_mean", "warn": "warn_abs_diff_mean"}),
+    "kl_k1": ("abs>", {"fail": "fail_abs_kl_k1"}),
+    "kl_k3": (">", {"warn": "warn_kl_k3"}),
+    "chi2_token": (">", {"fail": "fail_chi2_token"}),
+    "ess": ("<", {"fail": "fail_ess"}),
+    "clip_rate": (">", {"warn": "warn_clip_rate"}),
+    "catastrophic_seq_frac": (">", {"warn": "warn_catastrophic_seq_frac"}),
+}
+
+
+def rule_bound(bound: str | float, thresholds: Thresholds) -> float:
+    """A VERDICT_RULES bound as a number under these thresholds."""
+    return float(getattr(thresholds, bound)) if isinstance(bound, str) else float(bound)
+
+
+def breaches(op: str, value: float, limit: float) -> bool:
+    if op == "<":
+        return value < limit
+    if op == "abs>":
+        return abs(value) > limit
+    return value > limit
+
+
 def verdict(
     values: Mapping[str, Any], thresholds: Thresholds | None = None
 ) -> tuple[str, list[str]]:
@@ -194,42 +223,20 @@ def verdict(
     measured, which must not read as healthy.
     """
     t = thresholds or Thresholds()
-    fails: list[str] = []
-    warns: list[str] = []
-
-    def get(key: str) -> float | None:
-        v = values.get(key)
-        return None if v is None else float(v)
-
-    for key in ("nonfinite_trainer", "nonfinite_rollout", "token_mismatch"):
-        v = get(key)
-        if v is not None and v > 0:
-            fails.append(f"{key} {int(v)} > 0 (fail)")
-
-    adm = get("abs_diff_mean")
-    if adm is not None and adm > t.fail_abs_diff_mean:
-        fails.append(f"abs_diff_mean {_fmt(adm)} > {_fmt(t.fail_abs_diff_mean)} (fail)")
-    elif adm is not None and adm > t.warn_abs_diff_mean:
-        warns.append(f"abs_diff_mean {_fmt(adm)} > {_fmt(t.warn_abs_diff_mean)} (warn)")
-    k1 = get("kl_k1")
-    if k1 is not None and abs(k1) > t.fail_abs_kl_k1:
-        fails.append(f"|kl_k1| {_fmt(abs(k1))} > {_fmt(t.fail_abs_kl_k1)} (fail)")
-    chi2 = get("chi2_token")
-    if chi2 is not None and chi2 > t.fail_chi2_token:
-        fails.append(f"chi2_token {_fmt(chi2)} > {_fmt(t.fail_chi2_token)} (fail)")
-    ess = get("ess")
-    if ess is not None and ess < t.fail_ess:
-        fails.append(f"ess {_fmt(ess)} < {_fmt(t.fail_ess)} (fail)")
-
-    for key, limit in (
-        ("kl_k3", t.warn_kl_k3),
-        ("clip_rate", t.warn_clip_rate),
-        ("catastrophic_seq_frac", t.warn_catastrophic_seq_frac),
-    ):
-        v = get(key)
-        if v is not None and v > limit:
-            warns.append(f"{key} {_fmt(v)} > {_fmt(limit)} (warn)")
-
+    found: dict[str, list[str]] = {"fail": [], "warn": []}
+    for key, (op, levels) in VERDICT_RULES.items():
+        raw = values.get(key)
+        if raw is None:
+            continue
+        v = float(raw)
+        for level in ("fail", "warn"):  # the worse level first; one reason per metric
+            if level not in levels:
+                continue
+            limit = rule_bound(levels[level], t)
+            if breaches(op, v, limit):
+                found[level].append(_reason(key, op, v, limit, level))
+                break
+    fails, warns = found["fail"], found["warn"]
     if fails:
         return "fail", fails + warns
     n = values.get("n_tokens")
@@ -238,6 +245,14 @@ def verdict(
     if warns:
         return "warn", warns
     return "pass", []
+
+
+def _reason(key: str, op: str, v: float, limit: float, level: str) -> str:
+    if key in _COUNT_KEYS:
+        return f"{key} {int(v)} {op} {int(limit)} ({level})"
+    if op == "abs>":
+        return f"|{key}| {_fmt(abs(v))} > {_fmt(limit)} ({level})"
+    return f"{key} {_fmt(v)} {op} {_fmt(limit)} ({level})"
 
 
 # --- result ----------------------------------------------------------------------------------

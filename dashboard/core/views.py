@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from dashboard.core.auth import visible_projects
 from dashboard.core.forms import RunFilterForm, SpecForm, spec_model
 from dashboard.core.models import ApiToken, Job, MetricPoint, Project, Run, start_job
+from parity.metrics import METRIC_KEYS, VERDICT_RULES, Thresholds, breaches, rule_bound
 
 # The headline numbers of a run, in the order the runs list shows them (METRICS.md names).
 SUMMARY_KEYS = ("kl_k3", "clip_rate", "abs_diff_mean")
@@ -34,30 +35,6 @@ DEFAULT_CHARTS: tuple[tuple[str, ...], ...] = (
     ("kl_k1",),
     ("abs_diff_mean", "abs_diff_max"),
 )
-# METRICS.md "Default verdict", as rules over parity.metrics.Thresholds fields (the one
-# definition of the numbers): metric -> (op, {level: Thresholds field or a fixed bound}).
-VERDICT_RULES: dict[str, tuple[str, dict[str, str | float]]] = {
-    "nonfinite_trainer": (">", {"fail": 0}),
-    "nonfinite_rollout": (">", {"fail": 0}),
-    "token_mismatch": (">", {"fail": 0}),
-    "abs_diff_mean": (">", {"warn": "warn_abs_diff_mean", "fail": "fail_abs_diff_mean"}),
-    "kl_k1": ("abs>", {"fail": "fail_abs_kl_k1"}),
-    "kl_k3": (">", {"warn": "warn_kl_k3"}),
-    "chi2_token": (">", {"fail": "fail_chi2_token"}),
-    "ess": ("<", {"fail": "fail_ess"}),
-    "clip_rate": (">", {"warn": "warn_clip_rate"}),
-    "catastrophic_seq_frac": (">", {"warn": "warn_catastrophic_seq_frac"}),
-}
-# The METRICS.md table, in its order; anything else a result carries follows alphabetically.
-METRIC_ORDER = (
-    "n_tokens n_sequences nonfinite_trainer nonfinite_rollout abs_diff_mean abs_diff_max "
-    "abs_diff_p50 abs_diff_p90 abs_diff_p99 abs_diff_p999 rms_diff bias prob_diff_mean "
-    "prob_diff_max prob_diff_std prob_pearson kl_k1 kl_k2 kl_k3 chi2_token ess is_mean is_min "
-    "is_max is_std clip_rate clip_rate_low clip_rate_high tis_clip_frac mis_masked_frac "
-    "kl_ent_ratio seq_log_ratio_mean seq_log_ratio_max log_ppl_diff ppl_ratio chi2_seq "
-    "seq_max_abs_diff_mean catastrophic_seq_frac veto_frac token_mismatch argmax_agree "
-    "topk_containment bit_equal_frac trainer_ppl distinct_2"
-).split()
 # Token colours: d = lt - lr, bucketed; blue = trainer lower, orange = trainer higher.
 D_BINS = (-1.0, -0.3, -0.1, -0.03, 0.03, 0.1, 0.3, 1.0)
 RUNS_PER_PAGE = 25
@@ -424,8 +401,6 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 def thresholds_for(project: Project, overrides: Any = None) -> dict[str, dict[str, Any]]:
     """The verdict table in force: METRICS.md defaults, the project's overrides, then the
     job's own (`spec.thresholds`), as {metric: {"op", "warn"?, "fail"?}}."""
-    from parity.metrics import Thresholds
-
     merged: dict[str, Any] = {}
     for source in (project.thresholds, overrides):
         if isinstance(source, dict):
@@ -438,7 +413,7 @@ def thresholds_for(project: Project, overrides: Any = None) -> dict[str, dict[st
     for key, (op, levels) in VERDICT_RULES.items():
         rule: dict[str, Any] = {"op": op}
         for level, bound in levels.items():
-            rule[level] = getattr(t, bound) if isinstance(bound, str) else bound
+            rule[level] = rule_bound(bound, t)
         table[key] = rule
     return table
 
@@ -449,13 +424,9 @@ def judge(value: Any, rule: dict[str, Any] | None) -> str:
         return ""
     if not math.isfinite(value):
         return "fail"
-    op = rule["op"]
-    x = abs(value) if op == "abs>" else value
     for level in ("fail", "warn"):
-        if level in rule:
-            bound = rule[level]
-            if (op == "<" and x < bound) or (op != "<" and x > bound):
-                return level
+        if level in rule and breaches(rule["op"], value, rule[level]):
+            return level
     return ""
 
 
@@ -475,7 +446,7 @@ def metric_rows(
 ) -> list[dict[str, Any]]:
     """The metrics table; `reference` adds the values the same tokens give when the trainer
     matches the engine's processing (what fixing the configuration would show)."""
-    order = {key: i for i, key in enumerate(METRIC_ORDER)}
+    order = {key: i for i, key in enumerate(METRIC_KEYS)}
     rows = []
     for key in sorted(values, key=lambda k: (order.get(k, len(order)), k)):
         value = values[key]
@@ -710,7 +681,7 @@ def compare(request: HttpRequest, slug: str) -> HttpResponse:
     runs = [found[i] for i in ids]
     per_run = {run.pk: latest_by_key(run.pk) for run in runs}
     keys = sorted({k for latest in per_run.values() for k in latest})
-    order = {key: i for i, key in enumerate(METRIC_ORDER)}
+    order = {key: i for i, key in enumerate(METRIC_KEYS)}
     keys.sort(key=lambda k: (order.get(k, len(order)), k))
     thresholds = thresholds_for(project)
     metric_table = []
