@@ -1,0 +1,278 @@
+"""How results look on the pages: metric rows judged against the verdict table, worst
+sequences as coloured tokens, sampling and strata tables, sparklines.
+
+Pure functions of a job's result JSON and a project's thresholds; the views stay thin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from dashboard.core.models import Project
+from parity.metrics import METRIC_KEYS, VERDICT_RULES, Thresholds, breaches, rule_bound
+
+SEVERITY_CSS = {"error": "fail", "fail": "fail", "warning": "warn", "warn": "warn"}
+
+# Token colours: d = lt - lr, bucketed; blue = trainer lower, orange = trainer higher.
+D_BINS = (-1.0, -0.3, -0.1, -0.03, 0.03, 0.1, 0.3, 1.0)
+
+
+def fmt(value: Any) -> str:
+    """A metric for people: 4 significant digits, integers as integers, "–" for missing."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int) or (
+        math.isfinite(value) and value == int(value) and abs(value) < 1e15
+    ):
+        return f"{int(value):d}"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def sparkline(values: Sequence[float], width: int = 120, height: int = 28) -> str:
+    """SVG polyline points for a small trend line (no JS, no request per row)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if len(finite) < 2:
+        return ""
+    lo, hi = min(finite), max(finite)
+    span = (hi - lo) or 1.0
+    step = width / (len(values) - 1)
+    pts = []
+    for i, v in enumerate(values):
+        if v is None or not math.isfinite(v):
+            continue
+        pts.append(f"{i * step:.1f},{height - 2 - (v - lo) / span * (height - 4):.1f}")
+    return " ".join(pts)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: fingerprints as rows that diff line by line."""
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for key in sorted(data):
+            out.update(flatten(data[key], f"{prefix}{key}."))
+    elif isinstance(data, list) and data and all(isinstance(v, dict) for v in data):
+        for i, item in enumerate(data):
+            out.update(flatten(item, f"{prefix}{i}."))
+    else:
+        out[prefix.rstrip(".")] = data
+    return out
+
+
+def thresholds_for(project: Project, overrides: Any = None) -> dict[str, dict[str, Any]]:
+    """The verdict table in force: METRICS.md defaults, the project's overrides, then the
+    job's own (`spec.thresholds`), as {metric: {"op", "warn"?, "fail"?}}."""
+    merged: dict[str, Any] = {}
+    for source in (project.thresholds, overrides):
+        if isinstance(source, dict):
+            merged.update(source)
+    try:
+        t = Thresholds.from_dict(merged)
+    except ValueError:  # a bad stored override must not take the result page down
+        t = Thresholds()
+    table: dict[str, dict[str, Any]] = {}
+    for key, (op, levels) in VERDICT_RULES.items():
+        rule: dict[str, Any] = {"op": op}
+        for level, bound in levels.items():
+            rule[level] = rule_bound(bound, t)
+        table[key] = rule
+    return table
+
+
+def judge(value: Any, rule: dict[str, Any] | None) -> str:
+    """ "fail", "warn" or "" for one metric value against its threshold rule."""
+    if rule is None or not isinstance(value, int | float) or isinstance(value, bool):
+        return ""
+    if not math.isfinite(value):
+        return "fail"
+    for level in ("fail", "warn"):
+        if level in rule and breaches(rule["op"], value, rule[level]):
+            return level
+    return ""
+
+
+def _rule_text(rule: dict[str, Any] | None) -> str:
+    if not rule:
+        return ""
+    sym = {"<": "<", ">": ">", "abs>": "|x| >"}[rule["op"]]
+    return " · ".join(
+        f"{level} {sym} {rule[level]:g}" for level in ("warn", "fail") if level in rule
+    )
+
+
+def metric_rows(
+    values: dict[str, Any],
+    thresholds: dict[str, dict[str, Any]],
+    reference: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The metrics table; `reference` adds the values the same tokens give when the trainer
+    matches the engine's processing (what fixing the configuration would show)."""
+    order = {key: i for i, key in enumerate(METRIC_KEYS)}
+    rows = []
+    for key in sorted(values, key=lambda k: (order.get(k, len(order)), k)):
+        value = values[key]
+        rule = thresholds.get(key)
+        rows.append(
+            {
+                "key": key,
+                "value": fmt(value),
+                "state": judge(value, rule),
+                "rule": _rule_text(rule),
+                "ref": fmt(reference.get(key)) if reference else None,
+                "ref_state": judge(reference.get(key), rule) if reference else "",
+            }
+        )
+    return rows
+
+
+def _d_class(d: Any) -> int:
+    if not isinstance(d, int | float) or not math.isfinite(d):
+        return 9  # shown hatched: non-finite
+    for i, bound in enumerate(D_BINS):
+        if d < bound:
+            return i
+    return len(D_BINS)
+
+
+def _tokens(seq: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-token rows of a worst sequence, from a list of dicts or parallel arrays."""
+    raw = seq.get("tokens")
+    if isinstance(raw, list) and raw and isinstance(raw[0], dict):
+        tokens = [dict(t) for t in raw]
+    else:
+        texts = seq.get("text") if isinstance(seq.get("text"), list) else raw
+        texts = texts or seq.get("token_text") or seq.get("texts") or []
+        n = len(texts)
+        cols = {
+            name: seq.get(name) or seq.get(name + "s") or [None] * n
+            for name in ("lt", "lr", "d", "rank")
+        }
+        tokens = [
+            {
+                "text": texts[i],
+                **{name: col[i] if i < len(col) else None for name, col in cols.items()},
+            }
+            for i in range(n)
+        ]
+    for t in tokens:
+        t.setdefault("text", t.get("token", ""))
+        if (
+            t.get("d") is None
+            and isinstance(t.get("lt"), int | float)
+            and isinstance(t.get("lr"), int | float)
+        ):
+            t["d"] = t["lt"] - t["lr"]
+        t["cls"] = _d_class(t.get("d"))
+        t["tip"] = " · ".join(
+            f"{name} {fmt(t.get(name))}"
+            for name in ("lt", "lr", "d", "rank")
+            if t.get(name) is not None
+        )
+        t["hot"] = isinstance(t.get("d"), int | float) and (
+            not math.isfinite(t["d"]) or abs(t["d"]) >= 0.1
+        )
+    return tokens
+
+
+def worst_sequences(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for i, seq in enumerate(result.get("worst_sequences") or []):
+        if not isinstance(seq, dict):
+            continue
+        info = {
+            k: fmt(v) for k, v in seq.items() if not isinstance(v, list | dict) and k != "prompt"
+        }
+        out.append({"n": i + 1, "info": info, "tokens": _tokens(seq), "prompt": seq.get("prompt")})
+    return out
+
+
+def sampling_rows(sampling: Any) -> list[dict[str, Any]]:
+    """Requested vs effective sampling parameters; a row differs when vLLM changed it."""
+    if not isinstance(sampling, dict):
+        return []
+    requested = sampling.get("requested") or {}
+    effective = sampling.get("effective") or {}
+    defaults = sampling.get("model_defaults") or {}
+    changed = sampling.get("changed_by_defaults") or {}
+    rows = []
+    for key in sorted(set(requested) | set(effective)):
+        differs = key in changed or (
+            key in requested and key in effective and requested[key] != effective[key]
+        )
+        rows.append(
+            {
+                "key": key,
+                "requested": fmt(requested.get(key)),
+                "effective": fmt(effective.get(key)),
+                "model_default": fmt(defaults.get(key)) if key in defaults else "",
+                "differs": differs,
+            }
+        )
+    return rows
+
+
+def diagnoses(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for item in result.get("diagnoses") or []:
+        if isinstance(item, str):
+            out.append({"message": item})
+        elif isinstance(item, dict):
+            out.append(
+                {
+                    "name": item.get("name") or item.get("code") or item.get("title", ""),
+                    "message": item.get("message") or item.get("detail") or item.get("text", ""),
+                    "fix": item.get("fix") or item.get("remedy") or "",
+                    "severity": item.get("severity") or item.get("level") or "",
+                    "css": SEVERITY_CSS.get(item.get("severity") or item.get("level") or "", ""),
+                }
+            )
+    return out
+
+
+def strata(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Stratified buckets as rows with bar widths relative to the largest bucket."""
+    out = []
+    strata = metrics.get("strata") or {}
+    for name, title in (
+        ("by_lr", "By rollout log-prob lr"),
+        ("by_position", "By response position"),
+    ):
+        buckets = strata.get(name)
+        if isinstance(buckets, dict):
+            buckets = [
+                {"bucket": k, **(v if isinstance(v, dict) else {"value": v})}
+                for k, v in buckets.items()
+            ]
+        if not isinstance(buckets, list) or not buckets:
+            continue
+        rows = []
+        for b in buckets:
+            if not isinstance(b, dict):
+                continue
+            label = b.get("bucket") or b.get("label") or b.get("name") or b.get("range") or ""
+            rows.append(
+                {
+                    "label": str(label),
+                    "abs_diff_mean": b.get("abs_diff_mean"),
+                    "kl_k3": b.get("kl_k3"),
+                    "count": b.get("count", b.get("n_tokens", b.get("n"))),
+                }
+            )
+        for metric in ("abs_diff_mean", "kl_k3"):
+            top = (
+                max((r[metric] for r in rows if isinstance(r[metric], int | float)), default=0) or 1
+            )
+            for r in rows:
+                v = r[metric]
+                r[metric + "_pct"] = (
+                    max(0.0, min(100.0, 100 * v / top))
+                    if isinstance(v, int | float) and math.isfinite(v)
+                    else 0
+                )
+        out.append({"name": name, "title": title, "rows": rows})
+    return out
