@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgpack
 import numpy as np
-from django.http import HttpRequest, StreamingHttpResponse
+from django.http import Http404, HttpRequest, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from ninja import Field, Query, Router, Schema
 from pydantic import BaseModel, StrictInt
@@ -27,7 +27,7 @@ from dashboard.core.points import (
     list_keys,
     read_series,
     store_logprobs,
-    store_points,
+    store_visible_points,
 )
 from dashboard.core.points import Point as StoredPoint
 
@@ -181,10 +181,13 @@ def log_points(request: HttpRequest, run_id: int, payload: PointsIn) -> Any:
         raise ApiError(
             413, f"{len(payload.points)} points in one batch; at most {MAX_BATCH}.", "points"
         )
-    run = _run(request, run_id)
-    written = store_points(
-        run, (StoredPoint(p.key, p.step, p.value, p.time) for p in payload.points)
+    written = store_visible_points(
+        visible_runs(request),
+        run_id,
+        (StoredPoint(p.key, p.step, p.value, p.time) for p in payload.points),
     )
+    if written is None:
+        raise Http404("No Run matches the given query.")
     return {"written": written}
 
 
