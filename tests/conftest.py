@@ -103,52 +103,63 @@ def process_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class Server:
+class ChildProcess:
+    """A process of the product (daphne, a Celery worker) started by a test, logging to a file."""
+
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            cwd=ROOT,
+            env=process_env(),
+            stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        return self.proc
+
+    def wait_ready(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"{what} exited; see {self.log_path}")
+            if ready():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{what} not ready within {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Server(ChildProcess):
     """A daphne process (HTTP + websockets) serving the test database."""
 
     def __init__(self, log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "dashboard.asgi:application",
-            ],
-            cwd=ROOT,
-            env=process_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daphne exited; see {self.log_path}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code in (200, 503):
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError(f"daphne did not answer within 60 s; see {self.log_path}")
+        self.spawn("daphne", "-b", "127.0.0.1", "-p", str(self.port), "dashboard.asgi:application")
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+        def answers() -> bool:
             try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                return httpx.get(self.url + "/healthz", timeout=1).status_code in (200, 503)
+            except httpx.HTTPError:
+                return False
+
+        self.wait_ready(answers, "daphne", timeout=60)
 
 
 @pytest.fixture(scope="session")
@@ -168,64 +179,21 @@ def live_server_proc(
     server.stop()
 
 
-class Worker:
+class Worker(ChildProcess):
     """A real Celery worker process (solo pool, as in production)."""
 
     def __init__(self, queues: str, log_path: Path, name: str) -> None:
         self.queues = queues
         self.log_path = log_path
         self.name = name
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery",
-                "worker",
-                "-Q",
-                self.queues,
-                "--pool",
-                "solo",
-                "--concurrency",
-                "1",
-                "-n",
-                f"{self.name}@%h",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=ROOT,
-            env=process_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        # Ready when the worker says so in its log.
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"celery worker exited; see {self.log_path}")
-            if b"ready." in self.log_path.read_bytes():
-                return
-            time.sleep(0.3)
-        raise RuntimeError(f"celery worker not ready within 90 s; see {self.log_path}")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc and self.proc.poll() is None:
-            if kill:
-                self.proc.kill()
-            else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.spawn(
+            "celery", "-A", "workers.celery", "worker", "-Q", self.queues,
+            "--pool", "solo", "--concurrency", "1", "-n", f"{self.name}@%h",
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        )  # fmt: skip
+        self.wait_ready(lambda: b"ready." in self.log_path.read_bytes(), "celery worker", 90)
 
 
 @pytest.fixture(scope="session")
