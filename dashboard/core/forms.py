@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic_core
 from django import forms
 from django.db.models import QuerySet
 
@@ -91,7 +92,12 @@ class FieldSpec:
         if value is None:
             return ""
         if self.kind == "json":
-            return value if isinstance(value, str) else json.dumps(value)
+            # Defaults may be pydantic models (e.g. a replay's weight source).
+            return (
+                value
+                if isinstance(value, str)
+                else json.dumps(pydantic_core.to_jsonable_python(value))
+            )
         if isinstance(value, enum.Enum):
             return str(value.value)
         return str(value)

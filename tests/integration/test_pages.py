@@ -338,3 +338,25 @@ def test_runs_list_sorts_by_column_headers(alice_client: Any, project_a: Any) ->
     assert 'aria-sort="ascending"' in body and "sort=-name" in body  # click again: Z to A
     body = alice_client.get(url, {"sort": "-name"}).content.decode()
     assert body.index("gamma") < body.index("beta") < body.index("alpha")
+
+
+@pytest.mark.parametrize("kind", ["replay", "checklist"])
+def test_replay_and_checklist_forms_submit_their_defaults(
+    alice_client: Any, project_a: Any, monkeypatch: Any, kind: str
+) -> None:
+    # Their specs default nested models (the replay's weight source, the checklist's
+    # sampling): the form must render them and queue the job from them unchanged.
+    from dashboard.core import forms
+    from dashboard.core.models import Job
+
+    url = reverse("new_job", args=["proj-a", kind])
+    assert alice_client.get(url).status_code == 200
+    monkeypatch.setattr("dashboard.core.models.Job.enqueue", lambda self: None)
+    model = forms.spec_model(kind)
+    form = forms.SpecForm(model)
+    data = {f.name: f.html_value for f in form.fields if f.kind != "bool"}
+    data.update({f.name: "on" for f in form.fields if f.kind == "bool" and f.checked})
+    response = alice_client.post(url, dict(data, run_name=f"{kind}-from-form"))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    job = Job.objects.get(kind=kind)
+    assert job.spec == model().model_dump(mode="json")
