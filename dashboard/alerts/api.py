@@ -13,16 +13,15 @@ from ninja import Field, Router, Schema
 from dashboard.alerts import ssrf
 from dashboard.alerts.models import AlertRule, Incident, WebhookEndpoint
 from dashboard.core.api import ApiError
-from dashboard.core.api.types import Text
+from dashboard.core.api.types import MetricKey, Text
 from dashboard.core.auth import visible_projects, visible_runs
 
 router = Router(tags=["alerts"])
 
 
 Name = Text(100, 1)
-MetricKey = Text(128, 1)
 Pattern = Text(200)
-Tag = Text(64)
+Tag = Text(64)  # empty: the rule is not narrowed by tag
 Url = Text(2000, 1)
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, le=2_147_483_647)]

@@ -157,7 +157,7 @@ def list_runs(
     """Newest first; `count` is the total matching, `items` one page of them."""
     for field, value in (("slug", slug), ("name", name), ("tag", tag)):
         if value is not None:
-            _querydb_text(field, value)
+            _query_text(field, value)
     project = get_object_or_404(visible_projects(request), slug=slug)
     runs = project.runs.select_related("project")
     if name:
@@ -315,7 +315,7 @@ def get_series(
     """Steps in [start, end], at most `max_points` of them, chosen by MinMaxLTTB so that
     spikes survive the reduction.
     """
-    _querydb_text("key", key)
+    _query_text("key", key)
     series = read_series(_run(request, run_id), key, start, end, max_points)
     return {
         "key": series.key,
@@ -346,7 +346,7 @@ def export_csv(request: HttpRequest, run_id: int) -> StreamingHttpResponse:
     return response
 
 
-def _querydb_text(field: str, value: str) -> None:
+def _query_text(field: str, value: str) -> None:
     try:
         db_text(value)
     except ValueError as exc:
