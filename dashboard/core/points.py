@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -341,35 +341,85 @@ def read_series(
     return Series(key=key, total=int(steps.shape[0]), steps=steps[idx].tolist(), values=out_values)
 
 
+_POINTS = MetricPoint._meta.db_table
+
 _KEYS = f"""
 WITH RECURSIVE k(key) AS (
-    (SELECT key FROM {MetricPoint._meta.db_table} WHERE run_id = %(run)s ORDER BY key LIMIT 1)
+    (SELECT key FROM {_POINTS} WHERE run_id = %(run)s ORDER BY key LIMIT 1)
     UNION ALL
-    SELECT (SELECT p.key FROM {MetricPoint._meta.db_table} p
+    SELECT (SELECT p.key FROM {_POINTS} p
             WHERE p.run_id = %(run)s AND p.key > k.key ORDER BY p.key LIMIT 1)
     FROM k WHERE k.key IS NOT NULL
 )
-SELECT k.key,
-       (SELECT min(step) FROM {MetricPoint._meta.db_table} p
-        WHERE p.run_id = %(run)s AND p.key = k.key),
-       (SELECT max(step) FROM {MetricPoint._meta.db_table} p
-        WHERE p.run_id = %(run)s AND p.key = k.key)
-FROM k WHERE k.key IS NOT NULL
+SELECT k.key, f.step, l.step, l.value FROM k
+CROSS JOIN LATERAL (
+    SELECT step FROM {_POINTS} WHERE run_id = %(run)s AND key = k.key ORDER BY step LIMIT 1
+) f
+CROSS JOIN LATERAL (
+    SELECT step, value FROM {_POINTS} WHERE run_id = %(run)s AND key = k.key
+    ORDER BY step DESC LIMIT 1
+) l
+WHERE k.key IS NOT NULL
 """
 
 
-def list_keys(run: Run) -> list[dict[str, object]]:
-    """The keys of a run with their first and last step.
+def list_keys(run: Run | int) -> list[dict[str, Any]]:
+    """The keys of a run with their first and last step and the last value.
 
     A skip scan over the (run, key, step) index: one probe per key, not a pass over
     every point, so a run with millions of points answers in milliseconds.
     """
+    run_id = run if isinstance(run, int) else run.pk
     with connection.cursor() as cursor:
-        cursor.execute(_KEYS, {"run": run.pk})
+        cursor.execute(_KEYS, {"run": run_id})
         return [
-            {"key": key, "first_step": first, "last_step": last}
-            for key, first, last in cursor.fetchall()
+            {"key": key, "first_step": first, "last_step": last, "last_value": value}
+            for key, first, last, value in cursor.fetchall()
         ]
+
+
+_LATEST = f"""
+SELECT r.id, k.key, p.value
+FROM unnest(%s::bigint[]) AS r(id) CROSS JOIN unnest(%s::text[]) AS k(key)
+CROSS JOIN LATERAL (
+  SELECT value FROM {_POINTS} WHERE run_id = r.id AND key = k.key
+  ORDER BY step DESC LIMIT 1
+) p
+"""
+
+_TAIL = f"""
+SELECT r.id, p.value
+FROM unnest(%s::bigint[]) AS r(id)
+CROSS JOIN LATERAL (
+  SELECT step, value FROM {_POINTS} WHERE run_id = r.id AND key = %s
+  ORDER BY step DESC LIMIT %s
+) p
+ORDER BY r.id, p.step
+"""
+
+
+def latest_values(run_ids: Sequence[int], keys: Sequence[str]) -> dict[int, dict[str, float]]:
+    """The last value of each of `keys` for each run (one index probe per pair)."""
+    out: dict[int, dict[str, float]] = {rid: {} for rid in run_ids}
+    if not run_ids:
+        return out
+    with connection.cursor() as cursor:
+        cursor.execute(_LATEST, [list(run_ids), list(keys)])
+        for rid, key, value in cursor.fetchall():
+            out[rid][key] = value
+    return out
+
+
+def tails(run_ids: Sequence[int], key: str, n: int) -> dict[int, list[float]]:
+    """The last `n` values of `key` for each run, oldest first (the runs list's sparklines)."""
+    out: dict[int, list[float]] = {rid: [] for rid in run_ids}
+    if not run_ids:
+        return out
+    with connection.cursor() as cursor:
+        cursor.execute(_TAIL, [list(run_ids), key, n])
+        for rid, value in cursor.fetchall():
+            out[rid].append(value)
+    return out
 
 
 CSV_HEADER = "key,step,value,time\n"

@@ -21,7 +21,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from dashboard.core.auth import visible_projects
 from dashboard.core.forms import RunFilterForm, SpecForm, spec_model
-from dashboard.core.models import ApiToken, Job, MetricPoint, Project, Run, start_job
+from dashboard.core.models import ApiToken, Job, Project, Run, start_job
+from dashboard.core.points import latest_values, list_keys, tails
 from dashboard.core.presenters import (
     D_BINS,
     diagnoses,
@@ -124,74 +125,9 @@ def revoke_token(request: HttpRequest, slug: str, token_id: int) -> HttpResponse
     return redirect("tokens", slug=project.slug)
 
 
-# --- reading points: index-only paths over (run, key, step) --------------------------------
-
-_TABLE = MetricPoint._meta.db_table
-
-# A loose index scan: one index probe per distinct key, so a run of millions of points
-# lists its keys in milliseconds instead of scanning every row.
-_KEYS_SQL = f"""
-WITH RECURSIVE k AS (
-  SELECT (SELECT min(key) FROM {_TABLE} WHERE run_id = %(run)s) AS key
-  UNION ALL
-  SELECT (SELECT min(key) FROM {_TABLE} WHERE run_id = %(run)s AND key > k.key)
-  FROM k WHERE k.key IS NOT NULL
-)
-SELECT k.key, p.step, p.value FROM k
-CROSS JOIN LATERAL (
-  SELECT step, value FROM {_TABLE} WHERE run_id = %(run)s AND key = k.key
-  ORDER BY step DESC LIMIT 1
-) p
-WHERE k.key IS NOT NULL
-"""
-
-_LATEST_SQL = f"""
-SELECT r.id, k.key, p.step, p.value
-FROM unnest(%s::bigint[]) AS r(id) CROSS JOIN unnest(%s::text[]) AS k(key)
-CROSS JOIN LATERAL (
-  SELECT step, value FROM {_TABLE} WHERE run_id = r.id AND key = k.key
-  ORDER BY step DESC LIMIT 1
-) p
-"""
-
-_TAIL_SQL = f"""
-SELECT r.id, p.step, p.value
-FROM unnest(%s::bigint[]) AS r(id)
-CROSS JOIN LATERAL (
-  SELECT step, value FROM {_TABLE} WHERE run_id = r.id AND key = %s
-  ORDER BY step DESC LIMIT %s
-) p
-ORDER BY r.id, p.step
-"""
-
-
 def latest_by_key(run_id: int) -> dict[str, tuple[int, float]]:
     """Every key of a run with its latest (step, value)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_KEYS_SQL, {"run": run_id})
-        return {key: (step, value) for key, step, value in cursor.fetchall()}
-
-
-def latest_values(run_ids: Sequence[int], keys: Sequence[str]) -> dict[int, dict[str, float]]:
-    out: dict[int, dict[str, float]] = {rid: {} for rid in run_ids}
-    if not run_ids:
-        return out
-    with connection.cursor() as cursor:
-        cursor.execute(_LATEST_SQL, [list(run_ids), list(keys)])
-        for rid, key, _step, value in cursor.fetchall():
-            out[rid][key] = value
-    return out
-
-
-def tails(run_ids: Sequence[int], key: str, n: int) -> dict[int, list[float]]:
-    out: dict[int, list[float]] = {rid: [] for rid in run_ids}
-    if not run_ids:
-        return out
-    with connection.cursor() as cursor:
-        cursor.execute(_TAIL_SQL, [list(run_ids), key, n])
-        for rid, _step, value in cursor.fetchall():
-            out[rid].append(value)
-    return out
+    return {k["key"]: (k["last_step"], k["last_value"]) for k in list_keys(run_id)}
 
 
 # --- alerts (dashboard.alerts: rules and incidents, read only here) -------------------------
