@@ -590,17 +590,8 @@ def build_engine(model: str, settings: EngineSettings, extension: str) -> Any:
     from workers import rollout
 
     rollout.shutdown_engine()
-    started = time.perf_counter()
-    kwargs = rollout.engine_kwargs(model, settings)
-    kwargs["worker_extension_cls"] = extension
-    try:
-        from vllm import LLM
-
-        llm = LLM(**kwargs, disable_log_stats=True)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"vLLM could not load {model!r}: {_first_line(exc)}") from exc
     key = ("replay", model, uuid.uuid4().hex)
-    return rollout.Engine(model, settings, llm, time.perf_counter() - started, key)
+    return rollout.build_engine(model, settings, key, worker_extension_cls=extension)
 
 
 def shutdown_replay_engine(engine: Any) -> None:
@@ -646,11 +637,6 @@ def _uninstall_extension(worker_cls_name: str) -> None:
                   if not (isinstance(b, type) and issubclass(b, WeightSyncExtension)))
     if bases != worker_cls.__bases__:
         worker_cls.__bases__ = bases
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
 
 
 def capabilities(llm: Any) -> dict[str, Any]:
@@ -751,7 +737,7 @@ def generate_in_flight(engine: Any, prompt_ids: Sequence[Sequence[int]],
             value = fn()
         except Exception as exc:  # noqa: BLE001 - what this vLLM refuses is a finding
             info["calls"].append({"call": name, "ok": False,
-                                  "error": f"{type(exc).__name__}: {_first_line(exc)}"})
+                                  "error": f"{type(exc).__name__}: {rollout.first_line(exc)}"})
             return exc
         info["calls"].append({"call": name, "ok": True,
                               "returned": value if isinstance(value, bool | int | None) else None})

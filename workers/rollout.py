@@ -161,7 +161,7 @@ def get_engine(model: str, settings: EngineSettings) -> tuple[Engine, bool]:
         if _current is not None and _current.key == key:
             return _current, True
         _shutdown_locked()
-        _current = _build(resolved, settings, key)
+        _current = build_engine(resolved, settings, key)
         return _current, False
 
 
@@ -221,20 +221,27 @@ def engine_kwargs(model: str, settings: EngineSettings) -> dict[str, Any]:
     return kwargs
 
 
-def _build(model: str, settings: EngineSettings, key: tuple[str, str, str]) -> Engine:
+def build_engine(
+    model: str, settings: EngineSettings, key: tuple[str, str, str], **extra: Any
+) -> Engine:
+    """A new vLLM V1 engine for these settings, outside the warm cache.
+
+    `extra` goes to `vllm.LLM` as is (the replay's `worker_extension_cls`).
+    """
     from vllm import LLM
 
     started = time.perf_counter()
     try:
-        llm = LLM(**engine_kwargs(model, settings), disable_log_stats=True)
+        llm = LLM(**engine_kwargs(model, settings), **extra, disable_log_stats=True)
     except (OSError, ValueError) as exc:
         # vLLM reports unusable models and settings (unknown architecture, unsupported
         # dtype or head size, too little memory) as these; anything else is a crash.
-        raise UserError(f"vLLM could not load {repr(model)}: {_first_line(exc)}") from exc
+        raise UserError(f"vLLM could not load {repr(model)}: {first_line(exc)}") from exc
     return Engine(model, settings, llm, time.perf_counter() - started, key)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, bounded: what a failed job shows."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:500]
 
