@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from parity.metrics import MetricsResult, Thresholds, compute_metrics
+from parity.metrics import MetricsResult, Thresholds, compute_metrics, scalar_values
 
 __all__ = ["Monitor", "scalar_values", "to_numpy"]
 
@@ -52,22 +52,6 @@ MAX_BATCH = 10_000  # the server's limit per request
 MAX_KEY_LEN = 128
 # Retry these: the request may succeed later. Any other 4xx is a bug in what was sent.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
-def scalar_values(values: Mapping[str, Any]) -> dict[str, float]:
-    """The storable part of a metrics dict: finite numbers, as floats.
-
-    Metrics that could not be computed are None in parity.metrics; they are not points.
-    The server applies the same rule to raw arrays, so both paths store the same values.
-    """
-    out: dict[str, float] = {}
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-            continue
-        number = float(value)
-        if math.isfinite(number):
-            out[key] = number
-    return out
 
 
 def to_numpy(x: Any) -> np.ndarray:

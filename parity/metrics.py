@@ -1091,3 +1091,19 @@ def _optional_values(
     if tok is not None:
         seq_of = np.repeat(np.arange(lens.size, dtype=np.int64), lens)
         values["distinct_2"] = _distinct_2(tok, kept(seq_of), int(lens.size))  # type: ignore[arg-type]
+
+
+def scalar_values(values: Mapping[str, Any]) -> dict[str, float]:
+    """The storable part of a metrics dict: finite numbers, as floats.
+
+    Metrics that could not be computed are None in parity.metrics; they are not points.
+    The server applies the same rule to raw arrays, so both paths store the same values.
+    """
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+            continue
+        number = float(value)
+        if math.isfinite(number):
+            out[key] = number
+    return out

@@ -43,7 +43,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workers import prompts as prompt_sets
 from workers.reporting import (
@@ -57,16 +56,13 @@ from workers.reporting import (
 from workers.specs import (
     NEUTRAL_SAMPLING,
     EngineSettings,
-    InlinePrompts,
-    ModelRef,
     SamplingSettings,
-    ThresholdOverrides,
     TrainerSettings,
+    parse_spec,
+    validation_message,
 )
+from workers.specs.checklist import CHECKS, ChecklistSpec
 
-Check = Literal["processed_logprobs", "runtime_defaults", "weight_updates", "fp32_head"]
-CHECKS: tuple[Check, ...] = ("processed_logprobs", "runtime_defaults", "weight_updates",
-                             "fp32_head")
 Status = Literal["pass", "needs-fix", "not-applicable", "could-not-run"]
 ROW_TITLES = {
     "processed_logprobs": "Processed logprobs",
@@ -84,79 +80,6 @@ MATTERS_RATIO = 1.5
 HIST_EDGES = np.geomspace(1e-6, 100.0, 57)
 # The numbers each before/after cell shows (the issue's three, plus what qualifies them).
 CELL_KEYS = ("abs_diff_mean", "kl_k3", "abs_diff_max", "n_tokens", "nonfinite_trainer")
-
-
-# --- the spec ------------------------------------------------------------------------------
-
-
-def _default_sampling() -> SamplingSettings:
-    return SamplingSettings.model_validate(
-        {"temperature": 0.7, "top_p": 0.9, "max_tokens": 32, "logprobs_topk": 0})
-
-
-class ChecklistSpec(BaseModel):
-    """A migration checklist: the user's model and sampling settings, measured per fix."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: ModelRef = Field("var/models/tiny-llama", min_length=1, max_length=500,
-                       description="Local model directory on the worker, or a hub id.")
-    prompt_set: str = Field(prompt_sets.BUILTIN, min_length=1, max_length=200,
-                            description="'builtin' or the name of the inline prompts below.")
-    prompts: InlinePrompts = Field(
-        None, description='Inline prompts: [{"prompt": "..."}] or [{"messages": [...]}].')
-    num_prompts: int | None = Field(
-        16, ge=1, le=100_000, description="Use at most this many prompts (empty: all).")
-    sampling: SamplingSettings = Field(
-        default_factory=_default_sampling,
-        description=(
-            "The sampling settings the RL loop uses. Fields left empty are filled by the "
-            "engine (from the model's generation_config.json under generation_config='auto')."
-        ),
-    )
-    engine: EngineSettings = Field(
-        default_factory=EngineSettings,
-        description=(
-            "The engine as the user runs it; logprobs_mode, generation_config and head_dtype "
-            "are set by each variant."
-        ),
-    )
-    trainer: TrainerSettings = Field(
-        default_factory=TrainerSettings,
-        description="The trainer as the user runs it; processing and head_dtype are set "
-                    "by each variant.",
-    )
-    thresholds: ThresholdOverrides = Field(
-        default_factory=dict, description="Verdict threshold overrides (parity.metrics).")
-    checks: list[Check] = Field(
-        default_factory=lambda: list(CHECKS), min_length=1,
-        description="Which checks to run; 'all fixes together' needs all four.")
-    include_replay: bool = Field(
-        True, description="Run the weight-update replay (the in-flight weight updates row).")
-    replay_updates: int = Field(2, ge=1, le=10, description="Weight updates to replay.")
-    replay_max_tokens: int = Field(16, ge=2, le=512,
-                                   description="Tokens per sequence in the replay.")
-    include_in_flight: bool = Field(
-        True, description="Also replay one update in flight, where this vLLM offers it.")
-
-    @field_validator("checks")
-    @classmethod
-    def _checks_unique(cls, v: list[Check]) -> list[Check]:
-        return [c for c in CHECKS if c in v]
-
-    @model_validator(mode="after")
-    def _prompt_source_exists(self) -> ChecklistSpec:
-        if self.prompts is None and self.prompt_set != prompt_sets.BUILTIN:
-            raise ValueError(
-                f"prompt set {self.prompt_set!r} has no prompts: pass them inline in 'prompts' "
-                f"or use prompt_set={prompt_sets.BUILTIN!r}"
-            )
-        return self
-
-    @property
-    def full(self) -> bool:
-        """Whether every check runs (then the 'all fixes together' row is measured)."""
-        return list(self.checks) == list(CHECKS)
 
 
 # --- variants ------------------------------------------------------------------------------
@@ -1153,12 +1076,7 @@ def run_checklist_job(spec: Mapping[str, Any], reporter: Reporter) -> JobOutcome
     recommends), like a comparison's step 0. The other variants are deliberately
     misconfigured; as points of the run they would trip the project's alert rules.
     """
-    try:
-        parsed = ChecklistSpec.model_validate(dict(spec))
-    except pydantic.ValidationError as exc:
-        from workers.compare import validation_message
-
-        raise UserError(validation_message(exc)) from None
+    parsed = parse_spec(ChecklistSpec, spec)
     result = run_checklist(parsed, reporter)
     data = result.to_dict()
     fixed = next((m for m in result.variants if m.name == "all_fixes" and m.ok), None)
@@ -1216,8 +1134,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace) -> ChecklistSpec:
     """The ChecklistSpec the flags describe (UserError on invalid values)."""
-    from workers.compare import validation_message
-
     sampling: dict[str, Any] = {"temperature": args.temperature, "top_p": args.top_p,
                                 "max_tokens": args.max_tokens, "logprobs_topk": 0}
     for key in ("top_k", "min_p", "repetition_penalty"):

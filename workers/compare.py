@@ -16,19 +16,18 @@ import math
 import platform
 import sys
 import time
-import types
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydantic
 
+from workers import cli, measure
 from workers import prompts as prompt_sets
+from workers.cli import spec_parser
 from workers.reporting import JobOutcome, PrintReporter, Reporter, UserError, json_safe
-from workers.specs import ComparisonSpec, EngineSettings, SamplingSettings, TrainerSettings
+from workers.specs import ComparisonSpec, parse_spec
 
 WORST_K = 20
 # Stage progress bands: engine load is the long pole on a cold worker, then generation.
@@ -40,21 +39,7 @@ _MEASURED_GAIN = 0.5
 
 def run_comparison_job(spec: Mapping[str, Any], reporter: Reporter) -> JobOutcome:
     """The Celery entry point: validate a job's spec (UserError on bad values), then run it."""
-    try:
-        parsed = ComparisonSpec.model_validate(dict(spec))
-    except pydantic.ValidationError as exc:
-        raise UserError(validation_message(exc)) from None
-    return run_comparison(parsed, reporter)
-
-
-def validation_message(exc: pydantic.ValidationError) -> str:
-    """pydantic's errors as one line per field: "sampling.temperature: Input should be ..."."""
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {msg}")
-    return "; ".join(lines)
+    return run_comparison(parse_spec(ComparisonSpec, spec), reporter)
 
 
 class _Stages:
@@ -87,8 +72,8 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
     unusable prompt set or settings the engine refuses. The trainer scores exactly the token
     ids the engine returned; any disagreement is counted in `token_mismatch`, never hidden.
     """
-    from parity.metrics import Thresholds, compute_metrics
-    from workers import rollout, trainer
+    from parity.metrics import Thresholds, scalar_values
+    from workers import rollout
 
     wall_started = time.perf_counter()
     stages = _Stages(reporter)
@@ -99,61 +84,30 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
         raise UserError(f"thresholds: {exc}") from None
     model_path = rollout.resolve_model(spec.model)
     items = prompt_sets.load(spec.prompt_set, spec.prompts, spec.num_prompts)
-
-    stages.say("engine", "loading engine")
-    engine, engine_reused = rollout.get_engine(model_path, spec.engine)
-    timings["engine_load_s"] = 0.0 if engine_reused else engine.load_seconds
     tokenizer = _tokenizer(model_path)
     prompt_ids = prompt_sets.render(items, tokenizer)
 
-    n_seq = len(prompt_ids) * spec.sampling.n
-    stages.say("generate", f"generating 0/{n_seq}")
-    ro = rollout.generate(engine, prompt_ids, spec.sampling,
-                          progress=stages.counter("generate", "generating"))
+    stages.say("engine", "loading engine")
+    sampled = measure.sample(model_path, spec.engine, prompt_ids, spec.sampling,
+                             progress=stages.counter("generate", "generating"))
+    engine, ro = sampled.engine, sampled.rollout
+    timings["engine_load_s"] = 0.0 if sampled.engine_reused else engine.load_seconds
     timings["generate_s"] = ro.seconds
 
     stages.say("trainer", "loading trainer")
-    tm, trainer_reused = trainer.get_trainer(model_path, spec.trainer)
-    timings["trainer_load_s"] = 0.0 if trainer_reused else tm.load_seconds
-    processing = trainer.Processing.for_comparison(spec.trainer, spec.engine, ro.requested)
-    matched = trainer.Processing.for_engine(spec.engine, ro.effective)
-    seq_prompts = [ro.prompt_token_ids[i] for i in ro.prompt_index]
-    stages.say("score", f"scoring 0/{n_seq}")
-    scores = trainer.score(
-        tm, seq_prompts, ro.token_ids, processing,
-        topk=spec.sampling.logprobs_topk,
-        reference=matched if matched != processing else None,
-        progress=stages.counter("score", "scoring"),
-    )
-    timings["score_s"] = scores.seconds
-
-    stages.say("metrics", "computing metrics")
-    started = time.perf_counter()
-    seq_lens = np.array([len(t) for t in ro.token_ids], dtype=np.int64)
-    lr = np.fromiter((x for seq in ro.lr for x in seq), dtype=np.float64, count=int(seq_lens.sum()))
-    token_ids = np.fromiter((t for seq in ro.token_ids for t in seq), dtype=np.int64,
-                            count=lr.size)
-    rollout_topk = _rollout_topk(ro, lr.size)
-    metrics = compute_metrics(
-        scores.lt, lr, seq_lens,
-        entropy=scores.entropy,
-        token_ids=token_ids,
-        trainer_token_ids=scores.token_ids,
-        trainer_argmax=scores.argmax,
-        rollout_argmax=None if rollout_topk is None else rollout_topk[:, 0],
-        trainer_topk=scores.topk,
-        rollout_topk=rollout_topk,
-        thresholds=thresholds,
-    )
-    reference = None
-    if scores.lt_reference is not None:
-        reference = compute_metrics(scores.lt_reference, lr, seq_lens, thresholds=thresholds)
-    timings["metrics_s"] = time.perf_counter() - started
+    m = measure.measure(model_path, spec.trainer, spec.engine, ro, thresholds,
+                        topk=spec.sampling.logprobs_topk, with_reference=True,
+                        progress=stages.counter("score", "scoring"))
+    tm, processing, matched = m.trainer, m.processing, m.engine_processing
+    metrics, reference, scored = m.metrics, m.reference, m.scored
+    timings["trainer_load_s"] = 0.0 if m.trainer_reused else tm.load_seconds
+    timings["score_s"] = scored.seconds
+    timings["metrics_s"] = m.metrics_seconds
 
     started = time.perf_counter()
     diagnoses = diagnose(spec, ro, processing, metrics.values,
                          None if reference is None else reference.values)
-    worst = _worst_sequences(metrics, ro, scores, lr, seq_lens, items, tokenizer)
+    worst = _worst_sequences(metrics, ro, scored, items, tokenizer)
     fingerprint = _fingerprint(spec, model_path, engine, tm, ro, processing)
     timings["report_s"] = time.perf_counter() - started
     result = {
@@ -178,19 +132,17 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
         "counts": {
             "prompts": len(prompt_ids),
             "sequences": len(ro.token_ids),
-            "tokens": int(lr.size),
+            "tokens": int(scored.lr.size),
             "finish_reasons": _count(ro.finish_reasons),
         },
         "fingerprint": fingerprint,
         "timings": timings,
-        "reused": {"engine": engine_reused, "trainer": trainer_reused},
+        "reused": {"engine": sampled.engine_reused, "trainer": m.trainer_reused},
         "wall_s": time.perf_counter() - wall_started,
     }
-    values = {k: float(v) for k, v in metrics.values.items()
-              if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
     stages.say("metrics", "done", 1.0)
     return JobOutcome(result=json_safe(result), fingerprint=json_safe(fingerprint),
-                      verdict=metrics.verdict, step_values={0: values})
+                      verdict=metrics.verdict, step_values={0: scalar_values(metrics.values)})
 
 
 _tokenizers: dict[str, Any] = {}
@@ -203,22 +155,6 @@ def _tokenizer(model_path: str) -> Any:
         _tokenizers.clear()
         _tokenizers[model_path] = AutoTokenizer.from_pretrained(model_path)
     return _tokenizers[model_path]
-
-
-def _rollout_topk(ro: Any, n_tokens: int) -> np.ndarray | None:
-    """The engine's top-k token ids as an (n_tokens, k) array, -1 where it returned fewer."""
-    if ro.topk_ids is None:
-        return None
-    rows = [row for seq in ro.topk_ids for row in seq]
-    k = max((len(r) for r in rows), default=0)
-    if k == 0:
-        return None
-    out = np.full((n_tokens, k), -1, dtype=np.int64)
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=n_tokens)
-    flat = np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(lengths.sum()))
-    mask = np.arange(k)[None, :] < lengths[:, None]
-    out[mask] = flat
-    return out
 
 
 def _count(xs: Sequence[Any]) -> dict[str, int]:
@@ -382,11 +318,13 @@ def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, values: Mapping[str
 # --- report pieces ------------------------------------------------------------------------
 
 
-def _worst_sequences(metrics: Any, ro: Any, scores: Any, lr: np.ndarray, seq_lens: np.ndarray,
+def _worst_sequences(metrics: Any, ro: Any, scored: measure.Scored,
                      items: Sequence[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
     from parity.metrics import worst_sequences
 
-    offsets = np.concatenate([[0], np.cumsum(seq_lens)])
+    lt, lr, rank = scored.lt, scored.lr, scored.rank
+    assert rank is not None
+    offsets = np.concatenate([[0], np.cumsum(scored.seq_lens)])
     per_seq = metrics.per_sequence
     out = []
     for s in worst_sequences(metrics, WORST_K):
@@ -394,9 +332,9 @@ def _worst_sequences(metrics: Any, ro: Any, scores: Any, lr: np.ndarray, seq_len
         ids = ro.token_ids[s]
         texts = [tokenizer.decode([t]) for t in ids]
         tokens = [
-            {"text": texts[j], "id": int(ids[j]), "lt": _finite(scores.lt[lo + j]),
-             "lr": _finite(lr[lo + j]), "d": _finite(scores.lt[lo + j] - lr[lo + j]),
-             "rank": int(scores.rank[lo + j])}
+            {"text": texts[j], "id": int(ids[j]), "lt": _finite(lt[lo + j]),
+             "lr": _finite(lr[lo + j]), "d": _finite(lt[lo + j] - lr[lo + j]),
+             "rank": int(rank[lo + j])}
             for j in range(hi - lo)
         ]
         out.append({
@@ -462,98 +400,24 @@ def _device_name(device: Any) -> str:
 
 # --- the command line ---------------------------------------------------------------------
 
-_SECTIONS: dict[str, type[pydantic.BaseModel]] = {
-    "engine": EngineSettings, "trainer": TrainerSettings, "sampling": SamplingSettings,
-}
-# Short flags for sampling fields whose names are unique across sections.
-_SHORT = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-          "frequency_penalty", "max_tokens", "logprobs_topk"}
-
-
-def _flag_type(annotation: Any) -> tuple[Any, list[str] | None]:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    nullable = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    base = args[0] if nullable and len(args) == 1 else annotation
-    if typing.get_origin(base) is typing.Literal:
-        return str, [str(a) for a in typing.get_args(base)]
-    conv = base if base in (int, float, str) else str
-
-    def parse(text: str) -> Any:
-        if nullable and text.lower() in ("none", "default", ""):
-            return None
-        return conv(text)
-
-    parse.__name__ = getattr(conv, "__name__", "value")
-    return parse, None
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI's flags, one per field of the spec's settings models."""
-    parser = argparse.ArgumentParser(
-        prog="python -m workers.compare",
+    """The CLI's flags: one per field of the spec (workers.cli), plus the output options."""
+    parser = spec_parser(
+        ComparisonSpec, prog="python -m workers.compare",
         description="Compare vLLM V1 and the trainer (transformers) on the same sampled tokens.",
-        argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--model", help="model directory or hub id "
-                        f"(default {ComparisonSpec.model_fields['model'].default})")
-    parser.add_argument("--prompts", dest="prompts_file", metavar="FILE.jsonl",
-                        help='JSONL prompt set: {"prompt": ...} or {"messages": [...]} per line')
-    parser.add_argument("--num-prompts", type=int, help="use at most this many prompts")
-    parser.add_argument("--threshold", action="append", metavar="KEY=VALUE",
-                        help="verdict threshold override, e.g. warn_abs_diff_mean=0.05")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.add_argument("--fail-on", choices=["never", "fail", "warn"],
                         help="exit 1 when the verdict is this bad or worse (default never)")
-    for section, model in _SECTIONS.items():
-        group = parser.add_argument_group(f"{section} settings", model.__doc__)
-        for name, info in model.model_fields.items():
-            flags = [f"--{section}-{name.replace('_', '-')}"]
-            if section == "sampling" and name in _SHORT:
-                flags.insert(0, f"--{name.replace('_', '-')}")
-            help_text = f"{info.description or ''} (default: {info.default})"
-            if info.annotation is bool:
-                group.add_argument(*flags, dest=f"{section}.{name}", help=help_text,
-                                   action=argparse.BooleanOptionalAction)
-                continue
-            conv, choices = _flag_type(info.annotation)
-            group.add_argument(*flags, dest=f"{section}.{name}", type=conv, choices=choices,
-                               help=help_text, metavar=None if choices else "VALUE")
     return parser
 
 
 def spec_from_args(args: argparse.Namespace) -> ComparisonSpec:
     """The ComparisonSpec the parsed flags describe (UserError on invalid values)."""
-    data: dict[str, Any] = {}
-    for key, value in vars(args).items():
-        if "." in key:
-            section, name = key.split(".", 1)
-            data.setdefault(section, {})[name] = value
-    for key in ("model", "num_prompts"):
-        if key in args:
-            data[key] = getattr(args, key)
-    if "prompts_file" in args:
-        path = Path(args.prompts_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"cannot read prompt file {path}: {exc.strerror}") from None
-        try:
-            data["prompts"] = prompt_sets.parse_jsonl(text)
-        except UserError as exc:
-            raise UserError(f"{path}: {exc}") from None
-        data["prompt_set"] = path.name
-    if "threshold" in args:
-        thresholds = {}
-        for item in args.threshold:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise UserError(f"--threshold {item!r}: expected KEY=VALUE")
-            thresholds[key.strip()] = value.strip()
-        data["thresholds"] = thresholds
-    try:
-        return ComparisonSpec.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise UserError(validation_message(exc)) from None
+    return cli.spec_from_args(ComparisonSpec, args, output_flags=_OUTPUT_FLAGS)
+
+
+_OUTPUT_FLAGS = ("json", "fail_on")
 
 
 _KEY_METRICS = (
@@ -622,8 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = spec_from_args(args)
         outcome = run_comparison(spec, PrintReporter(quiet=getattr(args, "json", False)))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.fail(exc)
     if getattr(args, "json", False):
         print(json.dumps({"verdict": outcome.verdict, "result": outcome.result}, indent=1))
     else:

@@ -52,7 +52,8 @@ from typing import Any, TypedDict
 
 import torch
 
-EXTENSION_QUALNAME = "workers.weight_sync.WeightSyncExtension"
+from workers.specs.replay import EXTENSION_QUALNAME  # noqa: F401 - spelled once, in the spec
+
 # Identity-probe chunk: rows of the identity pushed through a linear kernel at once; bounds
 # the probe's extra memory to CHUNK x N per layer.
 _PROBE_CHUNK = 4096

@@ -18,9 +18,6 @@ from typing import Any
 import pytest
 
 from workers.replay import (
-    CheckpointSource,
-    FlagSettings,
-    ReplaySpec,
     compare_checksums,
     flags_for_update,
     run_replay,
@@ -28,6 +25,7 @@ from workers.replay import (
     synthetic_trajectory,
 )
 from workers.reporting import JobOutcome
+from workers.specs import CheckpointSource, FlagSettings, ReplaySpec
 
 PARTIAL = "tests.engine.extensions.PartialUpdateExtension"
 STALE = "tests.engine.extensions.StaleUpdateExtension"

@@ -1,5 +1,5 @@
-"""The settings of a comparison: one definition shared by the CLI, the API, the browser form
-and the job spec.
+"""The settings every job spec shares (engine, trainer, sampling) and the field types of
+their common fields: one definition for the CLI, the API, the browser form and the job.
 
 Defaults mirror what a user who sets nothing runs with vLLM V1 (`logprobs_mode` raw,
 `generation_config="auto"`, vLLM's sampling defaults), except where this product's CPU demo
@@ -16,11 +16,21 @@ neutral default), which is how that hidden difference shows up in the metrics.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from workers import prompts as prompt_sets
+from workers.reporting import UserError
 
 # vLLM clamps 0 < temperature < 0.01 up to 0.01 (vllm/sampling_params.py, _MAX_TEMP); rather
 # than silently sampling at a temperature the user did not ask for, such values are refused.
@@ -40,11 +50,16 @@ NEUTRAL_SAMPLING: dict[str, float | int] = {
 MAX_LOGPROBS = 20
 
 
-class _Settings(BaseModel):
+S = TypeVar("S", bound=BaseModel)
+
+
+class Settings(BaseModel):
+    """Frozen, and unknown fields are refused (a typo must not be silently ignored)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EngineSettings(_Settings):
+class EngineSettings(Settings):
     """How vLLM V1 is built: what changes the engine itself (a different value, a new engine)."""
 
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -106,7 +121,7 @@ class EngineSettings(_Settings):
         return f"{self.logprobs_mode}_logprobs"
 
 
-class TrainerSettings(_Settings):
+class TrainerSettings(Settings):
     """How the trainer side (HF transformers) loads the model and scores the engine's tokens."""
 
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -133,7 +148,7 @@ class TrainerSettings(_Settings):
     )
 
 
-class SamplingSettings(_Settings):
+class SamplingSettings(Settings):
     """What the rollout asks vLLM for; empty fields take the engine's default."""
 
     temperature: float | None = Field(
@@ -229,8 +244,8 @@ InlinePrompts = Annotated[list[dict[str, Any]] | None, AfterValidator(_inline_pr
 ThresholdOverrides = Annotated[dict[str, float], AfterValidator(_known_thresholds)]
 
 
-class ComparisonSpec(_Settings):
-    """One comparison: sample with vLLM V1, score the same tokens with the trainer, compare."""
+class PromptSpec(Settings):
+    """The fields of a job that samples from a model on a prompt set (comparison, checklist)."""
 
     model: ModelRef = Field(
         default="var/models/tiny-llama",
@@ -242,7 +257,7 @@ class ComparisonSpec(_Settings):
         default=prompt_sets.BUILTIN,
         min_length=1,
         max_length=200,
-        description=("'builtin' (shipped with Parity) or the name of the inline prompts below."),
+        description="'builtin' (shipped with Parity) or the name of the inline prompts below.",
     )
     prompts: InlinePrompts = Field(
         default=None,
@@ -254,25 +269,9 @@ class ComparisonSpec(_Settings):
     num_prompts: int | None = Field(
         default=None, ge=1, le=100_000, description="Use at most this many prompts (empty: all)."
     )
-    engine: EngineSettings = Field(
-        default_factory=EngineSettings,
-        description="How vLLM V1 is built (the rollout side).",
-    )
-    trainer: TrainerSettings = Field(
-        default_factory=TrainerSettings,
-        description="How the trainer (transformers) loads the model and scores the tokens.",
-    )
-    sampling: SamplingSettings = Field(
-        default_factory=SamplingSettings,
-        description="What the rollout asks vLLM for; empty fields take the engine's defaults.",
-    )
-    thresholds: ThresholdOverrides = Field(
-        default_factory=dict,
-        description='Verdict threshold overrides, e.g. {"warn_abs_diff_mean": 0.05}.',
-    )
 
     @model_validator(mode="after")
-    def _prompt_source_exists(self) -> ComparisonSpec:
+    def _prompt_source_exists(self) -> PromptSpec:
         if self.prompts is None and self.prompt_set != prompt_sets.BUILTIN:
             raise ValueError(
                 f"prompt set {self.prompt_set!r} has no prompts: pass them inline in 'prompts' "
@@ -281,32 +280,20 @@ class ComparisonSpec(_Settings):
         return self
 
 
-# Job kind -> (module, class) of its spec. The replay and checklist specs live with their
-# engine code; they are looked up lazily so that this module stays import-light.
-SPEC_CLASSES: dict[str, tuple[str, str]] = {
-    "comparison": ("workers.specs", "ComparisonSpec"),
-    "replay": ("workers.replay", "ReplaySpec"),
-    "checklist": ("workers.checklist", "ChecklistSpec"),
-}
+def validation_message(exc: ValidationError) -> str:
+    """The one wording of a spec error, for the API, the forms, the job and the CLI: one
+    "where: what" per field, e.g. "sampling.temperature: Input should be ...; model: ..."."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}")
+    return "; ".join(lines)
 
 
-def spec_model(kind: str) -> type[BaseModel]:
-    """The spec model of a job kind; KeyError for a kind without one (or not installed)."""
-    import importlib
-
-    module_name, class_name = SPEC_CLASSES[kind]
+def parse_spec(model: type[S], data: Mapping[str, Any]) -> S:
+    """`data` validated as `model`; a UserError worded by `validation_message` otherwise."""
     try:
-        return getattr(importlib.import_module(module_name), class_name)  # type: ignore[no-any-return]
-    except (ImportError, AttributeError):
-        raise KeyError(kind) from None
-
-
-def __getattr__(name: str) -> Any:
-    # `specs.ReplaySpec` / `specs.ChecklistSpec` for callers that look specs up by name.
-    for kind, (module_name, class_name) in SPEC_CLASSES.items():
-        if name == class_name and module_name != __name__:
-            try:
-                return spec_model(kind)
-            except KeyError:
-                break
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        raise UserError(validation_message(exc)) from None

@@ -1,0 +1,57 @@
+"""Job specs: pydantic only, importable without torch, vLLM or Django.
+
+`common` holds the settings every kind shares (engine, trainer, sampling) and the one wording
+of a spec error; one module per job kind; `kinds` is the table of job kinds.
+"""
+
+from workers.specs.checklist import CHECKS, ChecklistSpec
+from workers.specs.common import (
+    MAX_LOGPROBS,
+    MIN_TEMPERATURE,
+    NEUTRAL_SAMPLING,
+    EngineSettings,
+    InlinePrompts,
+    ModelRef,
+    SamplingSettings,
+    Settings,
+    ThresholdOverrides,
+    TrainerSettings,
+    parse_spec,
+    validation_message,
+)
+from workers.specs.comparison import ComparisonSpec
+from workers.specs.kinds import JOB_KINDS, SPEC_KINDS, JobKind, spec_model
+from workers.specs.replay import (
+    EXTENSION_QUALNAME,
+    CheckpointSource,
+    FlagSettings,
+    ReplaySpec,
+    SyntheticSource,
+)
+
+__all__ = [
+    "CHECKS",
+    "EXTENSION_QUALNAME",
+    "JOB_KINDS",
+    "MAX_LOGPROBS",
+    "MIN_TEMPERATURE",
+    "NEUTRAL_SAMPLING",
+    "SPEC_KINDS",
+    "CheckpointSource",
+    "ChecklistSpec",
+    "ComparisonSpec",
+    "EngineSettings",
+    "FlagSettings",
+    "InlinePrompts",
+    "JobKind",
+    "ModelRef",
+    "ReplaySpec",
+    "SamplingSettings",
+    "Settings",
+    "SyntheticSource",
+    "ThresholdOverrides",
+    "TrainerSettings",
+    "parse_spec",
+    "spec_model",
+    "validation_message",
+]

@@ -1,0 +1,72 @@
+"""The spec of the vLLM V1 migration checklist: the user's model and sampling settings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from workers.specs.common import (
+    EngineSettings,
+    PromptSpec,
+    SamplingSettings,
+    ThresholdOverrides,
+    TrainerSettings,
+)
+
+Check = Literal["processed_logprobs", "runtime_defaults", "weight_updates", "fp32_head"]
+CHECKS: tuple[Check, ...] = ("processed_logprobs", "runtime_defaults", "weight_updates",
+                             "fp32_head")
+
+
+def _default_sampling() -> SamplingSettings:
+    return SamplingSettings.model_validate(
+        {"temperature": 0.7, "top_p": 0.9, "max_tokens": 32, "logprobs_topk": 0})
+
+
+class ChecklistSpec(PromptSpec):
+    """A migration checklist: the user's model and sampling settings, measured per fix."""
+
+    num_prompts: int | None = Field(
+        16, ge=1, le=100_000, description="Use at most this many prompts (empty: all).")
+    sampling: SamplingSettings = Field(
+        default_factory=_default_sampling,
+        description=(
+            "The sampling settings the RL loop uses. Fields left empty are filled by the "
+            "engine (from the model's generation_config.json under generation_config='auto')."
+        ),
+    )
+    engine: EngineSettings = Field(
+        default_factory=EngineSettings,
+        description=(
+            "The engine as the user runs it; logprobs_mode, generation_config and head_dtype "
+            "are set by each variant."
+        ),
+    )
+    trainer: TrainerSettings = Field(
+        default_factory=TrainerSettings,
+        description="The trainer as the user runs it; processing and head_dtype are set "
+                    "by each variant.",
+    )
+    thresholds: ThresholdOverrides = Field(
+        default_factory=dict, description="Verdict threshold overrides (parity.metrics).")
+    checks: list[Check] = Field(
+        default_factory=lambda: list(CHECKS), min_length=1,
+        description="Which checks to run; 'all fixes together' needs all four.")
+    include_replay: bool = Field(
+        True, description="Run the weight-update replay (the in-flight weight updates row).")
+    replay_updates: int = Field(2, ge=1, le=10, description="Weight updates to replay.")
+    replay_max_tokens: int = Field(16, ge=2, le=512,
+                                   description="Tokens per sequence in the replay.")
+    include_in_flight: bool = Field(
+        True, description="Also replay one update in flight, where this vLLM offers it.")
+
+    @field_validator("checks")
+    @classmethod
+    def _checks_unique(cls, v: list[Check]) -> list[Check]:
+        return [c for c in CHECKS if c in v]
+
+    @property
+    def full(self) -> bool:
+        """Whether every check runs (then the 'all fixes together' row is measured)."""
+        return list(self.checks) == list(CHECKS)

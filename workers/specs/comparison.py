@@ -1,0 +1,34 @@
+"""The spec of a comparison: sample with vLLM V1, score the same tokens with the trainer."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from workers.specs.common import (
+    EngineSettings,
+    PromptSpec,
+    SamplingSettings,
+    ThresholdOverrides,
+    TrainerSettings,
+)
+
+
+class ComparisonSpec(PromptSpec):
+    """One comparison: sample with vLLM V1, score the same tokens with the trainer, compare."""
+
+    engine: EngineSettings = Field(
+        default_factory=EngineSettings,
+        description="How vLLM V1 is built (the rollout side).",
+    )
+    trainer: TrainerSettings = Field(
+        default_factory=TrainerSettings,
+        description="How the trainer (transformers) loads the model and scores the tokens.",
+    )
+    sampling: SamplingSettings = Field(
+        default_factory=SamplingSettings,
+        description="What the rollout asks vLLM for; empty fields take the engine's defaults.",
+    )
+    thresholds: ThresholdOverrides = Field(
+        default_factory=dict,
+        description='Verdict threshold overrides, e.g. {"warn_abs_diff_mean": 0.05}.',
+    )
