@@ -36,7 +36,9 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check parity workers dashboard tests bench examples
+	$(VENV)/bin/ruff format --check parity workers dashboard tests bench examples
 	$(VENV)/bin/mypy parity workers
+	$(VENV)/bin/lint-imports
 
 bench: install services
 	$(PY) bench/bench_metrics.py
