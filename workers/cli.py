@@ -14,10 +14,12 @@ prompt-based kind has (`--prompts FILE.jsonl`, `--threshold KEY=VALUE`) are here
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -156,6 +158,16 @@ def spec_from_args(model: type[S], args: argparse.Namespace, *, output_flags: tu
         else:
             data.setdefault(key, value)
     return parse_spec(model, data)
+
+
+@contextlib.contextmanager
+def report_only_on_stdout() -> Iterator[None]:
+    """Keep stdout for the report alone (so `--json | jq .` parses): vLLM logs to stdout by
+    default, through a handler that binds the stream when vllm is first imported, which
+    happens inside the run. Everything printed meanwhile goes to stderr."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def fail(exc: UserError) -> int:

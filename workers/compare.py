@@ -17,12 +17,21 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from parity.reports import REPORT_VERSION
+from parity.reports.comparison import (
+    ComparisonReport,
+    Diagnosis,
+    ReferenceReport,
+    WorstSequence,
+    WorstToken,
+)
+from parity.reports.numbers import number
 from workers import cli, measure
 from workers import prompts as prompt_sets
 from workers.cli import spec_parser
@@ -110,8 +119,9 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
     worst = _worst_sequences(metrics, ro, scored, items, tokenizer)
     fingerprint = _fingerprint(spec, model_path, engine, tm, ro, processing)
     timings["report_s"] = time.perf_counter() - started
-    result = {
-        "metrics": metrics.to_dict(),
+    result: ComparisonReport = {
+        "version": REPORT_VERSION,
+        "metrics": metrics.to_dict(),  # type: ignore[typeddict-item]
         "diagnoses": diagnoses,
         "worst_sequences": worst,
         "sampling": {
@@ -123,12 +133,12 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
         },
         "trainer_processing": _processing_dict(processing),
         "engine_processing": _processing_dict(matched),
-        "reference": None if reference is None else {
-            "what": "the same tokens scored with the processing that matches the engine",
-            "processing": _processing_dict(matched),
-            "values": reference.values,
-            "verdict": reference.verdict,
-        },
+        "reference": None if reference is None else ReferenceReport(
+            what="the same tokens scored with the processing that matches the engine",
+            processing=_processing_dict(matched),
+            values=reference.values,
+            verdict=reference.verdict,  # type: ignore[typeddict-item]
+        ),
         "counts": {
             "prompts": len(prompt_ids),
             "sequences": len(ro.token_ids),
@@ -171,16 +181,9 @@ def _processing_dict(p: Any) -> dict[str, Any]:
 # --- diagnoses ---------------------------------------------------------------------------
 
 
-@dataclass
-class Diagnosis:
-    name: str
-    severity: str  # "error": it explains a measured gap; "warning": wrong but not measured here
-    message: str
-    fix: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "severity": self.severity, "message": self.message,
-                "fix": self.fix}
+def _diagnosis(name: str, severity: Literal["error", "warning"], message: str,
+               fix: str) -> Diagnosis:
+    return {"name": name, "severity": severity, "message": message, "fix": fix}
 
 
 def _gap(values: Mapping[str, Any] | None) -> float | None:
@@ -189,13 +192,11 @@ def _gap(values: Mapping[str, Any] | None) -> float | None:
 
 
 def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return f"{x:.1f}" if x.is_integer() and abs(x) < 1e6 else f"{x:.4g}"
-    return str(x)
+    return number(x, missing="n/a")
 
 
 def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, values: Mapping[str, Any],
-             reference: Mapping[str, Any] | None) -> list[dict[str, str]]:
+             reference: Mapping[str, Any] | None) -> list[Diagnosis]:
     """The METRICS.md "known offsets" this comparison shows, by name, with the fix.
 
     Each is decided from the configuration and, where the trainer's processing differs from
@@ -223,7 +224,7 @@ def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, values: Mapping[str
     if changed:
         listed = ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in changed.items())
         affects_trainer = processing.kind != "raw" and measured
-        out.append(Diagnosis(
+        out.append(_diagnosis(
             "generation_config_defaults",
             "error" if affects_trainer else "warning",
             "generation_config='auto' (vLLM's default) applied the model's "
@@ -245,7 +246,7 @@ def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, values: Mapping[str
             what.append("penalties")
         sampling_desc = "sampling at " + ", ".join(what)
         trainer_processes = processing.kind in ("processed", "temperature")
-        out.append(Diagnosis(
+        out.append(_diagnosis(
             "raw_logprobs_with_processing",
             "error" if trainer_processes else "warning",
             f"engine returns raw logprobs while {sampling_desc}: lr is the log-prob under the "
@@ -261,7 +262,7 @@ def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, values: Mapping[str
 
     if not engine_raw and eff_truncates and processing.kind in ("raw", "temperature"):
         bias = values.get("bias")
-        out.append(Diagnosis(
+        out.append(_diagnosis(
             "truncation_log_s",
             "error",
             "the engine renormalises over the top-p/top-k/min-p support while the trainer "
@@ -272,7 +273,7 @@ def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, values: Mapping[str
         ))
 
     if (not engine_raw and not greedy and temp != 1.0 and processing.kind == "raw"):
-        out.append(Diagnosis(
+        out.append(_diagnosis(
             "temperature_not_applied",
             "error",
             f"the engine's processed logprobs use T={_fmt(temp)} but the trainer scores at "
@@ -282,7 +283,7 @@ def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, values: Mapping[str
 
     nonfinite = values.get("nonfinite_trainer") or 0
     if nonfinite and processing.kind == "processed" and processing.truncates:
-        out.append(Diagnosis(
+        out.append(_diagnosis(
             "truncation_boundary",
             "warning",
             f"{nonfinite} sampled token(s) fall outside the trainer's own top-p/top-k/min-p "
@@ -294,7 +295,7 @@ def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, values: Mapping[str
 
     if spec.engine.head_dtype != spec.trainer.head_dtype:
         fp32_side = "engine" if spec.engine.head_dtype == "float32" else "trainer"
-        out.append(Diagnosis(
+        out.append(_diagnosis(
             "fp32_head_one_side",
             "warning",
             f"only the {fp32_side} computes the lm_head in fp32; the other side's logits keep "
@@ -305,33 +306,33 @@ def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, values: Mapping[str
 
     mismatched = values.get("token_mismatch") or 0
     if mismatched:
-        out.append(Diagnosis(
+        out.append(_diagnosis(
             "token_mismatch",
             "error",
             f"the trainer scored {mismatched} token(s) other than the ones the engine sampled: "
             "the comparison itself is broken at those positions.",
             "report this as a bug in Parity with the job's fingerprint.",
         ))
-    return [d.as_dict() for d in out]
+    return out
 
 
 # --- report pieces ------------------------------------------------------------------------
 
 
 def _worst_sequences(metrics: Any, ro: Any, scored: measure.Scored,
-                     items: Sequence[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+                     items: Sequence[dict[str, Any]], tokenizer: Any) -> list[WorstSequence]:
     from parity.metrics import worst_sequences
 
     lt, lr, rank = scored.lt, scored.lr, scored.rank
     assert rank is not None
     offsets = np.concatenate([[0], np.cumsum(scored.seq_lens)])
     per_seq = metrics.per_sequence
-    out = []
+    out: list[WorstSequence] = []
     for s in worst_sequences(metrics, WORST_K):
         lo, hi = int(offsets[s]), int(offsets[s + 1])
         ids = ro.token_ids[s]
         texts = [tokenizer.decode([t]) for t in ids]
-        tokens = [
+        tokens: list[WorstToken] = [
             {"text": texts[j], "id": int(ids[j]), "lt": _finite(lt[lo + j]),
              "lr": _finite(lr[lo + j]), "d": _finite(lt[lo + j] - lr[lo + j]),
              "rank": int(rank[lo + j])}
@@ -484,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = spec_from_args(args)
-        outcome = run_comparison(spec, PrintReporter(quiet=getattr(args, "json", False)))
+        with cli.report_only_on_stdout():
+            outcome = run_comparison(spec, PrintReporter(quiet=getattr(args, "json", False)))
     except UserError as exc:
         return cli.fail(exc)
     if getattr(args, "json", False):

@@ -1,7 +1,8 @@
 """How results look on the pages: metric rows judged against the verdict table, worst
 sequences as coloured tokens, sampling and strata tables, sparklines.
 
-Pure functions of a job's result JSON and a project's thresholds; the views stay thin.
+Pure functions of a job's result (typed by `parity.reports`) and a project's thresholds; the
+views stay thin.
 """
 
 from __future__ import annotations
@@ -12,26 +13,18 @@ from typing import Any
 
 from dashboard.core.models import Project
 from parity.metrics import METRIC_KEYS, VERDICT_RULES, Thresholds, breaches, rule_bound
+from parity.reports.comparison import ComparisonReport, MetricsReport, WorstSequence
+from parity.reports.numbers import number
 
-SEVERITY_CSS = {"error": "fail", "fail": "fail", "warning": "warn", "warn": "warn"}
+SEVERITY_CSS = {"error": "fail", "warning": "warn"}
 
 # Token colours: d = lt - lr, bucketed; blue = trainer lower, orange = trainer higher.
 D_BINS = (-1.0, -0.3, -0.1, -0.03, 0.03, 0.1, 0.3, 1.0)
 
 
 def fmt(value: Any) -> str:
-    """A metric for people: 4 significant digits, integers as integers, "–" for missing."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, int) or (
-        math.isfinite(value) and value == int(value) and abs(value) < 1e15
-    ):
-        return f"{int(value):d}"
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.4g}"
+    """A metric for people (parity.reports.numbers: the one number style)."""
+    return number(value)
 
 
 def sparkline(values: Sequence[float], width: int = 120, height: int = 28) -> str:
@@ -139,55 +132,34 @@ def _d_class(d: Any) -> int:
     return len(D_BINS)
 
 
-def _tokens(seq: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per-token rows of a worst sequence, from a list of dicts or parallel arrays."""
-    raw = seq.get("tokens")
-    if isinstance(raw, list) and raw and isinstance(raw[0], dict):
-        tokens = [dict(t) for t in raw]
-    else:
-        texts = seq.get("text") if isinstance(seq.get("text"), list) else raw
-        texts = texts or seq.get("token_text") or seq.get("texts") or []
-        n = len(texts)
-        cols = {
-            name: seq.get(name) or seq.get(name + "s") or [None] * n
-            for name in ("lt", "lr", "d", "rank")
-        }
-        tokens = [
+def _tokens(seq: WorstSequence) -> list[dict[str, Any]]:
+    """Per-token rows of a worst sequence: its tokens with a colour class and a tooltip."""
+    tokens = []
+    for token in seq["tokens"]:
+        d = token["d"]
+        tokens.append(
             {
-                "text": texts[i],
-                **{name: col[i] if i < len(col) else None for name, col in cols.items()},
+                **token,
+                "cls": _d_class(d),
+                "tip": " · ".join(
+                    f"{name} {fmt(token[name])}"  # type: ignore[literal-required]
+                    for name in ("lt", "lr", "d", "rank")
+                    if token[name] is not None  # type: ignore[literal-required]
+                ),
+                # d is None where lt or lr was not finite: drawn hatched (class 9) instead.
+                "hot": d is not None and abs(d) >= 0.1,
             }
-            for i in range(n)
-        ]
-    for t in tokens:
-        t.setdefault("text", t.get("token", ""))
-        if (
-            t.get("d") is None
-            and isinstance(t.get("lt"), int | float)
-            and isinstance(t.get("lr"), int | float)
-        ):
-            t["d"] = t["lt"] - t["lr"]
-        t["cls"] = _d_class(t.get("d"))
-        t["tip"] = " · ".join(
-            f"{name} {fmt(t.get(name))}"
-            for name in ("lt", "lr", "d", "rank")
-            if t.get(name) is not None
-        )
-        t["hot"] = isinstance(t.get("d"), int | float) and (
-            not math.isfinite(t["d"]) or abs(t["d"]) >= 0.1
         )
     return tokens
 
 
-def worst_sequences(result: dict[str, Any]) -> list[dict[str, Any]]:
+def worst_sequences(result: ComparisonReport) -> list[dict[str, Any]]:
     out = []
     for i, seq in enumerate(result.get("worst_sequences") or []):
-        if not isinstance(seq, dict):
-            continue
         info = {
             k: fmt(v) for k, v in seq.items() if not isinstance(v, list | dict) and k != "prompt"
         }
-        out.append({"n": i + 1, "info": info, "tokens": _tokens(seq), "prompt": seq.get("prompt")})
+        out.append({"n": i + 1, "info": info, "tokens": _tokens(seq), "prompt": seq["prompt"]})
     return out
 
 
@@ -216,25 +188,15 @@ def sampling_rows(sampling: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def diagnoses(result: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for item in result.get("diagnoses") or []:
-        if isinstance(item, str):
-            out.append({"message": item})
-        elif isinstance(item, dict):
-            out.append(
-                {
-                    "name": item.get("name") or item.get("code") or item.get("title", ""),
-                    "message": item.get("message") or item.get("detail") or item.get("text", ""),
-                    "fix": item.get("fix") or item.get("remedy") or "",
-                    "severity": item.get("severity") or item.get("level") or "",
-                    "css": SEVERITY_CSS.get(item.get("severity") or item.get("level") or "", ""),
-                }
-            )
-    return out
+def diagnoses(result: ComparisonReport) -> list[dict[str, Any]]:
+    """The diagnoses with the CSS class of their severity."""
+    return [
+        {**item, "css": SEVERITY_CSS.get(item["severity"], "")}
+        for item in result.get("diagnoses") or []
+    ]
 
 
-def strata(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+def strata(metrics: MetricsReport) -> list[dict[str, Any]]:
     """Stratified buckets as rows with bar widths relative to the largest bucket."""
     out = []
     strata = metrics.get("strata") or {}
@@ -243,36 +205,23 @@ def strata(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         ("by_position", "By response position"),
     ):
         buckets = strata.get(name)
-        if isinstance(buckets, dict):
-            buckets = [
-                {"bucket": k, **(v if isinstance(v, dict) else {"value": v})}
-                for k, v in buckets.items()
-            ]
-        if not isinstance(buckets, list) or not buckets:
+        if not buckets:
             continue
-        rows = []
-        for b in buckets:
-            if not isinstance(b, dict):
-                continue
-            label = b.get("bucket") or b.get("label") or b.get("name") or b.get("range") or ""
-            rows.append(
-                {
-                    "label": str(label),
-                    "abs_diff_mean": b.get("abs_diff_mean"),
-                    "kl_k3": b.get("kl_k3"),
-                    "count": b.get("count", b.get("n_tokens", b.get("n"))),
-                }
-            )
+        rows: list[dict[str, Any]] = [
+            {
+                "label": b["bucket"],
+                "abs_diff_mean": b["abs_diff_mean"],
+                "kl_k3": b["kl_k3"],
+                "count": b["n_tokens"],
+            }
+            for b in buckets
+        ]
         for metric in ("abs_diff_mean", "kl_k3"):
-            top = (
-                max((r[metric] for r in rows if isinstance(r[metric], int | float)), default=0) or 1
-            )
+            top = max((r[metric] for r in rows if r[metric] is not None), default=0) or 1
             for r in rows:
                 v = r[metric]
                 r[metric + "_pct"] = (
-                    max(0.0, min(100.0, 100 * v / top))
-                    if isinstance(v, int | float) and math.isfinite(v)
-                    else 0
+                    max(0.0, min(100.0, 100 * v / top)) if v is not None and math.isfinite(v) else 0
                 )
         out.append({"name": name, "title": title, "rows": rows})
     return out

@@ -189,3 +189,21 @@ def test_generation_config_auto_changes_the_effective_parameters(comparison: Any
     # The trainer used what was asked for; the engine sampled with something else.
     assert diag["severity"] == "error"
     assert values(out)["abs_diff_mean"] > 0.1
+
+
+def test_the_cli_prints_pure_json_on_stdout(tiny_model: Path) -> None:
+    # vLLM logs to stdout by default: `python -m workers.compare --json | jq .` must still parse.
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "workers.compare", "--model", str(tiny_model), "--json",
+         "--num-prompts", "2", "--max-tokens", "4", "--engine-dtype", "float32",
+         "--trainer-dtype", "float32"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert out["result"]["counts"]["prompts"] == 2
+    assert "INFO" in done.stderr  # the log lines went to stderr, not away
