@@ -19,7 +19,8 @@ Promises to the training loop:
   what could not be sent is saved to the spill file.
 
 Depends on numpy and httpx only: no Django, and torch tensors are accepted without importing
-torch.
+torch. One file on purpose (past ~600 lines): it is what users vendor or read when a point
+goes missing, and the buffer, the sender thread and the spill file share one condition.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Pure numpy + stdlib: the same code runs in the comparison worker, the dashboard and the
 client. Names follow METRICS.md one to one (`lt`, `lr`, `d`, `rho`, every metric key).
 
+One file on purpose (past ~600 lines): every metric comes out of one fused pass (`_scan`),
+so the metrics, their thresholds and the pass that computes them are read together.
+
 How it is fast: `exp`/`expm1` are the only expensive per-token operations (on CPUs without
 AVX-512 numpy runs them as scalar libm calls, ~5 ns a token each, which alone is ~9x a
 numpy.sum over lt and lr), so everything else is arranged around them in one cache-blocked
