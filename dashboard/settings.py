@@ -147,6 +147,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = JOB_SOFT_LIMIT_S
 CELERY_TASK_TIME_LIMIT = JOB_HARD_LIMIT_S
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": JOB_HARD_LIMIT_S + 3600}
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# The job task keeps the name of its first home (queued messages carry it).
 CELERY_TASK_ROUTES = {"workers.tasks.run_job": {"queue": "gpu"}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A job whose heartbeat is older than this is considered dead (worker killed, OOM).

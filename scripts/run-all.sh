@@ -21,10 +21,10 @@ trap stop INT TERM EXIT
 
 "$PY" -m daphne -b "$HOST" -p "$PORT" dashboard.asgi:application >var/log/web.log 2>&1 &
 pids+=($!)
-"$PY" -m celery -A workers.celery worker -Q gpu --pool solo --concurrency 1 -n gpu@%h \
+"$PY" -m celery -A dashboard worker -Q gpu --pool solo --concurrency 1 -n gpu@%h \
   --loglevel INFO >var/log/worker-gpu.log 2>&1 &
 pids+=($!)
-"$PY" -m celery -A workers.celery worker -Q default --concurrency 2 -n default@%h -B \
+"$PY" -m celery -A dashboard worker -Q default --concurrency 2 -n default@%h -B \
   --schedule var/celerybeat-schedule --loglevel INFO >var/log/worker-default.log 2>&1 &
 pids+=($!)
 

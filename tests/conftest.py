@@ -189,7 +189,7 @@ class Worker(ChildProcess):
 
     def start(self) -> None:
         self.spawn(
-            "celery", "-A", "workers.celery", "worker", "-Q", self.queues,
+            "celery", "-A", "dashboard", "worker", "-Q", self.queues,
             "--pool", "solo", "--concurrency", "1", "-n", f"{self.name}@%h",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         )  # fmt: skip

@@ -240,11 +240,11 @@ class Job(models.Model):
 
     def enqueue(self) -> None:
         """Send this job to its queue once the surrounding transaction commits."""
-        from workers.tasks import run_job
+        from dashboard.core.tasks import run_job
 
         run_job.delay_on_commit(self.pk)
 
-    # --- lifecycle, driven by workers.tasks -------------------------------------------
+    # --- lifecycle, driven by dashboard.core.tasks ---------------------------------------
 
     def claim(self, host: str, task_id: str, heartbeat_timeout_s: float) -> bool:
         """Take this job for a worker; False when it must not run here.

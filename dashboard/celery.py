@@ -1,4 +1,8 @@
-"""The Celery app. Queue "gpu": comparisons, replays, checklists; queue "default": the rest."""
+"""The Celery app, beside the settings (Celery's Django layout): `celery -A dashboard worker`.
+
+Queue "gpu": comparisons, replays, checklists; queue "default": the rest. Tasks are found in
+each installed app's `tasks.py`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 # DjangoTask gives tasks delay_on_commit: jobs are queued only once their row is committed.
 app = Celery("parity", task_cls="celery.contrib.django.task:DjangoTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["workers", "dashboard.alerts"])
+app.autodiscover_tasks()
+# Task names predate the move to dashboard/ and stay: queued messages name them.
 app.conf.beat_schedule = {
     "fail-dead-jobs": {"task": "workers.tasks.fail_dead_jobs", "schedule": 30.0},
     "sweep-webhook-deliveries": {

@@ -1,6 +1,9 @@
-"""Celery tasks: thin. Load by id, call engine code, store the outcome.
+"""The job task (queue "gpu"): thin. Load the job by id, call its runner, store the outcome.
 
-This is the only module that moves data between the ORM and the engine code.
+This is the only module that moves data between the ORM and the engine code: a runner
+(`workers.specs.kinds.JOB_KINDS[kind].runner`) gets the stored spec and a reporter and returns
+a `JobOutcome`; it never sees a model. The registered task names are the ones of the module
+this used to be (`workers.tasks`), so that messages already queued still run.
 """
 
 from __future__ import annotations
@@ -22,25 +25,11 @@ from django.db import transaction
 from dashboard.core.models import Job, Run
 from dashboard.core.points import store_step_values
 from workers.reporting import JobOutcome, Reporter, UserError
+from workers.specs.kinds import JOB_KINDS
 
 log = logging.getLogger(__name__)
 
-# Job kind -> "module:function" taking (spec, reporter) and returning a JobOutcome.
-# Imported lazily: the engine modules pull in torch and vLLM.
-RUNNERS: dict[str, str] = {
-    Job.Kind.PING: "workers.tasks:ping",
-    Job.Kind.COMPARISON: "workers.compare:run_comparison_job",
-    Job.Kind.REPLAY: "workers.replay:run_replay_job",
-    Job.Kind.CHECKLIST: "workers.checklist:run_checklist_job",
-}
-
 HEARTBEAT_EVERY_S = 10.0
-
-
-def ping(spec: Mapping[str, Any], reporter: Reporter) -> JobOutcome:
-    """Proves the round trip browser -> Postgres -> Redis -> worker -> Postgres."""
-    reporter.stage("pong", 1.0)
-    return JobOutcome(result={"pong": socket.gethostname(), "echo": dict(spec)})
 
 
 class JobReporter:
@@ -58,7 +47,8 @@ class JobReporter:
 
 
 def _runner(kind: str) -> Callable[[Mapping[str, Any], Reporter], JobOutcome]:
-    module, _, name = RUNNERS[kind].partition(":")
+    # Imported here, on the worker: the engine modules pull in torch and vLLM.
+    module, _, name = JOB_KINDS[kind].runner.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
