@@ -79,6 +79,8 @@ METRIC_KEYS: tuple[str, ...] = (
     "n_sequences",
     "nonfinite_trainer",
     "nonfinite_rollout",
+    "truncation_boundary",
+    "truncation_boundary_frac",
     "abs_diff_mean",
     "abs_diff_max",
     "abs_diff_p50",
@@ -126,7 +128,14 @@ OPTIONAL_KEYS: frozenset[str] = frozenset(
     {"kl_ent_ratio", "token_mismatch", "argmax_agree", "topk_containment", "distinct_2"}
 )
 _COUNT_KEYS = frozenset(
-    {"n_tokens", "n_sequences", "nonfinite_trainer", "nonfinite_rollout", "token_mismatch"}
+    {
+        "n_tokens",
+        "n_sequences",
+        "nonfinite_trainer",
+        "nonfinite_rollout",
+        "truncation_boundary",
+        "token_mismatch",
+    }
 )
 
 Value = float | int | None
@@ -143,6 +152,8 @@ class Thresholds:
     fail_abs_kl_k1: float = 0.1
     fail_chi2_token: float = 1.0
     fail_ess: float = 0.3
+    fail_truncation_boundary_frac: float = 1e-2
+    warn_truncation_boundary_frac: float = 1e-3
     warn_abs_diff_mean: float = 0.03
     warn_kl_k3: float = 1e-3
     warn_clip_rate: float = 0.01
@@ -193,6 +204,10 @@ VERDICT_RULES: dict[str, tuple[str, dict[str, str | float]]] = {
     "nonfinite_trainer": (">", {"fail": 0}),
     "nonfinite_rollout": (">", {"fail": 0}),
     "token_mismatch": (">", {"fail": 0}),
+    "truncation_boundary_frac": (
+        ">",
+        {"fail": "fail_truncation_boundary_frac", "warn": "warn_truncation_boundary_frac"},
+    ),
     "abs_diff_mean": (">", {"fail": "fail_abs_diff_mean", "warn": "warn_abs_diff_mean"}),
     "kl_k1": ("abs>", {"fail": "fail_abs_kl_k1"}),
     "kl_k3": (">", {"warn": "warn_kl_k3"}),
@@ -237,7 +252,7 @@ def verdict(
                 continue
             limit = rule_bound(levels[level], t)
             if breaches(op, v, limit):
-                found[level].append(_reason(key, op, v, limit, level))
+                found[level].append(_reason(key, op, v, limit, level, values))
                 break
     fails, warns = found["fail"], found["warn"]
     if fails:
@@ -250,12 +265,23 @@ def verdict(
     return "pass", []
 
 
-def _reason(key: str, op: str, v: float, limit: float, level: str) -> str:
+def _reason(
+    key: str, op: str, v: float, limit: float, level: str, values: Mapping[str, Any]
+) -> str:
     if key in _COUNT_KEYS:
         return f"{key} {int(v)} {op} {int(limit)} ({level})"
     if op == "abs>":
         return f"|{key}| {_fmt(abs(v))} > {_fmt(limit)} ({level})"
-    return f"{key} {_fmt(v)} {op} {_fmt(limit)} ({level})"
+    rule = f"{key} {_fmt(v)} {op} {_fmt(limit)} ({level})"
+    if key == "truncation_boundary_frac":
+        count = values.get("truncation_boundary")
+        tokens = "tokens" if count is None else f"{int(count)} sampled token{'s' * (count != 1)}"
+        rule += (
+            f": {tokens} ({v * 100:.2g}%) fell outside the trainer's own top-p/top-k/min-p "
+            "support (lt = -inf) and are left out of every other metric; near the cut-off a "
+            "tiny logit difference moves a token across it"
+        )
+    return rule
 
 
 # --- result ----------------------------------------------------------------------------------
@@ -756,7 +782,9 @@ def compute_metrics(
     Guarantees:
     - A token whose lt or lr is NaN/inf is counted in `nonfinite_trainer` / `nonfinite_rollout`
       and excluded from every other metric, except `token_mismatch`, an integrity check that
-      counts over all positions so that no mismatch can hide behind a NaN.
+      counts over all positions so that no mismatch can hide behind a NaN. A finite lr with
+      lt = -inf is the truncation boundary instead (`truncation_boundary`, and its fraction
+      of all response tokens `truncation_boundary_frac`), not a trainer fault.
     - `n_tokens` / `n_sequences` count the tokens used (finite on both sides) and the
       sequences with at least one of them; sequence metrics average over those sequences.
     - Every key of METRIC_KEYS is in `values`, except the OPTIONAL_KEYS whose inputs were not
@@ -807,14 +835,17 @@ def compute_metrics(
 
     with np.errstate(all="ignore"):
         lt_u, lr_u, keep = lt_in, lr_in, None
-        nonfinite_t = nonfinite_r = 0
+        nonfinite_t = nonfinite_r = boundary = 0
         scan = None
         pieces = bounds = seg = None
         for attempt in range(2):
             if attempt == 1:
                 fin_t = np.isfinite(lt_in)
                 fin_r = np.isfinite(lr_in)
-                nonfinite_t = n_in - int(np.count_nonzero(fin_t))
+                # METRICS.md: finite lr with lt = -inf is the truncation boundary (the token
+                # fell outside the trainer's own nucleus), counted apart from faults.
+                boundary = int(np.count_nonzero((lt_in == -np.inf) & fin_r))
+                nonfinite_t = n_in - int(np.count_nonzero(fin_t)) - boundary
                 nonfinite_r = n_in - int(np.count_nonzero(fin_r))
                 keep = fin_t & fin_r
                 lt_u = lt_in[keep]
@@ -842,6 +873,8 @@ def compute_metrics(
             n_sequences=int(_run_starts(pieces.seq).size),
             nonfinite_trainer=nonfinite_t,
             nonfinite_rollout=nonfinite_r,
+            truncation_boundary=boundary,
+            truncation_boundary_frac=boundary / n_in if n_in else None,
         )
         per_seq: dict[str, list[Any]] = {
             "n_tokens": [0] * n_seq_in,

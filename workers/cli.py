@@ -36,8 +36,9 @@ SHORT_SECTIONS = ("sampling",)
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
-        else None
+    return (
+        annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    )
 
 
 def _flag_type(annotation: Any) -> tuple[Callable[[str], Any], list[str] | None] | None:
@@ -65,27 +66,34 @@ def _add_field(group: Any, flags: list[str], dest: str, info: Any) -> bool:
     default = info.default if info.default_factory is None else info.default_factory()
     help_text = f"{info.description or ''} (default: {default})"
     if info.annotation is bool:
-        group.add_argument(*flags, dest=dest, help=help_text,
-                           action=argparse.BooleanOptionalAction)
+        group.add_argument(*flags, dest=dest, help=help_text, action=argparse.BooleanOptionalAction)
         return True
     kind = _flag_type(info.annotation)
     if kind is None:
         return False
     conv, choices = kind
-    group.add_argument(*flags, dest=dest, type=conv, choices=choices, help=help_text,
-                       metavar=None if choices else "VALUE")
+    group.add_argument(
+        *flags,
+        dest=dest,
+        type=conv,
+        choices=choices,
+        help=help_text,
+        metavar=None if choices else "VALUE",
+    )
     return True
 
 
-def spec_parser(model: type[BaseModel], *, prog: str, description: str,
-                skip: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+def spec_parser(
+    model: type[BaseModel], *, prog: str, description: str, skip: tuple[str, ...] = ()
+) -> argparse.ArgumentParser:
     """An argparse parser with one flag per field of `model` (see the module docstring).
 
     Flags not given are absent from the namespace (argparse.SUPPRESS), so the spec's own
     defaults apply. `skip` names top-level fields the caller spells itself.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     argument_default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, argument_default=argparse.SUPPRESS
+    )
     sections: list[tuple[str, type[BaseModel]]] = []
     for name, info in model.model_fields.items():
         if name in skip:
@@ -95,12 +103,19 @@ def spec_parser(model: type[BaseModel], *, prog: str, description: str,
             sections.append((name, nested))
             continue
         if name == "prompts":
-            parser.add_argument("--prompts", dest="prompts_file", metavar="FILE.jsonl",
-                                help='JSONL prompt set: {"prompt": ...} or {"messages": [...]} '
-                                     "per line")
+            parser.add_argument(
+                "--prompts",
+                dest="prompts_file",
+                metavar="FILE.jsonl",
+                help='JSONL prompt set: {"prompt": ...} or {"messages": [...]} per line',
+            )
         elif name == "thresholds":
-            parser.add_argument("--threshold", action="append", metavar="KEY=VALUE",
-                                help="verdict threshold override, e.g. warn_abs_diff_mean=0.05")
+            parser.add_argument(
+                "--threshold",
+                action="append",
+                metavar="KEY=VALUE",
+                help="verdict threshold override, e.g. warn_abs_diff_mean=0.05",
+            )
         else:
             _add_field(parser, [f"--{name.replace('_', '-')}"], name, info)
     taken = {a.dest for a in parser._actions}
@@ -146,8 +161,13 @@ def spec_data(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
-def spec_from_args(model: type[S], args: argparse.Namespace, *, output_flags: tuple[str, ...]
-                   = (), extra: Mapping[str, Any] | None = None) -> S:
+def spec_from_args(
+    model: type[S],
+    args: argparse.Namespace,
+    *,
+    output_flags: tuple[str, ...] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> S:
     """The spec the flags describe: `spec_data` minus the CLI's own `output_flags` (--json,
     ...), merged with `extra` (section dicts are merged, not replaced). UserError on
     invalid values, worded as everywhere else (`workers.specs.validation_message`)."""

@@ -40,8 +40,13 @@ from workers.specs import ComparisonSpec, parse_spec
 
 WORST_K = 20
 # Stage progress bands: engine load is the long pole on a cold worker, then generation.
-_BANDS = {"engine": (0.0, 0.1), "generate": (0.1, 0.55), "trainer": (0.55, 0.6),
-          "score": (0.6, 0.95), "metrics": (0.95, 1.0)}
+_BANDS = {
+    "engine": (0.0, 0.1),
+    "generate": (0.1, 0.55),
+    "trainer": (0.55, 0.6),
+    "score": (0.6, 0.95),
+    "metrics": (0.95, 1.0),
+}
 # A diagnosis is "measured" when fixing it would remove at least this much of the gap.
 _MEASURED_GAIN = 0.5
 
@@ -97,16 +102,28 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
     prompt_ids = prompt_sets.render(items, tokenizer)
 
     stages.say("engine", "loading engine")
-    sampled = measure.sample(model_path, spec.engine, prompt_ids, spec.sampling,
-                             progress=stages.counter("generate", "generating"))
+    sampled = measure.sample(
+        model_path,
+        spec.engine,
+        prompt_ids,
+        spec.sampling,
+        progress=stages.counter("generate", "generating"),
+    )
     engine, ro = sampled.engine, sampled.rollout
     timings["engine_load_s"] = 0.0 if sampled.engine_reused else engine.load_seconds
     timings["generate_s"] = ro.seconds
 
     stages.say("trainer", "loading trainer")
-    m = measure.measure(model_path, spec.trainer, spec.engine, ro, thresholds,
-                        topk=spec.sampling.logprobs_topk, with_reference=True,
-                        progress=stages.counter("score", "scoring"))
+    m = measure.measure(
+        model_path,
+        spec.trainer,
+        spec.engine,
+        ro,
+        thresholds,
+        topk=spec.sampling.logprobs_topk,
+        with_reference=True,
+        progress=stages.counter("score", "scoring"),
+    )
     tm, processing, matched = m.trainer, m.processing, m.engine_processing
     metrics, reference, scored = m.metrics, m.reference, m.scored
     timings["trainer_load_s"] = 0.0 if m.trainer_reused else tm.load_seconds
@@ -114,8 +131,9 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
     timings["metrics_s"] = m.metrics_seconds
 
     started = time.perf_counter()
-    diagnoses = diagnose(spec, ro, processing, metrics.values,
-                         None if reference is None else reference.values)
+    diagnoses = diagnose(
+        spec, ro, processing, metrics.values, None if reference is None else reference.values
+    )
     worst = _worst_sequences(metrics, ro, scored, items, tokenizer)
     fingerprint = _fingerprint(spec, model_path, engine, tm, ro, processing)
     timings["report_s"] = time.perf_counter() - started
@@ -128,12 +146,15 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
             "requested": ro.requested,
             "effective": ro.effective,
             "model_defaults": ro.model_defaults,
-            "changed_by_defaults": {k: {"requested": a, "effective": b}
-                                    for k, (a, b) in ro.changed_by_defaults.items()},
+            "changed_by_defaults": {
+                k: {"requested": a, "effective": b} for k, (a, b) in ro.changed_by_defaults.items()
+            },
         },
         "trainer_processing": _processing_dict(processing),
         "engine_processing": _processing_dict(matched),
-        "reference": None if reference is None else ReferenceReport(
+        "reference": None
+        if reference is None
+        else ReferenceReport(
             what="the same tokens scored with the processing that matches the engine",
             processing=_processing_dict(matched),
             values=reference.values,
@@ -151,8 +172,12 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
         "wall_s": time.perf_counter() - wall_started,
     }
     stages.say("metrics", "done", 1.0)
-    return JobOutcome(result=json_safe(result), fingerprint=json_safe(fingerprint),
-                      verdict=metrics.verdict, step_values={0: scalar_values(metrics.values)})
+    return JobOutcome(
+        result=json_safe(result),
+        fingerprint=json_safe(fingerprint),
+        verdict=metrics.verdict,
+        step_values={0: scalar_values(metrics.values)},
+    )
 
 
 _tokenizers: dict[str, Any] = {}
@@ -181,8 +206,9 @@ def _processing_dict(p: Any) -> dict[str, Any]:
 # --- diagnoses ---------------------------------------------------------------------------
 
 
-def _diagnosis(name: str, severity: Literal["error", "warning"], message: str,
-               fix: str) -> Diagnosis:
+def _diagnosis(
+    name: str, severity: Literal["error", "warning"], message: str, fix: str
+) -> Diagnosis:
     return {"name": name, "severity": severity, "message": message, "fix": fix}
 
 
@@ -195,8 +221,13 @@ def _fmt(x: Any) -> str:
     return number(x, missing="n/a")
 
 
-def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, values: Mapping[str, Any],
-             reference: Mapping[str, Any] | None) -> list[Diagnosis]:
+def diagnose(
+    spec: ComparisonSpec,
+    ro: Any,
+    processing: Any,
+    values: Mapping[str, Any],
+    reference: Mapping[str, Any] | None,
+) -> list[Diagnosis]:
     """The METRICS.md "known offsets" this comparison shows, by name, with the fix.
 
     Each is decided from the configuration and, where the trainer's processing differs from
@@ -207,120 +238,152 @@ def diagnose(spec: ComparisonSpec, ro: Any, processing: Any, values: Mapping[str
     out: list[Diagnosis] = []
     eff = ro.effective
     gap, ref_gap = _gap(values), _gap(reference)
-    measured = (gap is not None and ref_gap is not None and gap > 0
-                and ref_gap <= (1 - _MEASURED_GAIN) * gap)
+    measured = (
+        gap is not None
+        and ref_gap is not None
+        and gap > 0
+        and ref_gap <= (1 - _MEASURED_GAIN) * gap
+    )
     gap_note = ""
     if gap is not None and ref_gap is not None:
-        gap_note = (f" Measured: mean |lt - lr| = {gap:.4g} as configured, {ref_gap:.4g} when "
-                    "the trainer applies the engine's processing.")
+        gap_note = (
+            f" Measured: mean |lt - lr| = {gap:.4g} as configured, {ref_gap:.4g} when "
+            "the trainer applies the engine's processing."
+        )
     engine_raw = spec.engine.logprobs_mode == "raw"
     temp = float(eff["temperature"])
     greedy = temp < 1e-5
     eff_truncates = not greedy and (eff["top_p"] < 1.0 or eff["top_k"] > 0 or eff["min_p"] > 0)
-    eff_penalised = (eff["repetition_penalty"] != 1.0 or eff["presence_penalty"] != 0.0
-                     or eff["frequency_penalty"] != 0.0)
+    eff_penalised = (
+        eff["repetition_penalty"] != 1.0
+        or eff["presence_penalty"] != 0.0
+        or eff["frequency_penalty"] != 0.0
+    )
 
     changed = ro.changed_by_defaults
     if changed:
         listed = ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in changed.items())
         affects_trainer = processing.kind != "raw" and measured
-        out.append(_diagnosis(
-            "generation_config_defaults",
-            "error" if affects_trainer else "warning",
-            "generation_config='auto' (vLLM's default) applied the model's "
-            f"generation_config.json to the sampling fields left unset: {listed} (requested -> "
-            "effective). The engine samples with parameters the trainer does not know about."
-            + (gap_note if affects_trainer else ""),
-            "Start vLLM with generation_config='vllm' (vllm serve --generation-config vllm), "
-            "or set every sampling parameter explicitly and give the trainer the same ones.",
-        ))
+        out.append(
+            _diagnosis(
+                "generation_config_defaults",
+                "error" if affects_trainer else "warning",
+                "generation_config='auto' (vLLM's default) applied the model's "
+                f"generation_config.json to the sampling fields left unset: {listed} (requested -> "
+                "effective). The engine samples with parameters the trainer does not know about."
+                + (gap_note if affects_trainer else ""),
+                "Start vLLM with generation_config='vllm' (vllm serve --generation-config vllm), "
+                "or set every sampling parameter explicitly and give the trainer the same ones.",
+            )
+        )
 
     if engine_raw and (not greedy and temp != 1.0 or eff_truncates or eff_penalised):
         what = []
         if not greedy and temp != 1.0:
             what.append(f"T={_fmt(temp)}")
         if eff_truncates:
-            what += [f"{k}={_fmt(eff[k])}" for k in ("top_p", "top_k", "min_p")
-                     if (k == "top_p" and eff[k] < 1.0) or (k != "top_p" and eff[k] > 0)]
+            what += [
+                f"{k}={_fmt(eff[k])}"
+                for k in ("top_p", "top_k", "min_p")
+                if (k == "top_p" and eff[k] < 1.0) or (k != "top_p" and eff[k] > 0)
+            ]
         if eff_penalised:
             what.append("penalties")
         sampling_desc = "sampling at " + ", ".join(what)
         trainer_processes = processing.kind in ("processed", "temperature")
-        out.append(_diagnosis(
-            "raw_logprobs_with_processing",
-            "error" if trainer_processes else "warning",
-            f"engine returns raw logprobs while {sampling_desc}: lr is the log-prob under the "
-            "unprocessed distribution, not the one the token was sampled from"
-            + (", so it cannot match the trainer's processed lt (d scales with (1/T - 1) x "
-               "logits)." + gap_note if trainer_processes else
-               "; the trainer matches it, but importance ratios against the sampling "
-               "distribution are biased."),
-            "use processed logprobs (logprobs_mode='processed_logprobs'; vllm serve "
-            "--logprobs-mode processed_logprobs) and apply the same temperature and "
-            "truncation in the trainer.",
-        ))
+        out.append(
+            _diagnosis(
+                "raw_logprobs_with_processing",
+                "error" if trainer_processes else "warning",
+                f"engine returns raw logprobs while {sampling_desc}: lr is the log-prob under the "
+                "unprocessed distribution, not the one the token was sampled from"
+                + (
+                    ", so it cannot match the trainer's processed lt (d scales with (1/T - 1) x "
+                    "logits)." + gap_note
+                    if trainer_processes
+                    else "; the trainer matches it, but importance ratios against the sampling "
+                    "distribution are biased."
+                ),
+                "use processed logprobs (logprobs_mode='processed_logprobs'; vllm serve "
+                "--logprobs-mode processed_logprobs) and apply the same temperature and "
+                "truncation in the trainer.",
+            )
+        )
 
     if not engine_raw and eff_truncates and processing.kind in ("raw", "temperature"):
         bias = values.get("bias")
-        out.append(_diagnosis(
-            "truncation_log_s",
-            "error",
-            "the engine renormalises over the top-p/top-k/min-p support while the trainer "
-            "scores the full vocabulary: lr = log p - log S with S the surviving mass, so "
-            f"rho = exp(lt - lr) ≈ S < 1 (mean d = {_fmt(bias)}, i.e. mean log S)." + gap_note,
-            "apply the same top-p/top-k/min-p with renormalisation in the trainer (processing="
-            "'processed'), or sample RL rollouts without truncation.",
-        ))
+        out.append(
+            _diagnosis(
+                "truncation_log_s",
+                "error",
+                "the engine renormalises over the top-p/top-k/min-p support while the trainer "
+                "scores the full vocabulary: lr = log p - log S with S the surviving mass, so "
+                f"rho = exp(lt - lr) ≈ S < 1 (mean d = {_fmt(bias)}, i.e. mean log S)." + gap_note,
+                "apply the same top-p/top-k/min-p with renormalisation in the trainer (processing="
+                "'processed'), or sample RL rollouts without truncation.",
+            )
+        )
 
-    if (not engine_raw and not greedy and temp != 1.0 and processing.kind == "raw"):
-        out.append(_diagnosis(
-            "temperature_not_applied",
-            "error",
-            f"the engine's processed logprobs use T={_fmt(temp)} but the trainer scores at "
-            "T=1." + gap_note,
-            f"divide the trainer's logits by the sampling temperature ({_fmt(temp)}).",
-        ))
+    if not engine_raw and not greedy and temp != 1.0 and processing.kind == "raw":
+        out.append(
+            _diagnosis(
+                "temperature_not_applied",
+                "error",
+                f"the engine's processed logprobs use T={_fmt(temp)} but the trainer scores at "
+                "T=1." + gap_note,
+                f"divide the trainer's logits by the sampling temperature ({_fmt(temp)}).",
+            )
+        )
 
-    nonfinite = values.get("nonfinite_trainer") or 0
-    if nonfinite and processing.kind == "processed" and processing.truncates:
-        out.append(_diagnosis(
-            "truncation_boundary",
-            "warning",
-            f"{nonfinite} sampled token(s) fall outside the trainer's own top-p/top-k/min-p "
-            "support (lt = -inf): near the cut-off, small logit differences move a token "
-            "across the boundary. They are counted as non-finite, not averaged in.",
-            "score the engine's support on the trainer side (or sample RL rollouts without "
-            "truncation); reducing the logit gap (fp32 lm_head on both sides) makes it rarer.",
-        ))
+    boundary = values.get("truncation_boundary") or 0
+    if boundary:
+        share = values.get("truncation_boundary_frac") or 0.0
+        out.append(
+            _diagnosis(
+                "truncation_boundary",
+                "warning",
+                f"{boundary} sampled token(s) ({share * 100:.2g}% of all) fall outside the "
+                "trainer's own top-p/top-k/min-p support (lt = -inf): near the cut-off, small "
+                "logit differences move a token across the boundary. They are counted apart "
+                "(truncation_boundary), not averaged in.",
+                "score the engine's support on the trainer side (or sample RL rollouts without "
+                "truncation); reducing the logit gap (fp32 lm_head on both sides) makes it rarer.",
+            )
+        )
 
     if spec.engine.head_dtype != spec.trainer.head_dtype:
         fp32_side = "engine" if spec.engine.head_dtype == "float32" else "trainer"
-        out.append(_diagnosis(
-            "fp32_head_one_side",
-            "warning",
-            f"only the {fp32_side} computes the lm_head in fp32; the other side's logits keep "
-            "the model dtype's rounding, so the two disagree by that rounding.",
-            "use an fp32 lm_head on both sides (vLLM hf_overrides={'head_dtype': 'float32'}; "
-            "trainer head in fp32).",
-        ))
+        out.append(
+            _diagnosis(
+                "fp32_head_one_side",
+                "warning",
+                f"only the {fp32_side} computes the lm_head in fp32; the other side's logits keep "
+                "the model dtype's rounding, so the two disagree by that rounding.",
+                "use an fp32 lm_head on both sides (vLLM hf_overrides={'head_dtype': 'float32'}; "
+                "trainer head in fp32).",
+            )
+        )
 
     mismatched = values.get("token_mismatch") or 0
     if mismatched:
-        out.append(_diagnosis(
-            "token_mismatch",
-            "error",
-            f"the trainer scored {mismatched} token(s) other than the ones the engine sampled: "
-            "the comparison itself is broken at those positions.",
-            "report this as a bug in Parity with the job's fingerprint.",
-        ))
+        out.append(
+            _diagnosis(
+                "token_mismatch",
+                "error",
+                f"the trainer scored {mismatched} token(s) other than the ones the engine sampled: "
+                "the comparison itself is broken at those positions.",
+                "report this as a bug in Parity with the job's fingerprint.",
+            )
+        )
     return out
 
 
 # --- report pieces ------------------------------------------------------------------------
 
 
-def _worst_sequences(metrics: Any, ro: Any, scored: measure.Scored,
-                     items: Sequence[dict[str, Any]], tokenizer: Any) -> list[WorstSequence]:
+def _worst_sequences(
+    metrics: Any, ro: Any, scored: measure.Scored, items: Sequence[dict[str, Any]], tokenizer: Any
+) -> list[WorstSequence]:
     from parity.metrics import worst_sequences
 
     lt, lr, rank = scored.lt, scored.lr, scored.rank
@@ -333,21 +396,28 @@ def _worst_sequences(metrics: Any, ro: Any, scored: measure.Scored,
         ids = ro.token_ids[s]
         texts = [tokenizer.decode([t]) for t in ids]
         tokens: list[WorstToken] = [
-            {"text": texts[j], "id": int(ids[j]), "lt": _finite(lt[lo + j]),
-             "lr": _finite(lr[lo + j]), "d": _finite(lt[lo + j] - lr[lo + j]),
-             "rank": int(rank[lo + j])}
+            {
+                "text": texts[j],
+                "id": int(ids[j]),
+                "lt": _finite(lt[lo + j]),
+                "lr": _finite(lr[lo + j]),
+                "d": _finite(lt[lo + j] - lr[lo + j]),
+                "rank": int(rank[lo + j]),
+            }
             for j in range(hi - lo)
         ]
-        out.append({
-            "sequence": int(s),
-            "prompt_index": int(ro.prompt_index[s]),
-            "prompt": prompt_sets.describe(items[ro.prompt_index[s]]),
-            "seq_log_ratio": per_seq["seq_log_ratio"][s],
-            "max_abs_d": per_seq["max_abs_diff"][s],
-            "n_tokens": int(hi - lo),
-            "finish_reason": ro.finish_reasons[s],
-            "tokens": tokens,
-        })
+        out.append(
+            {
+                "sequence": int(s),
+                "prompt_index": int(ro.prompt_index[s]),
+                "prompt": prompt_sets.describe(items[ro.prompt_index[s]]),
+                "seq_log_ratio": per_seq["seq_log_ratio"][s],
+                "max_abs_d": per_seq["max_abs_diff"][s],
+                "n_tokens": int(hi - lo),
+                "finish_reason": ro.finish_reasons[s],
+                "tokens": tokens,
+            }
+        )
     return out
 
 
@@ -356,18 +426,26 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _fingerprint(spec: ComparisonSpec, model_path: str, engine: Any, tm: Any, ro: Any,
-                 processing: Any) -> dict[str, Any]:
+def _fingerprint(
+    spec: ComparisonSpec, model_path: str, engine: Any, tm: Any, ro: Any, processing: Any
+) -> dict[str, Any]:
     import torch
     import transformers
 
     return {
         "model": spec.model,
         "model_path": model_path,
-        "engine": {"vllm_version": ro.vllm_version, **engine.effective_settings(),
-                   "settings": spec.engine.model_dump()},
-        "trainer": {"transformers_version": transformers.__version__, **spec.trainer.model_dump(),
-                    "processing_applied": processing.kind, "device_resolved": str(tm.device)},
+        "engine": {
+            "vllm_version": ro.vllm_version,
+            **engine.effective_settings(),
+            "settings": spec.engine.model_dump(),
+        },
+        "trainer": {
+            "transformers_version": transformers.__version__,
+            **spec.trainer.model_dump(),
+            "processing_applied": processing.kind,
+            "device_resolved": str(tm.device),
+        },
         "sampling": ro.effective,
         "sampling_requested": ro.requested,
         "sampling_model_defaults": ro.model_defaults,
@@ -401,15 +479,20 @@ def _device_name(device: Any) -> str:
 
 # --- the command line ---------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags: one per field of the spec (workers.cli), plus the output options."""
     parser = spec_parser(
-        ComparisonSpec, prog="python -m workers.compare",
+        ComparisonSpec,
+        prog="python -m workers.compare",
         description="Compare vLLM V1 and the trainer (transformers) on the same sampled tokens.",
     )
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.add_argument("--fail-on", choices=["never", "fail", "warn"],
-                        help="exit 1 when the verdict is this bad or worse (default never)")
+    parser.add_argument(
+        "--fail-on",
+        choices=["never", "fail", "warn"],
+        help="exit 1 when the verdict is this bad or worse (default never)",
+    )
     return parser
 
 
@@ -422,10 +505,26 @@ _OUTPUT_FLAGS = ("json", "fail_on")
 
 
 _KEY_METRICS = (
-    "n_sequences", "n_tokens", "abs_diff_mean", "abs_diff_p99", "abs_diff_max", "bias",
-    "kl_k1", "kl_k3", "chi2_token", "ess", "clip_rate", "catastrophic_seq_frac",
-    "token_mismatch", "nonfinite_trainer", "argmax_agree", "topk_containment",
-    "bit_equal_frac", "trainer_ppl", "distinct_2",
+    "n_sequences",
+    "n_tokens",
+    "abs_diff_mean",
+    "abs_diff_p99",
+    "abs_diff_max",
+    "bias",
+    "kl_k1",
+    "kl_k3",
+    "chi2_token",
+    "ess",
+    "clip_rate",
+    "catastrophic_seq_frac",
+    "token_mismatch",
+    "nonfinite_trainer",
+    "truncation_boundary",
+    "argmax_agree",
+    "topk_containment",
+    "bit_equal_frac",
+    "trainer_ppl",
+    "distinct_2",
 )
 
 
@@ -459,8 +558,11 @@ def format_report(outcome: JobOutcome, worst: int = 3) -> str:
         if k in values:
             lines.append(f"  {k:24s} {_fmt(values[k])}")
     t = r["timings"]
-    lines.append("\ntimings: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
-                 + f", wall {r['wall_s']:.2f} s")
+    lines.append(
+        "\ntimings: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
+        + f", wall {r['wall_s']:.2f} s"
+    )
     for seq in r["worst_sequences"][:worst]:
         lines.append(
             f"\nworst sequence {seq['sequence']} (max |d| {_fmt(seq['max_abs_d'])}, "

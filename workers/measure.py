@@ -41,16 +41,22 @@ class Sampled:
     rollout: Rollout
 
 
-def sample(model_path: str, engine_settings: EngineSettings,
-           prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings, *,
-           progress: Progress | None = None) -> Sampled:
+def sample(
+    model_path: str,
+    engine_settings: EngineSettings,
+    prompt_ids: Sequence[Sequence[int]],
+    sampling: SamplingSettings,
+    *,
+    progress: Progress | None = None,
+) -> Sampled:
     """Engine -> generate: the warm engine for these settings (built if needed), sampling
     `sampling` on every prompt."""
     from workers import rollout
 
     engine, reused = rollout.get_engine(model_path, engine_settings)
-    return Sampled(engine, reused, rollout.generate(engine, prompt_ids, sampling,
-                                                    progress=progress))
+    return Sampled(
+        engine, reused, rollout.generate(engine, prompt_ids, sampling, progress=progress)
+    )
 
 
 @dataclass
@@ -74,8 +80,9 @@ class Scored:
     lt_reference: np.ndarray | None = None
     seconds: float = 0.0
 
-    def window(self, keep_from: Sequence[int] | None = None,
-               keep_until: Sequence[int] | None = None) -> Scored:
+    def window(
+        self, keep_from: Sequence[int] | None = None, keep_until: Sequence[int] | None = None
+    ) -> Scored:
         """Only tokens [keep_from[s], keep_until[s]) of each sequence s (e.g. the tokens
         sampled after an in-flight weight update)."""
         if keep_from is None and keep_until is None:
@@ -88,25 +95,31 @@ class Scored:
             b = keep_until[s] if keep_until is not None else int(n)
             a, b = max(0, min(a, int(n))), max(0, min(b, int(n)))
             if b > a:
-                keep[offsets[s] + a:offsets[s] + b] = True
+                keep[offsets[s] + a : offsets[s] + b] = True
                 lens[s] = b - a
 
         def cut(x: np.ndarray | None) -> np.ndarray | None:
             return None if x is None else x[keep]
 
         return replace(
-            self, lt=self.lt[keep], lr=self.lr[keep], seq_lens=lens,
-            token_ids=self.token_ids[keep], trainer_token_ids=self.trainer_token_ids[keep],
-            entropy=cut(self.entropy), trainer_argmax=cut(self.trainer_argmax),
-            trainer_topk=cut(self.trainer_topk), rollout_topk=cut(self.rollout_topk),
-            rank=cut(self.rank), lt_reference=cut(self.lt_reference),
+            self,
+            lt=self.lt[keep],
+            lr=self.lr[keep],
+            seq_lens=lens,
+            token_ids=self.token_ids[keep],
+            trainer_token_ids=self.trainer_token_ids[keep],
+            entropy=cut(self.entropy),
+            trainer_argmax=cut(self.trainer_argmax),
+            trainer_topk=cut(self.trainer_topk),
+            rollout_topk=cut(self.rollout_topk),
+            rank=cut(self.rank),
+            lt_reference=cut(self.lt_reference),
         )
 
 
 def flatten(ro: Rollout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lr, token_ids, seq_lens) of a rollout, flattened in sequence order."""
-    seq_lens = np.fromiter((len(t) for t in ro.token_ids), dtype=np.int64,
-                           count=len(ro.token_ids))
+    seq_lens = np.fromiter((len(t) for t in ro.token_ids), dtype=np.int64, count=len(ro.token_ids))
     n = int(seq_lens.sum())
     lr = np.fromiter((x for seq in ro.lr for x in seq), dtype=np.float64, count=n)
     token_ids = np.fromiter((t for seq in ro.token_ids for t in seq), dtype=np.int64, count=n)
@@ -129,29 +142,46 @@ def rollout_topk(ro: Rollout, n_tokens: int) -> np.ndarray | None:
     return out
 
 
-def score(tm: TrainerModel, ro: Rollout, processing: Processing, *, topk: int = 0,
-          reference: Processing | None = None, progress: Progress | None = None) -> Scored:
+def score(
+    tm: TrainerModel,
+    ro: Rollout,
+    processing: Processing,
+    *,
+    topk: int = 0,
+    reference: Processing | None = None,
+    progress: Progress | None = None,
+) -> Scored:
     """Trainer -> score: the trainer's lt of exactly the rollout's tokens under `processing`
     (and under `reference` too, from the same logits, when given), beside the engine's lr."""
     from workers import trainer
 
     prompts = [ro.prompt_token_ids[i] for i in ro.prompt_index]
-    scores = trainer.score(tm, prompts, ro.token_ids, processing, topk=topk,
-                           reference=reference, progress=progress)
+    scores = trainer.score(
+        tm, prompts, ro.token_ids, processing, topk=topk, reference=reference, progress=progress
+    )
     lr, token_ids, seq_lens = flatten(ro)
     return Scored(
-        lt=scores.lt, lr=lr, seq_lens=seq_lens, token_ids=token_ids,
-        trainer_token_ids=scores.token_ids, entropy=scores.entropy,
-        trainer_argmax=scores.argmax, trainer_topk=scores.topk,
-        rollout_topk=rollout_topk(ro, lr.size), rank=scores.rank,
-        lt_reference=scores.lt_reference, seconds=scores.seconds,
+        lt=scores.lt,
+        lr=lr,
+        seq_lens=seq_lens,
+        token_ids=token_ids,
+        trainer_token_ids=scores.token_ids,
+        entropy=scores.entropy,
+        trainer_argmax=scores.argmax,
+        trainer_topk=scores.topk,
+        rollout_topk=rollout_topk(ro, lr.size),
+        rank=scores.rank,
+        lt_reference=scores.lt_reference,
+        seconds=scores.seconds,
     )
 
 
 def metrics(s: Scored, thresholds: Thresholds | None = None) -> MetricsResult:
     """-> metrics: every METRICS.md metric of the scored tokens (parity.metrics)."""
     return compute_metrics(
-        s.lt, s.lr, s.seq_lens,
+        s.lt,
+        s.lr,
+        s.seq_lens,
         entropy=s.entropy,
         token_ids=s.token_ids,
         trainer_token_ids=s.trainer_token_ids,
@@ -176,8 +206,8 @@ class Measurement:
 
     trainer: TrainerModel
     trainer_reused: bool
-    processing: Processing          # what the trainer applied
-    engine_processing: Processing   # what the engine's logprobs describe
+    processing: Processing  # what the trainer applied
+    engine_processing: Processing  # what the engine's logprobs describe
     scored: Scored
     metrics: MetricsResult
     # The same tokens scored with the engine's processing, when the trainer's differs.
@@ -185,10 +215,17 @@ class Measurement:
     metrics_seconds: float
 
 
-def measure(model_path: str, trainer_settings: TrainerSettings,
-            engine_settings: EngineSettings, ro: Rollout, thresholds: Thresholds | None, *,
-            topk: int = 0, with_reference: bool = False,
-            progress: Progress | None = None) -> Measurement:
+def measure(
+    model_path: str,
+    trainer_settings: TrainerSettings,
+    engine_settings: EngineSettings,
+    ro: Rollout,
+    thresholds: Thresholds | None,
+    *,
+    topk: int = 0,
+    with_reference: bool = False,
+    progress: Progress | None = None,
+) -> Measurement:
     """Trainer -> processing -> score -> metrics for a rollout the engine sampled.
 
     The trainer processes the logits with the sampling parameters it was told about (the
@@ -199,15 +236,19 @@ def measure(model_path: str, trainer_settings: TrainerSettings,
     from workers import trainer
 
     tm, reused = trainer.get_trainer(model_path, trainer_settings)
-    processing = trainer.Processing.for_comparison(trainer_settings, engine_settings,
-                                                   ro.requested)
+    processing = trainer.Processing.for_comparison(trainer_settings, engine_settings, ro.requested)
     matched = trainer.Processing.for_engine(engine_settings, ro.effective)
     reference = matched if with_reference and matched != processing else None
     scored = score(tm, ro, processing, topk=topk, reference=reference, progress=progress)
     started = time.perf_counter()
     result, reference_result = metrics(scored, thresholds), reference_metrics(scored, thresholds)
     return Measurement(
-        trainer=tm, trainer_reused=reused, processing=processing, engine_processing=matched,
-        scored=scored, metrics=result, reference=reference_result,
+        trainer=tm,
+        trainer_reused=reused,
+        processing=processing,
+        engine_processing=matched,
+        scored=scored,
+        metrics=result,
+        reference=reference_result,
         metrics_seconds=time.perf_counter() - started,
     )

@@ -415,7 +415,10 @@ def test_nonfinite_is_counted_and_never_propagates(
     for i in bad_r:
         lr2[i] = data.draw(_bad)
     res = compute_metrics(lt2, lr2, lens)
-    assert res.values["nonfinite_trainer"] == len(set(bad_t))
+    # lt = -inf against a finite lr is the truncation boundary, not a trainer fault.
+    boundary = {i for i in bad_t if lt2[i] == -math.inf and math.isfinite(lr2[i])}
+    assert res.values["truncation_boundary"] == len(boundary)
+    assert res.values["nonfinite_trainer"] == len(set(bad_t) - boundary)
     assert res.values["nonfinite_rollout"] == len(set(bad_r))
 
     keep = np.isfinite(lt2) & np.isfinite(lr2)
@@ -423,7 +426,12 @@ def test_nonfinite_is_counted_and_never_propagates(
     kept_lens = np.bincount(seq_of[keep], minlength=lens.size)
     clean = compute_metrics(lt[keep], lr[keep], kept_lens)
     for key, want in clean.values.items():
-        if key in ("nonfinite_trainer", "nonfinite_rollout"):
+        if key in (
+            "nonfinite_trainer",
+            "nonfinite_rollout",
+            "truncation_boundary",
+            "truncation_boundary_frac",
+        ):
             continue
         _close(res.values[key], want, key)
     # Positions stay those of the original sequence, so the pieces that are summed differ
@@ -641,6 +649,28 @@ def test_no_tokens() -> None:
     assert everything_nan.verdict == "fail"
 
 
+def test_tokens_outside_the_trainers_support_are_a_truncation_boundary_not_a_fault() -> None:
+    # METRICS.md: finite lr, lt = -inf is the truncation boundary, counted apart and left out
+    # of every other metric; NaN or +inf on the trainer side is still a fault.
+    lt = [-1.0, -math.inf, -0.5, -0.25, math.nan]
+    lr = [-1.0, -2.0, -0.5, -0.25, -0.3]
+    res = compute_metrics(lt, lr, [3, 2])
+    assert res.values["truncation_boundary"] == 1
+    assert res.values["truncation_boundary_frac"] == pytest.approx(1 / 5)
+    assert res.values["nonfinite_trainer"] == 1  # the NaN only
+    assert res.values["n_tokens"] == 3 and res.values["abs_diff_mean"] == 0.0
+    assert res.verdict == "fail"  # the NaN
+    only_boundary = compute_metrics(lt[:4], lr[:4], [4])
+    assert only_boundary.values["nonfinite_trainer"] == 0
+    assert only_boundary.values["truncation_boundary"] == 1
+    # 1 of 4 is far above the 1e-2 fail rule, and the reason says what happened.
+    assert only_boundary.verdict == "fail"
+    assert only_boundary.reasons[0].startswith("truncation_boundary_frac 0.25 > 0.01 (fail): 1 ")
+    clean = compute_metrics([-1.0, -0.5], [-1.0, -0.5])
+    assert clean.values["truncation_boundary"] == 0
+    assert clean.values["truncation_boundary_frac"] == 0.0
+
+
 def test_overflowing_inputs_stay_json() -> None:
     # Finite but absurd log-probs: d overflows to inf; nothing may turn into inf/NaN output.
     res = compute_metrics([1e308, -0.5], [-1e308, -0.5], [1, 1])
@@ -762,6 +792,22 @@ HEALTHY = {
         ({"clip_rate": 0.02}, "warn", "clip_rate 0.02 > 0.01 (warn)"),
         ({"catastrophic_seq_frac": 0.01}, "warn", "catastrophic_seq_frac 0.01 > 0 (warn)"),
         ({"n_tokens": 0}, "warn", "n_tokens 0: no finite tokens to compare (warn)"),
+        (
+            {"truncation_boundary": 3, "truncation_boundary_frac": 3 / 512},
+            "warn",
+            "truncation_boundary_frac 0.00586 > 0.001 (warn): 3 sampled tokens (0.59%) fell "
+            "outside the trainer's own top-p/top-k/min-p support (lt = -inf) and are left out "
+            "of every other metric; near the cut-off a tiny logit difference moves a token "
+            "across it",
+        ),
+        (
+            {"truncation_boundary": 20, "truncation_boundary_frac": 0.02},
+            "fail",
+            "truncation_boundary_frac 0.02 > 0.01 (fail): 20 sampled tokens (2%) fell "
+            "outside the trainer's own top-p/top-k/min-p support (lt = -inf) and are left out "
+            "of every other metric; near the cut-off a tiny logit difference moves a token "
+            "across it",
+        ),
     ],
 )
 def test_verdict_for_each_threshold(
