@@ -19,6 +19,7 @@ from django import forms
 from django.db.models import QuerySet
 
 from dashboard.core.models import Run
+from workers.specs import JOB_KINDS
 
 # --- the runs list ------------------------------------------------------------------------
 
@@ -299,10 +300,7 @@ class SpecForm:
 
 
 def spec_model(kind: str) -> type[Any] | None:
-    """The pydantic spec of a job kind (workers.specs), or None for a kind without one."""
-    from workers.specs import spec_model as lookup
-
-    try:
-        return lookup(kind)
-    except KeyError:
-        return None
+    """The pydantic spec of a job kind (workers.specs.kinds), or None for a kind without one
+    (ping) or no such kind."""
+    job_kind = JOB_KINDS.get(kind)
+    return job_kind.spec if job_kind is not None else None

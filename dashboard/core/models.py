@@ -12,6 +12,8 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models, transaction
 from django.utils import timezone
 
+from workers.specs.kinds import JOB_KINDS, SPEC_KINDS
+
 
 class Project(models.Model):
     name = models.CharField(max_length=100)
@@ -100,12 +102,17 @@ class ApiToken(models.Model):
             self.save(update_fields=["revoked_at"])
 
 
+def _kind_choices(names: list[str]) -> list[tuple[str, tuple[str, str]]]:
+    """TextChoices members (COMPARISON = "comparison", label "Comparison") for job kinds."""
+    return [(name.upper(), (name, JOB_KINDS[name].label)) for name in names]
+
+
 class Run(models.Model):
-    class Kind(models.TextChoices):
-        TRAINING = "training"
-        COMPARISON = "comparison"
-        REPLAY = "replay"
-        CHECKLIST = "checklist"
+    # A training loop's run, or the run of a job that measures something (every kind with a
+    # spec; a ping measures nothing and has no run).
+    Kind = models.TextChoices(
+        "Kind", [("TRAINING", ("training", "Training")), *_kind_choices(list(SPEC_KINDS))]
+    )
 
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -186,11 +193,9 @@ class PromptSet(models.Model):
 
 
 class Job(models.Model):
-    class Kind(models.TextChoices):
-        COMPARISON = "comparison"
-        REPLAY = "replay"
-        CHECKLIST = "checklist"
-        PING = "ping"  # a no-op that proves the worker round trip (health, tests)
+    # From the one table of job kinds (workers.specs.kinds): COMPARISON, REPLAY, CHECKLIST,
+    # and PING, a no-op that proves the worker round trip (health, tests).
+    Kind = models.TextChoices("Kind", _kind_choices(list(JOB_KINDS)))
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -355,7 +360,7 @@ def start_job(
     """
     with transaction.atomic():
         run = None
-        if kind != Job.Kind.PING:
+        if kind in SPEC_KINDS:
             name = run_name or f"{kind}-{timezone.now():%Y%m%d-%H%M%S}"
             if Run.objects.filter(project=project, name=name).exists():
                 name = f"{name}-{secrets.token_hex(2)}"

@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from dashboard.core.auth import visible_projects
-from dashboard.core.forms import RunFilterForm, SpecForm, spec_model
+from dashboard.core.forms import RunFilterForm, SpecForm
 from dashboard.core.models import ApiToken, Job, Project, Run, start_job
 from dashboard.core.points import latest_values, list_keys, tails
 from dashboard.core.presenters import (
@@ -37,6 +37,7 @@ from dashboard.core.presenters import (
     worst_sequences,
 )
 from parity.metrics import METRIC_KEYS
+from workers.specs import JOB_KINDS, SPEC_KINDS
 
 # The headline numbers of a run, in the order the runs list shows them (METRICS.md names).
 SUMMARY_KEYS = ("kl_k3", "clip_rate", "abs_diff_mean")
@@ -243,7 +244,7 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "sorts": sorts,
         "filtered": any(request.GET.get(k) for k in ("q", "tag", "status", "kind")),
         "jobs": project.jobs.select_related("run")[:10],
-        "new_kinds": [k for k in ("replay", "checklist") if spec_model(k) is not None],
+        "new_kinds": [JOB_KINDS[k] for k in SPEC_KINDS],
     }
     if request.GET.get("partial"):
         return render(request, "_runs_table.html", {"project": project, **context})
@@ -439,21 +440,18 @@ def _initial_spec(kind: str) -> dict[str, Any]:
 
 @require_http_methods(["GET", "POST"])
 def new_job(request: HttpRequest, slug: str, kind: str) -> HttpResponse:
-    """The New comparison / New replay forms, generated from workers.specs."""
+    """The New comparison / replay / checklist forms, generated from the kind's spec."""
     project = _project(request, slug)
-    if kind not in (Job.Kind.COMPARISON, Job.Kind.REPLAY, Job.Kind.CHECKLIST):
+    if kind not in SPEC_KINDS:
         raise Http404("No such job kind.")
-    model = spec_model(kind)
-    form = None
-    if model is not None:
-        data = request.POST if request.method == "POST" else None
-        form = SpecForm(model, data=data, initial=_initial_spec(kind))
-        if data is not None and form.is_valid():
-            spec = form.spec.model_dump(mode="json")
-            run_name = request.POST.get("run_name", "").strip()[:200]
-            tags = [t.strip() for t in request.POST.get("tags", "").split(",") if t.strip()]
-            job = start_job(project, kind, spec, user=request.user, run_name=run_name, tags=tags)
-            return redirect(reverse("job", args=[job.pk]))
+    data = request.POST if request.method == "POST" else None
+    form = SpecForm(JOB_KINDS[kind].spec, data=data, initial=_initial_spec(kind))
+    if data is not None and form.is_valid():
+        spec = form.spec.model_dump(mode="json")
+        run_name = request.POST.get("run_name", "").strip()[:200]
+        tags = [t.strip() for t in request.POST.get("tags", "").split(",") if t.strip()]
+        job = start_job(project, kind, spec, user=request.user, run_name=run_name, tags=tags)
+        return redirect(reverse("job", args=[job.pk]))
     return _page(
         request,
         "new_job.html",
@@ -462,5 +460,5 @@ def new_job(request: HttpRequest, slug: str, kind: str) -> HttpResponse:
         form=form,
         run_name=request.POST.get("run_name", ""),
         tags=request.POST.get("tags", ""),
-        status=400 if request.method == "POST" and form is not None else 200,
+        status=400 if data is not None else 200,
     )
