@@ -2,8 +2,12 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from dashboard.alerts.api import router as alerts_api
 from dashboard.core import views
 from dashboard.core.api import api
+
+# The project wires its apps together: core's API, then what alerts (built on core) adds.
+api.add_router("/", alerts_api)
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),

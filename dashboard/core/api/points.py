@@ -1,13 +1,14 @@
-"""Live ingest: runs created by training loops, their metric points and raw logprob arrays.
+"""A run's points: the live ingest (metric points, raw logprob arrays) and the reads for
+charts (one key's series, downsampled), the keys of a run and CSV export.
 
-Reads for charts (one key's series, downsampled), the keys of a run and CSV export live here
-too. Every write goes through `dashboard.core.points`; these handlers only validate.
+Every write goes through `dashboard.core.points`; these handlers only validate. Mounted under
+the runs router (points are a sub-resource of a run: /runs/{id}/points).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgpack
 import numpy as np
@@ -16,10 +17,9 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, Query, Router, Schema
 from pydantic import BaseModel, StrictInt
 
-from dashboard.core.api import ApiError
-from dashboard.core.api.runs import RunOut
-from dashboard.core.api.types import JsonObject, MetricKey, RunName, Slug, Tag, db_text
-from dashboard.core.auth import visible_projects, visible_runs
+from dashboard.core.api import ApiError, ingest_operation_id, query_text
+from dashboard.core.api.types import MetricKey
+from dashboard.core.auth import visible_runs
 from dashboard.core.models import Run
 from dashboard.core.points import (
     MAX_SERIES_POINTS,
@@ -40,24 +40,6 @@ MAX_STEP = 2**63 - 1
 # Strict: a step of 1.5, "3" or true is a client bug, not something to round.
 Step = Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-RunStatus = Literal["pending", "running", "finished", "failed", "crashed"]
-RunKind = Literal["training", "comparison", "replay", "checklist"]
-
-
-class RunIn(Schema):
-    project: Slug = Field(description="Slug of the project; a token only reaches its own.")
-    name: RunName
-    kind: RunKind = "training"
-    fingerprint: JsonObject = Field(
-        default_factory=dict, description="Model, engine and trainer settings, versions."
-    )
-    tags: list[Tag] = Field(default_factory=list, max_length=100)
-    status: RunStatus | None = None
-
-
-class RunPatch(Schema):
-    status: RunStatus | None = None
-    tags: list[Tag] | None = Field(default=None, max_length=100)
 
 
 class PointIn(BaseModel):
@@ -94,11 +76,6 @@ class LogprobsOut(Schema):
     verdict: str
 
 
-class RunPage(Schema):
-    count: int
-    items: list[RunOut]
-
-
 class KeyOut(Schema):
     key: str
     first_step: int
@@ -117,64 +94,15 @@ def _run(request: HttpRequest, run_id: int) -> Run:
     return get_object_or_404(visible_runs(request).select_related("project"), pk=run_id)
 
 
-# --- runs -----------------------------------------------------------------------------------
-
-
-@router.post("/runs", response={200: RunOut, 201: RunOut}, summary="Create or get a run")
-def create_run(request: HttpRequest, payload: RunIn) -> Any:
-    """Create the run (project, name), or return the existing one (200) with the new tags added.
-
-    Idempotent, so a restarted training job can call it again with the same name.
-    """
-    project = get_object_or_404(visible_projects(request), slug=payload.project)
-    run, created = Run.objects.get_or_create(
-        project=project,
-        name=payload.name,
-        defaults={"kind": payload.kind, "fingerprint": payload.fingerprint, "tags": payload.tags},
-    )
-    if not created:
-        new_tags = [t for t in payload.tags if t not in run.tags]
-        if new_tags or (payload.fingerprint and not run.fingerprint):
-            run.tags = run.tags + new_tags
-            run.fingerprint = run.fingerprint or payload.fingerprint
-            run.save(update_fields=["tags", "fingerprint"])
-    if payload.status:
-        run.set_status(payload.status)
-    return (201 if created else 200), run
-
-
-@router.get("/projects/{slug}/runs", response=RunPage, summary="List a project's runs")
-def list_runs(
-    request: HttpRequest,
-    slug: str,
-    name: Annotated[str | None, Query(max_length=200, description="Substring of the name.")] = None,
-    tag: Annotated[str | None, Query(max_length=64)] = None,
-    status: RunStatus | None = None,
-    kind: RunKind | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-) -> Any:
-    """Newest first; `count` is the total matching, `items` one page of them."""
-    for field, value in (("slug", slug), ("name", name), ("tag", tag)):
-        if value is not None:
-            _query_text(field, value)
-    project = get_object_or_404(visible_projects(request), slug=slug)
-    runs = project.runs.select_related("project")
-    if name:
-        runs = runs.filter(name__icontains=name)
-    if tag:
-        runs = runs.filter(tags__contains=[tag])
-    if status:
-        runs = runs.filter(status=status)
-    if kind:
-        runs = runs.filter(kind=kind)
-    return {"count": runs.count(), "items": list(runs[offset : offset + limit])}
-
-
 # --- writes ---------------------------------------------------------------------------------
 
 
-@router.post("/runs/{run_id}/points", response=WrittenOut, summary="Log a batch of points")
+@router.post(
+    "/runs/{run_id}/points",
+    response=WrittenOut,
+    summary="Log a batch of points",
+    operation_id=ingest_operation_id("log_points"),
+)
 def log_points(request: HttpRequest, run_id: int, payload: PointsIn) -> Any:
     """Upsert up to 10,000 points in one transaction; a re-sent (key, step) replaces its value."""
     if len(payload.points) > MAX_BATCH:
@@ -207,6 +135,7 @@ def _store_logprobs(request: HttpRequest, run_id: int, step: int, arrays: dict[s
     "/runs/{run_id}/logprobs",
     response=LogprobsOut,
     summary="Log raw logprob arrays for a step (JSON)",
+    operation_id=ingest_operation_id("log_logprobs"),
 )
 def log_logprobs(request: HttpRequest, run_id: int, payload: LogprobsIn) -> Any:
     """The server computes every METRICS.md metric with parity.metrics and stores them as
@@ -274,6 +203,7 @@ def decode_array(name: str, value: Any) -> np.ndarray | None:
             },
         }
     },
+    operation_id=ingest_operation_id("log_logprobs_msgpack"),
 )
 def log_logprobs_msgpack(request: HttpRequest, run_id: int) -> Any:
     try:
@@ -298,12 +228,22 @@ def log_logprobs_msgpack(request: HttpRequest, run_id: int) -> Any:
 # --- reads ----------------------------------------------------------------------------------
 
 
-@router.get("/runs/{run_id}/keys", response=list[KeyOut], summary="The metric keys of a run")
+@router.get(
+    "/runs/{run_id}/keys",
+    response=list[KeyOut],
+    summary="The metric keys of a run",
+    operation_id=ingest_operation_id("get_keys"),
+)
 def get_keys(request: HttpRequest, run_id: int) -> Any:
     return list_keys(_run(request, run_id))
 
 
-@router.get("/runs/{run_id}/series", response=SeriesOut, summary="One key's series, downsampled")
+@router.get(
+    "/runs/{run_id}/series",
+    response=SeriesOut,
+    summary="One key's series, downsampled",
+    operation_id=ingest_operation_id("get_series"),
+)
 def get_series(
     request: HttpRequest,
     run_id: int,
@@ -315,7 +255,7 @@ def get_series(
     """Steps in [start, end], at most `max_points` of them, chosen by MinMaxLTTB so that
     spikes survive the reduction.
     """
-    _query_text("key", key)
+    query_text("key", key)
     series = read_series(_run(request, run_id), key, start, end, max_points)
     return {
         "key": series.key,
@@ -338,16 +278,10 @@ def get_series(
             }
         }
     },
+    operation_id=ingest_operation_id("export_csv"),
 )
 def export_csv(request: HttpRequest, run_id: int) -> StreamingHttpResponse:
     run = _run(request, run_id)
     response = StreamingHttpResponse(csv_rows(run), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="run-{run.pk}.csv"'
     return response
-
-
-def _query_text(field: str, value: str) -> None:
-    try:
-        db_text(value)
-    except ValueError as exc:
-        raise ApiError(422, str(exc), field) from exc
