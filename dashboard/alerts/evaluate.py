@@ -1,4 +1,5 @@
-"""Rule evaluation as points arrive: called by `store_points` inside its transaction.
+"""Rule evaluation as points arrive: core's point writer calls `evaluate_points` inside its
+transaction (an after-store hook, registered in `dashboard.alerts.hooks`).
 
 Only the rules of the run's project that watch one of the batch's keys are looked at (one
 indexed query per batch), and only the new points are fed to them — the points table is

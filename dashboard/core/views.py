@@ -19,6 +19,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from dashboard.core import hooks
 from dashboard.core.auth import visible_projects
 from dashboard.core.forms import RunFilterForm, SpecForm
 from dashboard.core.models import ApiToken, Job, Project, Run, start_job
@@ -131,33 +132,17 @@ def latest_by_key(run_id: int) -> dict[str, tuple[int, float]]:
     return {k["key"]: (k["last_step"], k["last_value"]) for k in list_keys(run_id)}
 
 
-# --- alerts (dashboard.alerts: rules and incidents, read only here) -------------------------
-
-
-def _alerts() -> Any:
-    try:
-        from dashboard.alerts import models as alerts
-    except ImportError:  # a deployment without the alerts app still shows every page
-        return None
-    return alerts
-
-
 def _open_incidents(run_ids: Sequence[int]) -> dict[int, int]:
-    alerts = _alerts()
-    if alerts is None or not run_ids:
-        return {}
-    from django.db.models import Count
-
-    rows = (
-        alerts.Incident.objects.filter(run_id__in=run_ids, state=alerts.Incident.State.FIRING)
-        .values("run_id")
-        .annotate(n=Count("id"))
-    )
-    return {row["run_id"]: row["n"] for row in rows}
+    """Open incidents per run, from the apps that raise them (alerts)."""
+    counts: dict[int, int] = {}
+    for pages in hooks.run_pages():
+        for run_id, n in pages.open_incidents(run_ids).items():
+            counts[run_id] = counts.get(run_id, 0) + n
+    return counts
 
 
 def _chart_annotations(run: Run) -> dict[str, Any]:
-    """Threshold lines (verdict defaults and the project's alert rules) and incidents."""
+    """Threshold lines (verdict defaults, and what apps add: alert rules) and incidents."""
     lines: dict[str, list[dict[str, Any]]] = {}
     for key, rule in thresholds_for(run.project).items():
         for level in ("warn", "fail"):
@@ -168,25 +153,11 @@ def _chart_annotations(run: Run) -> dict[str, Any]:
                         {"value": value, "label": f"default {level}", "level": level}
                     )
     incidents: list[dict[str, Any]] = []
-    alerts = _alerts()
-    if alerts is not None:
-        rules = alerts.AlertRule.objects.filter(project=run.project, enabled=True).exclude(
-            condition=alerts.AlertRule.Condition.RISE  # a rise is relative: no fixed line
-        )
-        for rule in rules:
-            if rule.matches_run(run):
-                lines.setdefault(rule.metric_key, []).append(
-                    {"value": rule.threshold, "label": f"alert “{rule.name}”", "level": "rule"}
-                )
-        for inc in alerts.Incident.objects.filter(run=run).order_by("started_step")[:500]:
-            incidents.append(
-                {
-                    "step": inc.started_step,
-                    "end": inc.resolved_step,
-                    "key": inc.metric_key,
-                    "label": f"{inc.severity}: {inc.metric_key} ({inc.state})",
-                }
-            )
+    for pages in hooks.run_pages():
+        more_lines, spans = pages.chart_marks(run)
+        for key, key_lines in more_lines.items():
+            lines.setdefault(key, []).extend(key_lines)
+        incidents.extend(spans)
     return {"thresholds": lines, "incidents": incidents}
 
 

@@ -45,6 +45,22 @@ def put(run: Run, start: int, *values: float, key: str = "kl_k3") -> None:
     store_points(run, [Point(key, start + i, v) for i, v in enumerate(values)])
 
 
+def test_rules_are_evaluated_only_for_batches_whose_keys_they_watch(
+    project_a: Any, run: Run
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    rule = make_rule(project_a, metric_key="kl_k3", for_steps=1)
+    with CaptureQueriesContext(connection) as unwatched:
+        put(run, 1, 0.9, key="clip_rate")
+    # The "does a rule watch a key" question rides the upsert: no alerts query at all.
+    assert not [q for q in unwatched.captured_queries if "alerts_" in q["sql"]]
+    assert not RuleState.objects.exists()
+    put(run, 2, 0.9)
+    assert RuleState.objects.get(rule=rule, run=run).state == "firing"
+
+
 def test_no_fire_on_a_single_spike_with_for_3(project_a: Any, run: Run, endpoints: Any) -> None:
     rule = make_rule(project_a, endpoints, for_steps=3)
     put(run, 1, 0.1, 0.9, 0.1, 0.2)

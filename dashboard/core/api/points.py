@@ -21,15 +21,9 @@ from dashboard.core.api import ApiError, ingest_operation_id, query_text
 from dashboard.core.api.types import MetricKey
 from dashboard.core.auth import visible_runs
 from dashboard.core.models import Run
-from dashboard.core.points import (
-    MAX_SERIES_POINTS,
-    csv_rows,
-    list_keys,
-    read_series,
-    store_logprobs,
-    store_visible_points,
-)
 from dashboard.core.points import Point as StoredPoint
+from dashboard.core.points import csv_rows, list_keys, store_logprobs, store_visible_points
+from dashboard.core.series import MAX_SERIES_POINTS, read_series
 
 router = Router(tags=["ingest"])
 

@@ -1,0 +1,246 @@
+"""One key's series for the charts: read from Postgres by binary COPY, kept in a per-process
+cache that Redis keeps fresh, downsampled so that spikes survive.
+
+The point writer (`dashboard.core.points`) tells the cache which steps each batch touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from django.db import connection
+
+from dashboard.core.models import MetricPoint, Run
+
+log = logging.getLogger(__name__)
+
+# Charts never need more points than pixels; this bounds one response.
+MAX_SERIES_POINTS = 100_000
+
+
+@dataclass(frozen=True)
+class Series:
+    """One key of one run over a step range: `total` points there, `steps`/`values` returned."""
+
+    key: str
+    total: int
+    steps: list[int]
+    values: list[float | None]
+
+    @property
+    def downsampled(self) -> bool:
+        return len(self.steps) < self.total
+
+
+# Postgres binary COPY of (bigint, float8): a 19-byte header, then per row a 2-byte field
+# count and a 4-byte length before each field, all big-endian; a 2-byte trailer.
+_COPY_ROW = np.dtype(
+    [("n", ">i2"), ("l1", ">i4"), ("step", ">i8"), ("l2", ">i4"), ("value", ">f8")]
+)
+
+
+def fetch_series(
+    run_id: int, key: str, start: int | None = None, end: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """All (step, value) of one key in [start, end], ordered by step, as numpy arrays.
+
+    Binary COPY into numpy is several times faster than building a Python tuple per row,
+    which matters at a million points.
+    """
+    where = ["run_id = %s", "key = %s"]
+    params: list[object] = [run_id, key]
+    if start is not None:
+        where.append("step >= %s")
+        params.append(start)
+    if end is not None:
+        where.append("step <= %s")
+        params.append(end)
+    sql = (
+        f"COPY (SELECT step, value FROM {MetricPoint._meta.db_table} "
+        f"WHERE {' AND '.join(where)} ORDER BY step) TO STDOUT (FORMAT BINARY)"
+    )
+    buf = bytearray()
+    with connection.cursor() as cursor:
+        raw = cursor.cursor  # the psycopg cursor: Django's wrapper has no copy()
+        with raw.copy(sql, params) as copy:
+            for chunk in copy:
+                buf += chunk
+    if len(buf) <= 21:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    rows = np.frombuffer(bytes(buf[19:-2]), dtype=_COPY_ROW)
+    return rows["step"].astype(np.int64), rows["value"].astype(np.float64)
+
+
+def downsample(steps: np.ndarray, values: np.ndarray, max_points: int) -> np.ndarray:
+    """Indices of at most `max_points` points that keep the shape, spikes included.
+
+    MinMaxLTTB (tsdownsample): min/max preselection then LTTB, so a single-step spike in
+    clip rate survives a 500x reduction, where plain striding or averaging would hide it.
+    """
+    n = steps.shape[0]
+    if n <= max_points:
+        return np.arange(n)
+    from tsdownsample import MinMaxLTTBDownsampler
+
+    finite = np.isfinite(values)
+    if not finite.all():
+        # Workers may store NaN; LTTB's triangle areas would be NaN. Keep those points out.
+        keep = np.flatnonzero(finite)
+        if keep.shape[0] <= max_points:
+            return keep
+        return keep[downsample(steps[keep], values[keep], max_points)]
+    return np.asarray(MinMaxLTTBDownsampler().downsample(steps, values, n_out=max_points))
+
+
+def read_series(
+    run: Run, key: str, start: int | None = None, end: int | None = None, max_points: int = 2000
+) -> Series:
+    """One key's series over [start, end], downsampled to at most `max_points` points."""
+    steps, values = series_cache.get(run.pk, key, start, end)
+    idx = downsample(steps, values, max_points)
+    picked = values[idx]
+    out_values: list[float | None] = [
+        float(v) if math.isfinite(v) else None for v in picked.tolist()
+    ]
+    return Series(key=key, total=int(steps.shape[0]), steps=steps[idx].tolist(), values=out_values)
+
+
+# --- the cache ----------------------------------------------------------------------------
+
+
+class SeriesCache:
+    """Whole series of (run, key) kept as numpy arrays in this process, kept fresh by Redis.
+
+    Reading a million points back from Postgres takes seconds; a chart re-reads the same
+    series on every refresh. Every committed batch bumps a per-run version in Redis and
+    records the lowest step it touched; a reader whose copy is older re-fetches only the
+    steps from there on (a live run appends, so that is the tail). Postgres stays the truth:
+    with Redis unreachable, or the change log trimmed past a copy, reads go to Postgres.
+    """
+
+    # Change records kept per run; a copy older than that is re-read whole.
+    KEEP_CHANGES = 2000
+
+    _BUMP = """
+    local v = redis.call('INCR', KEYS[1])
+    redis.call('ZADD', KEYS[2], v, v .. ':' .. ARGV[1])
+    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[2]) - 1)
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
+    redis.call('EXPIRE', KEYS[2], ARGV[3])
+    return v
+    """
+
+    def __init__(self, max_bytes: int = 512 * 1024 * 1024, ttl_s: int = 30 * 86400) -> None:
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        # (run_id, key) -> (version, steps, values); LRU order.
+        self._entries: OrderedDict[tuple[int, str], tuple[int, np.ndarray, np.ndarray]] = (
+            OrderedDict()
+        )
+        self._bytes = 0
+        self._redis = None
+
+    def _client(self):  # type: ignore[no-untyped-def]
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(
+                settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5
+            )
+        return self._redis
+
+    def _keys(self, run_id: int) -> tuple[str, str]:
+        base = f"parity:series:{settings.DATABASES['default']['NAME']}:{run_id}"
+        return base + ":version", base + ":changes"
+
+    def changed(self, run_id: int, min_step: int) -> None:
+        """Record, after commit, that steps >= min_step of `run_id` may have changed."""
+        try:
+            self._client().eval(
+                self._BUMP, 2, *self._keys(run_id), min_step, self.KEEP_CHANGES, self.ttl_s
+            )
+        except Exception:  # noqa: BLE001 - a cache must not fail a committed write
+            log.warning("series cache: could not record a change of run %s", run_id, exc_info=True)
+            # Without the record, copies of this run could go stale: drop them here, and
+            # let other processes find out from the version they can no longer trust.
+            self.forget(run_id)
+
+    def forget(self, run_id: int) -> None:
+        with self._lock:
+            for entry_key in [k for k in self._entries if k[0] == run_id]:
+                self._drop(entry_key)
+
+    def _drop(self, entry_key: tuple[int, str]) -> None:
+        _, steps, values = self._entries.pop(entry_key)
+        self._bytes -= steps.nbytes + values.nbytes
+
+    def _since(self, run_id: int, version: int) -> tuple[int, int | None] | None:
+        """(current version, lowest step changed after `version`); None: Redis unusable."""
+        version_key, changes_key = self._keys(run_id)
+        try:
+            pipe = self._client().pipeline(transaction=True)
+            pipe.get(version_key)
+            pipe.zrangebyscore(changes_key, f"({version}", "+inf", withscores=True)
+            pipe.zrange(changes_key, 0, 0, withscores=True)
+            current_raw, changes, oldest = pipe.execute()
+        except Exception:  # noqa: BLE001 - fall back to Postgres
+            log.warning("series cache: Redis unreachable, reading from Postgres", exc_info=True)
+            return None
+        current = int(current_raw or 0)
+        if current <= version or not changes:
+            return current, None
+        # A copy is only patchable when every change after it is still on record.
+        if not oldest or int(oldest[0][1]) > version + 1:
+            return current, -1
+        lowest = min(int(member.decode().split(":", 1)[1]) for member, _ in changes)
+        return current, lowest
+
+    def get(
+        self, run_id: int, key: str, start: int | None = None, end: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one key within [start, end]."""
+        entry_key = (run_id, key)
+        with self._lock:
+            entry = self._entries.get(entry_key)
+        version = entry[0] if entry else 0
+        since = self._since(run_id, version)
+        if since is None:
+            return fetch_series(run_id, key, start, end)
+        current, lowest = since
+        if entry is not None and current == version:
+            steps, values = entry[1], entry[2]
+        elif entry is not None and lowest is not None and lowest >= 0 and current > version:
+            tail_steps, tail_values = fetch_series(run_id, key, lowest)
+            cut = int(np.searchsorted(entry[1], lowest, side="left"))
+            steps = np.concatenate([entry[1][:cut], tail_steps])
+            values = np.concatenate([entry[2][:cut], tail_values])
+        else:
+            steps, values = fetch_series(run_id, key)
+        self._put(entry_key, current, steps, values)
+        lo = 0 if start is None else int(np.searchsorted(steps, start, side="left"))
+        hi = steps.shape[0] if end is None else int(np.searchsorted(steps, end, side="right"))
+        return steps[lo:hi], values[lo:hi]
+
+    def _put(
+        self, entry_key: tuple[int, str], version: int, steps: np.ndarray, values: np.ndarray
+    ) -> None:
+        size = steps.nbytes + values.nbytes
+        with self._lock:
+            if entry_key in self._entries:
+                self._drop(entry_key)
+            if size > self.max_bytes:
+                return
+            self._entries[entry_key] = (version, steps, values)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+
+
+series_cache = SeriesCache()
