@@ -41,12 +41,15 @@ def full(tiny_model: Path, _engine_session: None) -> tuple[JobOutcome, Recording
 
     reporter = RecordingReporter()
     started = time.perf_counter()
-    outcome = run_checklist_job({"model": str(tiny_model), "num_prompts": 12,
-                                 "sampling": SAMPLING}, reporter)
+    outcome = run_checklist_job(
+        {"model": str(tiny_model), "num_prompts": 12, "sampling": SAMPLING}, reporter
+    )
     wall = time.perf_counter() - started
     outcome.result["test_wall_s"] = wall
-    print(f"\nfull checklist on the tiny model: {wall:.1f} s, "
-          f"{outcome.result['engine_builds']} engine builds")
+    print(
+        f"\nfull checklist on the tiny model: {wall:.1f} s, "
+        f"{outcome.result['engine_builds']} engine builds"
+    )
     return outcome, reporter
 
 
@@ -78,7 +81,7 @@ def test_fp32_head_row_reports_all_three_variants(full: Any) -> None:
         for key in ("abs_diff_mean", "kl_k3", "abs_diff_max"):
             assert isinstance(c[key], float) and c[key] >= 0, (c["label"], key)
     assert row["details"]["engine_head_dtype"] == {"before": "bfloat16", "after": "float32"}
-    assert "--hf-overrides '{\"head_dtype\": \"float32\"}'" in row["recommendation"]["vllm_serve"]
+    assert '--hf-overrides \'{"head_dtype": "float32"}\'' in row["recommendation"]["vllm_serve"]
 
 
 def test_weight_updates_row_measures_the_reset_and_the_flags(full: Any) -> None:
@@ -125,14 +128,25 @@ def test_all_fixes_row_and_the_job_contract(full: Any) -> None:
     # Five engines: three for the comparisons, one per replay.
     assert result["engine_builds"] == 5
     reused = {v["name"]: v["engine_reused"] for v in result["variants"]}
-    assert reused == {"v1_defaults": False, "raw_logprobs": True, "genconfig_auto": False,
-                      "processed": True, "fp32_trainer_only": True, "all_fixes": False}
+    assert reused == {
+        "v1_defaults": False,
+        "raw_logprobs": True,
+        "genconfig_auto": False,
+        "processed": True,
+        "fp32_trainer_only": True,
+        "all_fixes": False,
+    }
     # The base model's generation_config sets no sampling field: explicit fields sample the
     # very same tokens, so those variants score the earlier rollout instead of sampling again.
     shared = {v["name"]: v["rollout_of"] for v in result["variants"]}
-    assert shared == {"v1_defaults": None, "raw_logprobs": "v1_defaults",
-                      "genconfig_auto": None, "processed": "genconfig_auto",
-                      "fp32_trainer_only": "processed", "all_fixes": None}
+    assert shared == {
+        "v1_defaults": None,
+        "raw_logprobs": "v1_defaults",
+        "genconfig_auto": None,
+        "processed": "genconfig_auto",
+        "fp32_trainer_only": "processed",
+        "all_fixes": None,
+    }
     # One histogram per variant, on common edges.
     hist = result["histograms"]
     assert len(hist["series"]) == len(result["variants"]) == 6
@@ -149,15 +163,22 @@ def test_all_fixes_row_and_the_job_contract(full: Any) -> None:
 
 
 def test_genconfig_model_lists_the_changed_parameters_and_their_gap(
-        tiny_models: dict[str, Path], _engine_session: None) -> None:
-    from workers.checklist import ChecklistSpec, run_checklist
+    tiny_models: dict[str, Path], _engine_session: None
+) -> None:
+    from workers.checklist import run_checklist
+    from workers.specs import ChecklistSpec
     from workers.tiny_model import GENCONFIG_DEFAULTS
 
     started = time.perf_counter()
-    result = run_checklist(ChecklistSpec(model=str(tiny_models["genconfig"]), num_prompts=12,
-                                         sampling=SAMPLING, checks=["runtime_defaults"]))
-    print(f"\nruntime-defaults check on the genconfig model: "
-          f"{time.perf_counter() - started:.1f} s")
+    result = run_checklist(
+        ChecklistSpec(
+            model=str(tiny_models["genconfig"]),
+            num_prompts=12,
+            sampling=SAMPLING,
+            checks=["runtime_defaults"],
+        )
+    )
+    print(f"\nruntime-defaults check on the genconfig model: {time.perf_counter() - started:.1f} s")
     assert result.engine_builds <= 1
     by = {r["check"]: r for r in result.to_dict()["rows"]}
     row = by["runtime_defaults"]

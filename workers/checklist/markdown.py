@@ -1,0 +1,105 @@
+"""The checklist as Markdown, to paste into a pull request: the rows with status and measured
+before/after numbers, then the settings to use in code blocks.
+
+The page's shape lives in templates/ (`string.Template`): `report.md` the page,
+`recommendation.md` one row's settings, `code.md` one code block. Here only the pieces that
+repeat or depend on the result are written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from string import Template
+from typing import Any
+
+from workers.checklist.measured import num
+
+STATUS_MD = {
+    "pass": "✅ pass",
+    "needs-fix": "⚠️ needs fix",
+    "not-applicable": "➖ n/a",
+    "could-not-run": "❌ could not run",
+}
+# Escaped pipes: these names live in a Markdown table.
+_CELL_NAMES = {"abs_diff_mean": "mean \\|d\\|", "kl_k3": "kl_k3", "abs_diff_max": "max \\|d\\|"}
+_CODE_BLOCKS = (
+    ("vllm_llm", "vLLM (offline `LLM`)", "python"),
+    ("vllm_serve", "vLLM server", "bash"),
+    ("trainer", "Trainer", "python"),
+)
+
+
+@cache
+def _template(name: str) -> Template:
+    text = resources.files(__package__).joinpath("templates", name).read_text("utf-8")
+    return Template(text)
+
+
+def md_cell(cell: Mapping[str, Any] | None) -> str:
+    """A before/after cell's numbers for a table cell ("—" when not measured)."""
+    if not cell:
+        return "—"
+    parts = [f"{name} {num(cell.get(k))}" for k, name in _CELL_NAMES.items() if k in cell]
+    if cell.get("nonfinite_trainer"):
+        # Why a small gap can still fail: a sampled token outside the trainer's own
+        # top-p/top-k support has lt = -inf (METRICS.md counts it, never averages it in).
+        parts.append(f"non-finite lt {cell['nonfinite_trainer']}")
+    return "<br>".join(parts) or "not measured"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _recommendation(row: Mapping[str, Any]) -> str:
+    rec = row.get("recommendation") or {}
+    blocks = [
+        _template("code.md").substitute(title=title, lang=lang, code=rec[key])
+        for key, title, lang in _CODE_BLOCKS
+        if rec.get(key)
+    ]
+    return _template("recommendation.md").substitute(title=row["title"], blocks="\n".join(blocks))
+
+
+def render_markdown(result: Mapping[str, Any]) -> str:
+    """A Markdown report of a checklist result (a `ChecklistReport`, or an older or partial
+    one): the rows with status and measured before/after numbers, then each row's
+    recommendation in code blocks. Numbers that were not measured are shown as "—", never
+    filled in."""
+    req = result.get("sampling_requested") or {}
+    meta = [f"model `{result.get('model')}`", f"vLLM {result.get('vllm_version')}"]
+    if req:
+        shown = ("temperature", "top_p", "top_k", "min_p")
+        meta.append("sampling " + ", ".join(f"{k}={req[k]}" for k in shown if k in req))
+    rows = result.get("rows", [])
+    table = [
+        f"| {row['title']} | {STATUS_MD.get(row['status'], row['status'])} | "
+        f"{md_cell(row.get('before'))} | {md_cell(row.get('after'))} | "
+        f"{_escape(row.get('reason', ''))} |"
+        for row in rows
+    ]
+    others = [
+        f"- {row['title']}, {c.get('label')}: " + md_cell(c).replace("<br>", ", ")
+        for row in rows
+        for c in row.get("others", [])
+    ]
+    recommendations = [
+        _recommendation(row)
+        for row in rows
+        if (row["status"] == "needs-fix" or row["check"] == "all_fixes")
+        and row.get("recommendation")
+    ]
+    footer = ""
+    if result.get("seconds") is not None:
+        footer = f"_{result.get('engine_builds')} engine builds, {num(result.get('seconds'))} s._"
+    text = _template("report.md").substitute(
+        verdict=result.get("verdict", "?"),
+        meta=" · ".join(meta),
+        rows="\n".join(table),
+        others="\nOther measured variants:\n\n" + "\n".join(others) + "\n" if others else "",
+        recommendations="".join(recommendations),
+        footer=footer,
+    )
+    return text.rstrip() + "\n"

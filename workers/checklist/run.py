@@ -1,0 +1,333 @@
+"""Running the checklist: every planned variant through the one measurement pipeline
+(`workers.measure`), then the weight-update replays (`workers.replay`), then the rows.
+
+Variants run grouped by engine settings, so one warm engine serves every variant it can
+(`workers.rollout.get_engine` keys on model + settings); a variant whose effective sampling
+equals an earlier one's on the same engine scores that rollout instead of sampling again, and
+a trainer-only variant (`rescore_of`) re-scores the rollout it names.
+
+torch, vLLM and transformers are imported inside the functions that use them: importing this
+module (and so `workers.checklist`) stays cheap for the web process and the pure tests.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from parity.metrics import Thresholds, scalar_values
+from parity.reports.checklist import ReplayKey, Replays
+from workers import measure, rollout
+from workers import prompts as prompt_sets
+from workers.checklist.measured import Measured, as_verdict, num
+from workers.checklist.plan import (
+    Variant,
+    explicit,
+    in_flight_offered,
+    plan_variants,
+    replay_plan,
+    replay_spec_for,
+)
+from workers.checklist.report import ChecklistResult, abs_d_histogram, summarise_replay
+from workers.checklist.rows import build_rows, overall_verdict
+from workers.reporting import JobOutcome, NullReporter, Reporter, UserError, json_safe
+from workers.specs import ChecklistSpec, parse_spec
+
+if TYPE_CHECKING:
+    from workers.rollout import Rollout
+
+
+def _reraise_if_fatal(exc: BaseException) -> None:
+    # Celery's soft time limit arrives as an exception inside whatever runs; it must end the
+    # job, not be written into a row as "could not run". Matched by name: engine code does
+    # not import Celery.
+    if type(exc).__name__ in ("SoftTimeLimitExceeded", "TimeLimitExceeded"):
+        raise exc
+
+
+def _reason(exc: BaseException) -> str:
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:500]
+    return text if isinstance(exc, UserError) else f"{type(exc).__name__}: {text}"
+
+
+class Progress:
+    """'variant i/N: label — stage' messages with an overall fraction."""
+
+    def __init__(self, reporter: Reporter, total: int) -> None:
+        self.reporter, self.total = reporter, max(total, 1)
+
+    def say(self, index: int, label: str, stage: str, frac: float = 0.0) -> None:
+        self.reporter.stage(
+            f"variant {index + 1}/{self.total}: {label} — {stage}",
+            min(1.0, (index + frac) / self.total),
+        )
+
+
+_ENGINE_KEYS = (
+    "dtype",
+    "head_dtype",
+    "logprobs_mode",
+    "generation_config",
+    "enable_prefix_caching",
+)
+
+
+def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> ChecklistResult:
+    """Run every selected check on `spec.model` and return the rows with measured numbers.
+
+    Raises UserError before any engine work for a missing model, a bad prompt set or bad
+    thresholds, and when no variant at all could run (the reason of the first). A variant
+    that fails on its own (an option this vLLM or device refuses) is recorded with its
+    exact reason, and the rows that need it say "could-not-run"; no number is invented.
+    """
+    reporter = reporter or NullReporter()
+    started = time.perf_counter()
+    try:
+        thresholds = Thresholds.from_dict(spec.thresholds)
+    except ValueError as exc:
+        raise UserError(f"thresholds: {exc}") from None
+    model_path = rollout.resolve_model(spec.model)
+    items = prompt_sets.load(spec.prompt_set, spec.prompts, spec.num_prompts)
+    plan = plan_variants(spec)
+    replay_steps = replay_plan(spec)
+    progress = Progress(reporter, len(plan) + len(replay_steps))
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompt_ids = prompt_sets.render(items, tokenizer)
+    variants = _Variants(spec, model_path, prompt_ids, thresholds, progress)
+    for i, v in enumerate(plan):
+        variants.run(i, v)
+    measured = variants.measured
+    builds = variants.builds
+
+    if plan and all(not m.ok for m in measured.values()):
+        # Nothing could be measured on this model at all (e.g. vLLM or transformers cannot
+        # load it): that is the job's error, not five rows of the same reason.
+        first = next(iter(measured.values()))
+        raise UserError(
+            f"no variant of the checklist could run; the first failed with: {first.error}"
+        )
+    replays: Replays = {}
+    builds += run_replays(spec, model_path, replay_steps, replays, progress, len(plan))
+
+    rows = build_rows(spec, measured, replays)
+    overall = overall_verdict(rows)
+    timings: dict[str, float] = {}
+    for m in measured.values():
+        for k, s in m.seconds.items():
+            timings[f"{m.name}.{k}"] = s
+    for key, rep in (
+        ("between_batches", replays.get("between_batches")),
+        ("in_flight", replays.get("in_flight")),
+    ):
+        if rep is not None and rep["status"] != "not-offered":
+            timings[f"replay_{key}.total_s"] = float(rep["seconds"])
+    reporter.stage(f"checklist done: verdict {overall}, {builds} engine builds", 1.0)
+    import vllm
+
+    return ChecklistResult(
+        model=model_path,
+        vllm_version=str(vllm.__version__),
+        sampling_requested=spec.sampling.requested(),
+        rows=rows,
+        variants=list(measured.values()),
+        replays=replays,
+        verdict=overall,
+        engine_builds=builds,
+        seconds=time.perf_counter() - started,
+        timings=timings,
+        spec=spec.model_dump(mode="json"),
+    )
+
+
+class _Variants:
+    """Measures the planned variants in order, sharing warm engines and rollouts."""
+
+    def __init__(
+        self,
+        spec: ChecklistSpec,
+        model_path: str,
+        prompt_ids: list[list[int]],
+        thresholds: Thresholds,
+        progress: Progress,
+    ) -> None:
+        self.spec, self.model_path, self.prompt_ids = spec, model_path, prompt_ids
+        self.thresholds, self.progress = thresholds, progress
+        self.sampling_explicit = explicit(spec.sampling)
+        self.measured: dict[str, Measured] = {}
+        self.builds = 0
+        self.rollouts: dict[str, tuple[Rollout, dict[str, Any]]] = {}
+        # (engine settings, effective sampling) -> the variant that sampled with them.
+        self.by_key: dict[tuple[str, str], str] = {}
+
+    def run(self, i: int, v: Variant) -> Measured:
+        """Measure variant `v` (the i-th of the plan): its numbers, or why it could not run."""
+        t0 = time.perf_counter()
+        m = Measured(v.name, v.label, "measured")
+        try:
+            ro, eng_settings = self._rollout(i, v, m)
+            m.engine = {k: eng_settings.get(k) for k in _ENGINE_KEYS}
+            m.sampling = {
+                "requested": ro.requested,
+                "effective": ro.effective,
+                "model_defaults": ro.model_defaults,
+                "changed_by_defaults": {
+                    k: {"requested": a, "effective": b}
+                    for k, (a, b) in ro.changed_by_defaults.items()
+                },
+            }
+            self.progress.say(i, v.label, "scoring with the trainer", 0.6)
+            # The trainer applies the sampling processing it was told about (the requested
+            # parameters): what an RL trainer computes its importance ratios with.
+            result = measure.measure(self.model_path, v.trainer, v.engine, ro, self.thresholds)
+            m.seconds["score_s"] = result.scored.seconds
+            m.trainer = {
+                "dtype": v.trainer.dtype,
+                "head_dtype": v.trainer.head_dtype,
+                "processing": asdict(result.processing),
+            }
+            m.values, m.reasons = result.metrics.values, result.metrics.reasons
+            m.verdict = as_verdict(result.metrics.verdict)
+            m.histogram = abs_d_histogram(result.scored.lt, result.scored.lr)
+            gap_now = num(m.values.get("abs_diff_mean"))
+            self.progress.say(i, v.label, f"abs_diff_mean {gap_now}", 1.0)
+        except Exception as exc:  # noqa: BLE001 - one variant's failure is that row's finding
+            _reraise_if_fatal(exc)
+            m.status, m.error = "could-not-run", _reason(exc)
+            self.progress.say(i, v.label, f"could not run: {m.error}", 1.0)
+        m.seconds["total_s"] = time.perf_counter() - t0
+        self.measured[v.name] = m
+        return m
+
+    def _rollout(self, i: int, v: Variant, m: Measured) -> tuple[Rollout, dict[str, Any]]:
+        """(rollout, the engine's effective settings) for `v`: sampled now, or one that an
+        earlier variant sampled with the same engine and parameters."""
+        if v.rescore_of is not None:
+            if v.rescore_of not in self.rollouts:
+                raise UserError(
+                    f"needs the rollout of variant {v.rescore_of!r}, which could not run: "
+                    f"{self.measured[v.rescore_of].error}"
+                )
+            m.engine_reused, m.rollout_of = True, v.rescore_of
+            return self.rollouts[v.rescore_of]
+        self.progress.say(i, v.label, "loading engine")
+        # The engine first, on its own: its default sampling parameters decide whether an
+        # earlier rollout already holds the tokens this variant would sample.
+        engine, reused = rollout.get_engine(self.model_path, v.engine)
+        self.builds += 0 if reused else 1
+        m.engine_reused = reused
+        if not reused:
+            m.seconds["engine_load_s"] = engine.load_seconds
+        sampling = self.sampling_explicit if v.explicit_sampling else self.spec.sampling
+        # Same engine, same effective parameters, same seeds: the same tokens. Reuse them
+        # (e.g. explicit fields on a model whose generation_config sets none).
+        effective = rollout.sampling_dict(rollout.effective_sampling(sampling, engine.llm))
+        key = (v.engine.model_dump_json(), json.dumps(effective, sort_keys=True))
+        if key in self.by_key:
+            m.rollout_of = self.by_key[key]
+            ro = self.rollouts[m.rollout_of][0]
+        else:
+            self.progress.say(i, v.label, "generating", 0.3)
+            ro = measure.sample(self.model_path, v.engine, self.prompt_ids, sampling).rollout
+            m.seconds["generate_s"] = ro.seconds
+            self.by_key[key] = v.name
+        self.rollouts[v.name] = (ro, engine.effective_settings())
+        return self.rollouts[v.name]
+
+
+class _ReplayReporter:
+    """Forwards a replay's stages as the checklist's 'variant i/N' progress."""
+
+    def __init__(self, progress: Progress, index: int, label: str) -> None:
+        self.progress, self.index, self.label = progress, index, label
+
+    def stage(self, message: str, progress: float | None = None) -> None:
+        self.progress.say(self.index, self.label, message, progress or 0.0)
+
+    def step_values(self, step: int, values: Mapping[str, float]) -> None:
+        # Replay steps are the checklist's internals, not points of the job's run.
+        pass
+
+
+def run_replays(
+    spec: ChecklistSpec,
+    model_path: str,
+    steps: Sequence[tuple[ReplayKey, str]],
+    replays: Replays,
+    progress: Progress,
+    offset: int,
+) -> int:
+    """Run the planned replays into `replays` (key -> summary); returns the engines built."""
+    builds = 0
+    for j, (key, label) in enumerate(steps):
+        index = offset + j
+        if key == "in_flight":
+            between = replays.get("between_batches")
+            caps = None
+            if between is not None and between["status"] == "measured":
+                caps = between["capabilities"]
+            offered, why = in_flight_offered(caps)
+            if offered is False:
+                replays[key] = {"status": "not-offered", "reason": why}
+                progress.say(index, label, f"skipped: {why}", 1.0)
+                continue
+        from workers.replay import run_replay
+
+        progress.say(index, label, "starting the replay engine")
+        t0 = time.perf_counter()
+        try:
+            result = run_replay(
+                replay_spec_for(spec, model_path, key), _ReplayReporter(progress, index, label)
+            )
+        except Exception as exc:  # noqa: BLE001 - recorded as the row's reason
+            _reraise_if_fatal(exc)
+            error = _reason(exc)
+            replays[key] = {
+                "status": "could-not-run",
+                "error": error,
+                "seconds": time.perf_counter() - t0,
+            }
+            progress.say(index, label, f"could not run: {error}", 1.0)
+            continue
+        builds += 1  # every replay builds its own engine (workers.replay.build_engine)
+        replays[key] = summarise_replay(result)
+    return builds
+
+
+def run_checklist_job(spec: Mapping[str, Any], reporter: Reporter) -> JobOutcome:
+    """Celery entry point (workers.specs.kinds, "checklist"): validate, run, package.
+
+    step_values: only step 0, the 'all fixes together' numbers (the setup the checklist
+    recommends), like a comparison's step 0. The other variants are deliberately
+    misconfigured; as points of the run they would trip the project's alert rules.
+    """
+    parsed = parse_spec(ChecklistSpec, spec)
+    result = run_checklist(parsed, reporter)
+    data = result.to_dict()
+    fixed = next((m for m in result.variants if m.name == "all_fixes" and m.ok), None)
+    steps = {0: scalar_values(fixed.values)} if fixed is not None else {}
+    fingerprint = json_safe(
+        {
+            "kind": "checklist",
+            "model": parsed.model,
+            "model_path": result.model,
+            "vllm_version": result.vllm_version,
+            "sampling_requested": result.sampling_requested,
+            "engine": parsed.engine.model_dump(mode="json"),
+            "trainer": parsed.trainer.model_dump(mode="json"),
+            "checks": list(parsed.checks),
+            "variants": {
+                m.name: {"engine": m.engine, "trainer_head_dtype": m.trainer.get("head_dtype")}
+                for m in result.variants
+                if m.ok
+            },
+        }
+    )
+    return JobOutcome(
+        result=dict(data), fingerprint=fingerprint, verdict=result.verdict, step_values=steps
+    )
