@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "channels",
     "dashboard.core",
     "dashboard.alerts",
+    "dashboard.demo",
 ]
 
 MIDDLEWARE = [

@@ -11,8 +11,8 @@ from django.db import transaction
 
 from dashboard.alerts.models import AlertRule
 from dashboard.core.api.jobs import validate_spec
-from dashboard.core.demo import seed_training_run
 from dashboard.core.models import Job, Membership, Project, Run, start_job
+from dashboard.demo.seed import seed_training_run
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "parity-demo"
