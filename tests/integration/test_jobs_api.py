@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pydantic
 import pytest
 
+from dashboard.core.api import ApiError
+from dashboard.core.api.jobs import validate_spec
 from dashboard.core.models import Job, Run
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db]
@@ -60,6 +63,39 @@ def test_invalid_sampling_or_engine_value_is_422_naming_the_field(
     assert response.status_code == 422
     assert response.json()["field"] == field
     assert not Job.objects.exists() and not Run.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"num_updates": 0}, "spec.num_updates"),
+        ({"source": {"kind": "nope"}}, "spec.source"),
+        ({"no_such_setting": 1}, "spec.no_such_setting"),
+    ],
+)
+def test_bad_replay_spec_is_422_worded_like_every_spec_error(
+    client: Any, alice_token: str, spec: dict, field: str
+) -> None:
+    from workers.specs import ReplaySpec, validation_message
+
+    response = _post(client, alice_token, {"project": "proj-a", "kind": "replay", "spec": spec})
+    assert response.status_code == 422, response.content
+    body = response.json()
+    assert body["field"] == field
+    with pytest.raises(pydantic.ValidationError) as exc:
+        ReplaySpec.model_validate(spec)
+    assert body["detail"] == validation_message(exc.value)
+    assert not Job.objects.exists() and not Run.objects.exists()
+
+
+def test_unknown_kind_is_422(client: Any, alice_token: str) -> None:
+    response = _post(client, alice_token, {"project": "proj-a", "kind": "nope", "spec": {}})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "kind"
+    assert not Job.objects.exists()
+    with pytest.raises(ApiError) as exc:  # the same answer where the API schema is bypassed
+        validate_spec("nope", {})
+    assert (exc.value.status, exc.value.field) == (422, "kind")
 
 
 def test_nul_in_any_text_is_422_not_500(client: Any, alice_token: str) -> None:

@@ -113,3 +113,22 @@ def test_spec_model_lookup() -> None:
     assert spec_model("comparison") is ComparisonSpec
     with pytest.raises(KeyError):
         spec_model("no-such-kind")
+
+
+def test_every_kind_names_a_runner_that_exists_without_importing_it() -> None:
+    import importlib.util
+
+    from workers.specs import JOB_KINDS
+
+    for kind in JOB_KINDS.values():
+        module, _, function = kind.runner.partition(":")
+        assert function, kind.runner
+        assert importlib.util.find_spec(module) is not None, kind.runner
+
+
+def test_ping_echoes_its_spec() -> None:
+    from workers.ping import ping
+    from workers.reporting import NullReporter
+
+    outcome = ping({"hello": "world"}, NullReporter())
+    assert outcome.result["echo"] == {"hello": "world"} and outcome.result["pong"]
