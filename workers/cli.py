@@ -62,8 +62,11 @@ def _flag_type(annotation: Any) -> tuple[Callable[[str], Any], list[str] | None]
     return parse, None
 
 
-def _add_field(group: Any, flags: list[str], dest: str, info: Any) -> bool:
-    default = info.default if info.default_factory is None else info.default_factory()
+def _default(info: Any) -> Any:
+    return info.get_default(call_default_factory=True)
+
+
+def _add_field(group: Any, flags: list[str], dest: str, info: Any, default: Any) -> bool:
     help_text = f"{info.description or ''} (default: {default})"
     if info.annotation is bool:
         group.add_argument(*flags, dest=dest, help=help_text, action=argparse.BooleanOptionalAction)
@@ -117,15 +120,17 @@ def spec_parser(
                 help="verdict threshold override, e.g. warn_abs_diff_mean=0.05",
             )
         else:
-            _add_field(parser, [f"--{name.replace('_', '-')}"], name, info)
+            _add_field(parser, [f"--{name.replace('_', '-')}"], name, info, _default(info))
     taken = {a.dest for a in parser._actions}
     for section, nested in sections:
         group = parser.add_argument_group(f"{section} settings", nested.__doc__)
+        # The spec's own default of the section (e.g. a replay samples at T=1 by default).
+        section_default = _default(model.model_fields[section])
         for name, info in nested.model_fields.items():
             flags = [f"--{section}-{name.replace('_', '-')}"]
             if section in SHORT_SECTIONS and name not in taken:
                 flags.insert(0, f"--{name.replace('_', '-')}")
-            _add_field(group, flags, f"{section}.{name}", info)
+            _add_field(group, flags, f"{section}.{name}", info, getattr(section_default, name))
     return parser
 
 
@@ -169,9 +174,14 @@ def spec_from_args(
     extra: Mapping[str, Any] | None = None,
 ) -> S:
     """The spec the flags describe: `spec_data` minus the CLI's own `output_flags` (--json,
-    ...), merged with `extra` (section dicts are merged, not replaced). UserError on
+    ...), merged with `extra` (section dicts are merged, not replaced). A flag changes one
+    field of a section and keeps the spec's own default for the others. UserError on
     invalid values, worded as everywhere else (`workers.specs.validation_message`)."""
     data = {k: v for k, v in spec_data(args).items() if k not in output_flags}
+    for key, value in data.items():
+        section_default = _default(model.model_fields[key]) if key in model.model_fields else None
+        if isinstance(value, dict) and isinstance(section_default, BaseModel):
+            data[key] = {**section_default.model_dump(exclude_unset=True), **value}
     for key, value in (extra or {}).items():
         if isinstance(value, Mapping) and isinstance(data.get(key), Mapping):
             data[key] = {**value, **data[key]}

@@ -30,12 +30,6 @@ def _check_list(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-def _checklist_sampling() -> dict[str, Any]:
-    """The sampling fields the checklist sets by default (T=0.7, top_p=0.9, ...): a sampling
-    flag changes its field and keeps the others, as the spec's default would."""
-    return ChecklistSpec().sampling.model_dump(exclude_unset=True)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags: one per spec field (workers.cli), the short forms, the outputs."""
     parser = cli.spec_parser(
@@ -43,12 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m workers.checklist",
         description="The vLLM V1 migration checklist, measured on your model.",
     )
-    defaults = _checklist_sampling()
-    for action in parser._actions:
-        # The generated help states SamplingSettings' defaults; the checklist's differ.
-        section, _, name = action.dest.partition(".")
-        if section == "sampling" and name in defaults and action.help:
-            action.help = action.help.replace("(default: None)", f"(default: {defaults[name]})")
     parser.add_argument(
         "--dtype",
         choices=get_args(EngineSettings.model_fields["dtype"].annotation),
@@ -80,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace) -> ChecklistSpec:
     """The ChecklistSpec the parsed flags describe (UserError on invalid values)."""
-    extra: dict[str, Any] = {"sampling": _checklist_sampling()}
+    extra: dict[str, Any] = {}
     dtype = getattr(args, "dtype", None)
     if dtype is not None:
         extra |= {"engine": {"dtype": dtype}, "trainer": {"dtype": dtype}}
