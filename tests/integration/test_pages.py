@@ -41,10 +41,33 @@ RESULT = {
         "scatter": {"lr": [-0.1, -2.0, -5.0], "lt": [-0.11, -2.2, -4.5]},
         "strata": {
             "by_lr": [
-                {"bucket": "[-inf,-10)", "abs_diff_mean": 0.3, "kl_k3": 0.01, "count": 3},
-                {"bucket": "[-0.5,0]", "abs_diff_mean": 0.01, "kl_k3": 1e-5, "count": 400},
+                {
+                    "bucket": "[-inf,-10)",
+                    "lo": None,
+                    "hi": -10,
+                    "n_tokens": 3,
+                    "abs_diff_mean": 0.3,
+                    "kl_k3": 0.01,
+                },
+                {
+                    "bucket": "[-0.5,0]",
+                    "lo": -0.5,
+                    "hi": 0,
+                    "n_tokens": 400,
+                    "abs_diff_mean": 0.01,
+                    "kl_k3": 1e-5,
+                },
             ],
-            "by_position": [{"bucket": "0-15", "abs_diff_mean": 0.02, "kl_k3": 1e-4, "count": 100}],
+            "by_position": [
+                {
+                    "bucket": "0-15",
+                    "lo": 0,
+                    "hi": 15,
+                    "n_tokens": 100,
+                    "abs_diff_mean": 0.02,
+                    "kl_k3": 1e-4,
+                }
+            ],
         },
     },
     "worst_sequences": [
@@ -57,16 +80,18 @@ RESULT = {
             ],
         },
         {
-            "text": ["a", "b"],
-            "lt": [-1.0, -2.0],
-            "lr": [-1.0, -2.5],
-            "d": [0.0, 0.5],
-            "rank": [1, 2],
+            "seq_log_ratio": 0.5,
+            "prompt": "Say bye",
+            "tokens": [
+                {"text": "a", "lt": -1.0, "lr": -1.0, "d": 0.0, "rank": 1},
+                {"text": "b", "lt": -2.0, "lr": -2.5, "d": 0.5, "rank": 2},
+            ],
         },
     ],
     "diagnoses": [
         {
             "name": "raw_logprobs_with_temperature",
+            "severity": "error",
             "message": "engine returns raw logprobs at T=0.7",
             "fix": "logprobs_mode='processed_logprobs'",
         }
@@ -199,7 +224,7 @@ def test_comparison_result_is_readable(alice_client: Any, project_a: Any) -> Non
     assert 'id="metrics"' in body
     # abs_diff_mean 0.05 is past the default warn (0.03) and marked so, not by colour alone.
     assert "▲ 0.05" in body and "warn &gt; 0.03" in body
-    # Worst sequences in both shapes, tokens coloured by their d bucket with a tooltip.
+    # Worst sequences: tokens coloured by their d bucket, with a tooltip.
     assert 'class="tok d7"' in body and "lt -0.1 · lr -0.5 · d 0.4 · rank 1" in body
     assert 'class="tok d0"' in body
     assert "engine load" in body and "engine.vllm_version" in body
