@@ -7,9 +7,10 @@ from typing import Any
 
 
 def number(value: Any, digits: int = 4, missing: str = "–") -> str:
-    """`value` with `digits` significant digits; integers (and integral floats) as integers,
-    scientific notation only where fixed notation would need more than four zeros, `missing`
-    for None. Anything that is not a number is shown as it is."""
+    """`value` for people: integers as integers; floats with `digits` significant digits, in
+    scientific notation (one digit fewer) only below 1e-3 or from 1e5 on, where fixed
+    notation would bury the digits in zeros ("9.29e-05", "0.0123", "16"); `missing` for
+    None. Anything that is not a number is shown as it is."""
     if value is None:
         return missing
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -18,6 +19,8 @@ def number(value: Any, digits: int = 4, missing: str = "–") -> str:
         return f"{value:d}"
     if not math.isfinite(value):
         return str(value)
-    if value == int(value) and abs(value) < 1e15:
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+        return f"{value:.{digits - 2}e}"
+    if value == int(value):
         return f"{int(value):d}"
     return f"{value:.{digits}g}"

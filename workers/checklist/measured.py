@@ -12,6 +12,7 @@ from typing import Any, Literal, cast
 
 from parity.reports import Verdict
 from parity.reports.checklist import Cell, VariantReport, VariantSampling, VariantTrainer
+from parity.reports.numbers import number
 
 # The numbers each before/after cell shows (the issue's three, plus what qualifies them).
 CELL_KEYS = ("abs_diff_mean", "kl_k3", "abs_diff_max", "n_tokens", "nonfinite_trainer")
@@ -81,14 +82,8 @@ class Measured:
 
 
 def num(x: Any) -> str:
-    """The one way the checklist writes a number: 4 significant digits, "n/a" for none."""
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        return "n/a"
-    if isinstance(x, int):
-        return str(x)
-    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-        return f"{x:.2e}"
-    return f"{x:.4g}"
+    """A number in the checklist's text (parity.reports.numbers), "n/a" for none."""
+    return number(x, missing="n/a")
 
 
 def gap(cell: Mapping[str, Any] | None) -> str:
