@@ -9,23 +9,27 @@ The pure pieces (spec validation, flags, checksum comparison) are tested without
 from __future__ import annotations
 
 import json
-import math
+import subprocess
+import sys
 import time
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NotRequired, Union
 
 import pytest
 
+from parity.reports import REPORT_VERSION
+from parity.reports.replay import ReplayReport
 from workers.replay import (
     compare_checksums,
-    flags_for_update,
     run_replay,
     run_replay_job,
     synthetic_trajectory,
 )
-from workers.reporting import JobOutcome
-from workers.specs import CheckpointSource, FlagSettings, ReplaySpec
+from workers.reporting import JobOutcome, json_safe
+from workers.specs import CheckpointSource, ReplaySpec
 
 PARTIAL = "tests.engine.extensions.PartialUpdateExtension"
 STALE = "tests.engine.extensions.StaleUpdateExtension"
@@ -59,20 +63,67 @@ def timings() -> Any:
     times: dict[str, float] = {}
     yield times
     total = sum(times.values())
-    print("\nreplay engine tests:", ", ".join(f"{k} {v:.1f}s" for k, v in times.items()),
-          f"(total {total:.1f}s)")
+    print(
+        "\nreplay engine tests:",
+        ", ".join(f"{k} {v:.1f}s" for k, v in times.items()),
+        f"(total {total:.1f}s)",
+    )
 
 
 def _spec(model: Path, **kw: Any) -> ReplaySpec:
     return ReplaySpec.model_validate({"model": str(model), "sampling": SAMPLING, **kw})
 
 
+def check_shape(value: Any, tp: Any, path: str = "result") -> None:
+    """Assert that stored JSON `value` is exactly of type `tp` (a TypedDict of
+    parity.reports.replay, or a type inside one): no key missing, none unknown."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return
+    if typing.is_typeddict(tp):
+        assert isinstance(value, dict), path
+        hints = typing.get_type_hints(tp, include_extras=True)
+        optional = {k for k, h in hints.items() if typing.get_origin(h) is NotRequired}
+        assert set(hints) - optional <= set(value), (path, set(hints) - optional - set(value))
+        assert set(value) <= set(hints), (path, set(value) - set(hints))
+        for key, item in value.items():
+            hint = hints[key]
+            if key in optional:
+                hint = typing.get_args(hint)[0]
+            check_shape(item, hint, f"{path}.{key}")
+    elif origin in (Union, types.UnionType):
+        for arm in args:
+            try:
+                check_shape(value, arm, path)
+                return
+            except AssertionError:
+                continue
+        raise AssertionError(f"{path}: {value!r} is none of {tp}")
+    elif origin is list:
+        assert isinstance(value, list), path
+        for i, item in enumerate(value):
+            check_shape(item, args[0], f"{path}[{i}]")
+    elif origin is dict:
+        assert isinstance(value, dict), path
+        for key, item in value.items():
+            check_shape(item, args[1], f"{path}.{key}")
+    elif origin is Literal:
+        assert value in args, (path, value)
+    elif tp is type(None):
+        assert value is None, path
+    elif tp is float:
+        assert isinstance(value, int | float) and not isinstance(value, bool), (path, value)
+    else:
+        assert isinstance(value, tp) and (tp is bool or not isinstance(value, bool)), (path, value)
+
+
 # --- engine tests --------------------------------------------------------------------------
 
 
 @pytest.mark.engine
-def test_correct_replay_of_three_updates_raises_no_flag(replay_model: Path,
-                                                         timings: dict[str, float]) -> None:
+def test_correct_replay_of_three_updates_raises_no_flag(
+    replay_model: Path, timings: dict[str, float]
+) -> None:
     started = time.perf_counter()
     reporter = RecordingReporter()
     spec = _spec(replay_model, num_updates=3)
@@ -82,8 +133,14 @@ def test_correct_replay_of_three_updates_raises_no_flag(replay_model: Path,
     assert isinstance(outcome, JobOutcome)
     result = outcome.result
     json.dumps(result, allow_nan=False)  # the job stores it as JSON
-    assert result["flags_summary"] == {"stale_weights": [], "partial_update": [],
-                                       "mismatch_spike": []}
+    # The stored result is exactly the typed contract, versioned.
+    check_shape(result, ReplayReport)
+    assert result["version"] == REPORT_VERSION
+    assert result["flags_summary"] == {
+        "stale_weights": [],
+        "partial_update": [],
+        "mismatch_spike": [],
+    }
     assert outcome.verdict in ("pass", "warn")
     # One step per update, streamed as it ran, step 0 = the W0 baseline.
     assert [s for s, _ in reporter.steps] == [0, 1, 2, 3]
@@ -118,7 +175,8 @@ def test_correct_replay_of_three_updates_raises_no_flag(replay_model: Path,
 
 @pytest.mark.engine
 def test_prefix_cache_without_reset_serves_kv_of_the_old_weights(
-        replay_model: Path, timings: dict[str, float], tmp_path: Path) -> None:
+    replay_model: Path, timings: dict[str, float], tmp_path: Path
+) -> None:
     """Checkpoint source, no reset: what vLLM 0.32 does is shown in the result.
 
     Measured here: a prompt whose long prefix was cached at W_{k-1} is served with that KV
@@ -137,9 +195,16 @@ def test_prefix_cache_without_reset_serves_kv_of_the_old_weights(
         save_file(wk, str(d / "model.safetensors"))
         dirs.append(str(d))
     started = time.perf_counter()
-    result = run_replay(_spec(replay_model, num_updates=None, reset_prefix_cache=False,
-                              source={"kind": "checkpoints", "dirs": dirs}))
+    result = run_replay(
+        _spec(
+            replay_model,
+            num_updates=None,
+            reset_prefix_cache=False,
+            source={"kind": "checkpoints", "dirs": dirs},
+        )
+    )
     timings["no_reset_checkpoints"] = time.perf_counter() - started
+    check_shape(json_safe(result.to_dict()), ReplayReport)
 
     assert not any(result.flags_summary["partial_update"])
     assert all(u.checksums["status"] == "full" for u in result.updates)
@@ -149,18 +214,22 @@ def test_prefix_cache_without_reset_serves_kv_of_the_old_weights(
     # The served (un-reset) batch is what the metrics and flags are about.
     first = result.updates[0]
     assert first.metrics["abs_diff_mean"] == pytest.approx(
-        first.prefix_cache["without_reset"]["metrics"]["abs_diff_mean"])
+        first.prefix_cache["without_reset"]["metrics"]["abs_diff_mean"]
+    )
 
 
 @pytest.mark.engine
 def test_planted_partial_update_names_the_parameter_and_spikes(
-        replay_model: Path, timings: dict[str, float]) -> None:
+    replay_model: Path, timings: dict[str, float]
+) -> None:
     from tests.engine.extensions import SKIPPED_PARAM
 
     started = time.perf_counter()
-    result = run_replay(_spec(replay_model, num_updates=2, extension=PARTIAL,
-                              measure_prefix_cache=False))
+    result = run_replay(
+        _spec(replay_model, num_updates=2, extension=PARTIAL, measure_prefix_cache=False)
+    )
     timings["partial"] = time.perf_counter() - started
+    check_shape(json_safe(result.to_dict()), ReplayReport)
 
     assert result.flags_summary["partial_update"] == [1, 2]
     assert result.flags_summary["mismatch_spike"] == [1, 2]
@@ -177,11 +246,13 @@ def test_planted_partial_update_names_the_parameter_and_spikes(
 
 
 @pytest.mark.engine
-def test_planted_stale_update_fires_stale_weights(replay_model: Path,
-                                                  timings: dict[str, float]) -> None:
+def test_planted_stale_update_fires_stale_weights(
+    replay_model: Path, timings: dict[str, float]
+) -> None:
     started = time.perf_counter()
-    result = run_replay(_spec(replay_model, num_updates=2, extension=STALE,
-                              measure_prefix_cache=False))
+    result = run_replay(
+        _spec(replay_model, num_updates=2, extension=STALE, measure_prefix_cache=False)
+    )
     timings["stale"] = time.perf_counter() - started
 
     assert result.flags_summary["stale_weights"] == [1, 2]
@@ -196,12 +267,15 @@ def test_planted_stale_update_fires_stale_weights(replay_model: Path,
 
 
 @pytest.mark.engine
-def test_in_flight_update_reports_what_this_vllm_did(replay_model: Path,
-                                                     timings: dict[str, float]) -> None:
+def test_in_flight_update_reports_what_this_vllm_did(
+    replay_model: Path, timings: dict[str, float]
+) -> None:
     started = time.perf_counter()
-    result = run_replay(_spec(replay_model, num_updates=1, update_mode="in_flight",
-                              pause_mode="keep"))
+    result = run_replay(
+        _spec(replay_model, num_updates=1, update_mode="in_flight", pause_mode="keep")
+    )
     timings["in_flight"] = time.perf_counter() - started
+    check_shape(json_safe(result.to_dict()), ReplayReport)
 
     u = result.updates[0]
     info = u.in_flight
@@ -253,8 +327,11 @@ def test_compare_checksums_finds_partial_and_unchanged() -> None:
     prev = {"x": torch.zeros(3), "y": torch.ones(3), "z": torch.full((3,), 2.0)}
     cur = {"x": torch.full((3,), 5.0), "y": torch.full((3,), 6.0), "z": torch.full((3,), 2.0)}
     engine_prev = {k: tensor_checksum(v) for k, v in prev.items()}
-    engine = {"x": tensor_checksum(cur["x"]), "y": tensor_checksum(prev["y"]),
-              "z": tensor_checksum(cur["z"])}
+    engine = {
+        "x": tensor_checksum(cur["x"]),
+        "y": tensor_checksum(prev["y"]),
+        "z": tensor_checksum(cur["z"]),
+    }
     out = compare_checksums(engine, cur, prev, engine_prev)
     assert out["status"] == "partial" and out["not_updated"] == ["y"]
     assert out["not_updated_detail"]["y"]["equals_previous_weights"] is True
@@ -263,26 +340,34 @@ def test_compare_checksums_finds_partial_and_unchanged() -> None:
     assert out["unchanged_in_trainer"] == ["z"]  # z did not change in W_k either
 
 
-def test_flags_fire_on_their_numbers_only() -> None:
-    base = {"kl_k3": 1e-3, "abs_diff_mean": 0.02}
-    full = {"status": "full", "not_updated": [], "n_params": 3, "matched": 3}
-    s = FlagSettings()
-    ok = flags_for_update({"kl_k3": 1.1e-3, "abs_diff_mean": 0.021},
-                          {"kl_k3": 0.05, "abs_diff_mean": 0.3}, base, full, 0.3, s)
-    assert not any(f.fired for f in ok.values())
-    stale = flags_for_update({"kl_k3": 0.05, "abs_diff_mean": 0.3},
-                             {"kl_k3": 1e-3, "abs_diff_mean": 0.02}, base, full, 0.3, s)
-    assert stale["stale_weights"].fired and stale["mismatch_spike"].fired
-    # An update smaller than the numerical noise cannot be called stale.
-    tiny = flags_for_update({"kl_k3": 1.2e-3, "abs_diff_mean": 0.022},
-                            {"kl_k3": 1e-3, "abs_diff_mean": 0.02}, base, full, 0.01, s)
-    assert not tiny["stale_weights"].fired and "inconclusive" in tiny["stale_weights"].reason
-    # 3x the baseline but under the absolute floor is no spike.
-    low = flags_for_update({"kl_k3": 3.5e-4, "abs_diff_mean": 0.02},
-                           {"kl_k3": 0.05, "abs_diff_mean": 0.3},
-                           {"kl_k3": 1e-4, "abs_diff_mean": 0.02}, full, 0.3, s)
-    assert not low["mismatch_spike"].fired
-    assert math.isclose(low["mismatch_spike"].evidence["kl_k3"]["ratio"], 3.5)
-    some = {"status": "partial", "not_updated": ["w"], "n_params": 3, "matched": 2}
-    partial = flags_for_update(base, {"kl_k3": 0.05, "abs_diff_mean": 0.3}, base, some, 0.3, s)
-    assert partial["partial_update"].fired and "w" in partial["partial_update"].reason
+@pytest.mark.engine
+def test_the_cli_prints_pure_json_on_stdout(replay_model: Path, timings: dict[str, float]) -> None:
+    # vLLM logs to stdout by default: `python -m workers.replay --json | jq .` must parse.
+    started = time.perf_counter()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workers.replay",
+            "--model",
+            str(replay_model),
+            "--updates",
+            "1",
+            "--max-tokens",
+            "4",
+            "--no-measure-prefix-cache",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    timings["cli"] = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    check_shape(out, ReplayReport)
+    assert [u["step"] for u in out["updates"]] == [1]
+    assert out["spec"]["sampling"]["max_tokens"] == 4
+    assert out["spec"]["sampling"]["temperature"] == 1.0  # the replay's default, not vLLM's
+    assert "INFO" in done.stderr  # the log lines went to stderr, not away

@@ -1,0 +1,347 @@
+"""The replay's judgement without an engine or torch: the per-update flags, the checksum
+comparison over hand-built checksum dicts, and the result's stored values."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workers.replay.checksums import judge_checksums
+from workers.replay.flags import FLAG_NAMES, Flag, flags_for_update
+from workers.specs import FlagSettings
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = {"kl_k3": 1e-3, "abs_diff_mean": 0.02}
+FULL = {"status": "full", "not_updated": [], "n_params": 3, "matched": 3}
+FAR = {"kl_k3": 0.05, "abs_diff_mean": 0.3}
+
+
+def cs(sha: str, total: float = 1.0, dtype: str = "bfloat16") -> dict[str, Any]:
+    """A hand-built parameter checksum (the shape workers.weight_sync.tensor_checksum gives)."""
+    return {
+        "sha256": sha,
+        "dtype": dtype,
+        "shape": [3],
+        "sum": total,
+        "abs_sum": abs(total),
+        "source": "kernel",
+    }
+
+
+# --- flags ---------------------------------------------------------------------------------
+
+
+def test_a_correct_update_raises_no_flag() -> None:
+    flags = flags_for_update(
+        {"kl_k3": 1.1e-3, "abs_diff_mean": 0.021}, FAR, BASE, FULL, 0.3, FlagSettings()
+    )
+    assert list(flags) == list(FLAG_NAMES)
+    assert not any(f.fired for f in flags.values())
+    assert flags["partial_update"].reason == "every parameter equals the trainer's W_k"
+
+
+def test_tokens_that_fit_the_previous_weights_are_stale_and_spike() -> None:
+    flags = flags_for_update(
+        FAR, {"kl_k3": 1e-3, "abs_diff_mean": 0.02}, BASE, FULL, 0.3, FlagSettings()
+    )
+    stale = flags["stale_weights"]
+    assert stale.fired and "fit W_k-1 much better" in stale.reason
+    assert stale.evidence["resolvable"] is True
+    assert stale.evidence["vs_previous"] == {"kl_k3": 1e-3, "abs_diff_mean": 0.02}
+    assert stale.evidence["resolution_needed"] == pytest.approx(0.04)
+    assert flags["mismatch_spike"].fired
+
+
+def test_an_update_below_the_noise_cannot_be_called_stale() -> None:
+    tiny = flags_for_update(
+        {"kl_k3": 1.2e-3, "abs_diff_mean": 0.022}, BASE, BASE, FULL, 0.01, FlagSettings()
+    )
+    assert not tiny["stale_weights"].fired
+    assert "inconclusive" in tiny["stale_weights"].reason
+    unknown = flags_for_update(FAR, BASE, BASE, FULL, None, FlagSettings())
+    assert not unknown["stale_weights"].fired
+    assert unknown["stale_weights"].evidence["resolvable"] is False
+
+
+def test_staleness_needs_both_metrics_past_the_margin() -> None:
+    # kl_k3 fits W_k-1 far better, abs_diff_mean only 1.5x: not clearly stale.
+    flags = flags_for_update(
+        {"kl_k3": 0.05, "abs_diff_mean": 0.03},
+        {"kl_k3": 1e-3, "abs_diff_mean": 0.02},
+        BASE,
+        FULL,
+        0.3,
+        FlagSettings(),
+    )
+    assert not flags["stale_weights"].fired
+    assert "do not fit W_k-1 clearly better" in flags["stale_weights"].reason
+
+
+def test_a_spike_needs_the_factor_and_the_floor() -> None:
+    low = flags_for_update(
+        {"kl_k3": 3.5e-4, "abs_diff_mean": 0.02},
+        FAR,
+        {"kl_k3": 1e-4, "abs_diff_mean": 0.02},
+        FULL,
+        0.3,
+        FlagSettings(),
+    )
+    spike = low["mismatch_spike"]
+    assert not spike.fired and spike.reason == "no metric above its spike threshold"
+    assert math.isclose(spike.evidence["kl_k3"]["ratio"], 3.5)
+    assert spike.evidence["kl_k3"]["floor"] == FlagSettings().spike_floor_kl_k3
+    high = flags_for_update(
+        {"kl_k3": 2e-2, "abs_diff_mean": 0.02}, FAR, BASE, FULL, 0.3, FlagSettings()
+    )
+    assert high["mismatch_spike"].fired
+    assert high["mismatch_spike"].reason.startswith("kl_k3 0.02 is 20.0x the W0 baseline")
+
+
+def test_a_zero_or_missing_baseline_gives_an_infinite_ratio_not_an_error() -> None:
+    flags = flags_for_update(FAR, FAR, {"kl_k3": 0.0}, FULL, 0.3, FlagSettings())
+    assert flags["mismatch_spike"].evidence["kl_k3"]["ratio"] == math.inf
+    assert math.isnan(flags["mismatch_spike"].evidence["abs_diff_mean"]["baseline"])
+
+
+def test_partial_update_names_the_parameters_and_none_is_not_partial() -> None:
+    some = {
+        "status": "partial",
+        "not_updated": ["w"],
+        "n_params": 3,
+        "matched": 2,
+        "not_updated_detail": {"w": {"equals_previous_weights": True}},
+    }
+    flags = flags_for_update(BASE, FAR, BASE, some, 0.3, FlagSettings())
+    partial = flags["partial_update"]
+    assert partial.fired and partial.reason.endswith("did not take the new weights: w")
+    assert partial.evidence["not_updated"] == ["w"]
+    assert flags["stale_weights"].evidence["params_equal_to_previous_weights"] == 1
+    many = {**some, "not_updated": [f"p{i}" for i in range(12)], "n_params": 20}
+    assert flags_for_update(BASE, FAR, BASE, many, 0.3, FlagSettings())[
+        "partial_update"
+    ].reason.endswith("p9 ...")
+    none = {**some, "status": "none", "matched": 0}
+    flag = flags_for_update(BASE, FAR, BASE, none, 0.3, FlagSettings())["partial_update"]
+    assert not flag.fired and "stale engine" in flag.reason
+
+
+def test_flag_settings_move_the_thresholds() -> None:
+    strict = FlagSettings(spike_factor=1.05, spike_floor_kl_k3=0.0, spike_floor_abs_diff_mean=0.0)
+    flags = flags_for_update(
+        {"kl_k3": 1.1e-3, "abs_diff_mean": 0.021}, FAR, BASE, FULL, 0.3, strict
+    )
+    assert flags["mismatch_spike"].fired
+
+
+# --- checksums -----------------------------------------------------------------------------
+
+
+def test_every_parameter_matching_is_a_full_update() -> None:
+    engine = {"x": cs("x1"), "y": cs("y1")}
+    out = judge_checksums(engine, {"x": cs("x1"), "y": cs("y1")}, None, None)
+    assert out["status"] == "full" and out["matched"] == out["n_params"] == 2
+    assert out["not_updated"] == [] and out["missing_in_engine"] == []
+    assert out["unchanged_in_engine"] == []  # nothing to compare with at W0
+
+
+def test_checksums_find_partial_and_unchanged_parameters() -> None:
+    prev_expected = {"x": cs("x0", 0.0), "y": cs("y0", 3.0), "z": cs("z0", 6.0)}
+    expected = {"x": cs("x1", 15.0), "y": cs("y1", 18.0), "z": cs("z0", 6.0)}
+    prev_engine = dict(prev_expected)
+    engine = {"x": cs("x1", 15.0), "y": cs("y0", 3.0), "z": cs("z0", 6.0)}
+    out = judge_checksums(engine, expected, prev_expected, prev_engine)
+    assert out["status"] == "partial" and out["not_updated"] == ["y"]
+    assert (out["n_params"], out["matched"]) == (3, 2)
+    detail = out["not_updated_detail"]["y"]
+    assert detail["equals_previous_weights"] is True
+    assert detail["sum_diff"] == pytest.approx(3.0 - 18.0)
+    assert detail["source"] == "kernel"
+    assert out["unchanged_in_engine"] == ["y", "z"]
+    assert out["unchanged_in_trainer"] == ["z"]  # z did not change in W_k either
+
+
+def test_an_engine_that_took_nothing_is_none_and_names_missing_parameters() -> None:
+    expected = {"x": cs("x1"), "y": cs("y1"), "lm_head.weight": cs("h1")}
+    engine = {"x": cs("x0"), "y": cs("y0")}
+    out = judge_checksums(engine, expected, None, None)
+    assert out["status"] == "none" and out["matched"] == 0
+    assert out["missing_in_engine"] == ["lm_head.weight"]
+    assert "equals_previous_weights" not in out["not_updated_detail"]["x"]
+    # A parameter the engine lacks keeps an otherwise full update from being full.
+    only_missing = judge_checksums({"x": cs("x1")}, {"x": cs("x1"), "y": cs("y1")}, None, None)
+    assert only_missing["status"] == "partial" and only_missing["not_updated"] == []
+
+
+# --- the stored result ---------------------------------------------------------------------
+
+
+def _update(step: int, flags: dict[str, Flag], **metrics: Any) -> Any:
+    from workers.replay.report import UpdateResult
+
+    return UpdateResult(
+        step=step,
+        metrics=dict(metrics),
+        metrics_vs_previous={"kl_k3": 0.05, "abs_diff_mean": None},
+        verdict="pass",
+        reasons=[],
+        flags=flags,
+        checksums={
+            "n_params": 2,
+            "matched": 2,
+            "status": "full",
+            "not_updated": [],
+            "not_updated_detail": {},
+            "missing_in_engine": [],
+            "unchanged_in_engine": [],
+            "unchanged_in_trainer": [],
+        },
+        prefix_cache={"measured": False},
+        update={
+            "rpc_seconds": 0.1,
+            "load_seconds": 0.05,
+            "received": 2,
+            "sent": 2,
+            "withheld_by_extension": [],
+            "loaded_vllm_params": 2,
+            "running_requests_at_update": {},
+        },
+    )
+
+
+def test_step_values_keep_finite_numbers_and_the_flags() -> None:
+    quiet = {name: Flag(False, "") for name in FLAG_NAMES}
+    loud = {**quiet, "partial_update": Flag(True, "1 of 2")}
+    first = _update(1, quiet, abs_diff_mean=0.02, kl_k3=math.nan, n_tokens=10, note="text")
+    second = _update(2, loud, abs_diff_mean=0.04, kl_k3=1e-3)
+    assert first.step_values() == {
+        "abs_diff_mean": 0.02,
+        "n_tokens": 10.0,
+        "kl_k3_prev": 0.05,
+        "params_not_updated": 0.0,
+        "stale_weights": 0.0,
+        "partial_update": 0.0,
+        "mismatch_spike": 0.0,
+    }
+    assert second.step_values()["partial_update"] == 1.0
+    stored = second.to_dict()
+    assert stored["flags"]["partial_update"] == {"fired": True, "reason": "1 of 2", "evidence": {}}
+    assert list(stored) == [
+        "step",
+        "metrics",
+        "metrics_vs_previous",
+        "verdict",
+        "reasons",
+        "flags",
+        "checksums",
+        "prefix_cache",
+        "update",
+        "in_flight",
+    ]
+
+
+# --- no engine needed ----------------------------------------------------------------------
+
+_NO_ENGINE = textwrap.dedent("""
+    import sys
+
+    class NoEngine:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "vllm", "transformers", "safetensors"):
+                raise ImportError(f"{name} is not importable in this test")
+            return None
+
+    sys.meta_path.insert(0, NoEngine())
+    from workers.replay.checksums import judge_checksums
+    from workers.replay.flags import flags_for_update
+    from workers.specs import FlagSettings
+    import workers.replay, workers.replay.cli
+
+    c = {"sha256": "a", "dtype": "bfloat16", "shape": [1], "sum": 1.0, "abs_sum": 1.0}
+    report = judge_checksums({"w": c}, {"w": c}, None, None)
+    flags = flags_for_update({"kl_k3": 1e-3}, {"kl_k3": 1e-3}, {"kl_k3": 1e-3}, report, None,
+                             FlagSettings())
+    loaded = sorted(m for m in ("torch", "vllm", "transformers") if m in sys.modules)
+    print(report["status"], sorted(flags), loaded)
+""")
+
+
+def test_the_judgement_imports_and_runs_without_torch_or_vllm() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_ENGINE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[0] == (
+        "full ['mismatch_spike', 'partial_update', 'stale_weights'] []"
+    )
+
+
+def test_a_result_sums_up_its_flags_in_the_summary_and_the_text_report() -> None:
+    from workers.replay.prefix_cache import prefix_cache_summary
+    from workers.replay.report import ReplayResult, text_report
+
+    quiet = {name: Flag(False, "") for name in FLAG_NAMES}
+    spiked = {**quiet, "mismatch_spike": Flag(True, "kl_k3 0.02 is 20.0x the W0 baseline")}
+    updates = [
+        _update(1, quiet, abs_diff_mean=0.02, kl_k3=1e-3),
+        _update(2, spiked, abs_diff_mean=0.04, kl_k3=2e-2),
+    ]
+    control = {
+        "sequences": 4,
+        "sequences_with_different_tokens": 0,
+        "first_different_token": [None] * 4,
+        "lr_abs_diff_mean_on_common_tokens": 0.0,
+        "lr_abs_diff_max_on_common_tokens": 0.0,
+        "identical": True,
+        "num_cached_tokens": [256] * 4,
+    }
+    baseline: Any = {
+        "metrics": {"abs_diff_mean": 0.02, "kl_k3": 1e-3},
+        "verdict": "pass",
+        "reasons": [],
+        "checksums": updates[0].checksums,
+        "prompt_tokens": [300],
+        "num_cached_tokens_first_run": [0],
+        "prefix_cache_control": control,
+        "effective_sampling": {},
+    }
+    result = ReplayResult(
+        spec={"reset_prefix_cache": True, "update_mode": "between_batches"},
+        model="m",
+        engine={},
+        fingerprint={},
+        capabilities={"vllm_version": "0.0"},
+        baseline=baseline,
+        updates=updates,
+        prefix_cache_summary=prefix_cache_summary(baseline, updates),
+        verdict="fail",
+        seconds=1.5,
+        timings={},
+    )
+    assert result.flags_summary == {
+        "stale_weights": [],
+        "partial_update": [],
+        "mismatch_spike": [2],
+    }
+    summary = result.summary()
+    assert summary["any_flag"] and summary["post_update_abs_diff_mean"] == pytest.approx(0.03)
+    assert summary["prefix_cache"] is None  # no update measured it
+    stored = result.to_dict()
+    assert stored["version"] == 1 and stored["summary"] == summary
+    assert stored["prefix_cache_summary"] == {"measured": False, "control_at_w0": control}
+    text = text_report(result)
+    assert "update 2: vs W_k abs_diff_mean 0.04 kl_k3 0.02" in text
+    assert "FLAG mismatch_spike: kl_k3 0.02 is 20.0x" in text
+    assert text.endswith("prefix cache: not measured")

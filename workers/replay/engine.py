@@ -1,0 +1,178 @@
+"""The replay's own vLLM V1 engine: built with the weight-sync worker extension, asked what
+it offers for weight updates, sampled between updates, and shut down after the replay.
+
+vLLM is imported inside the functions (a replay is a job kind the web process only validates).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from parity.reports.replay import BatchDiff, Capabilities
+from workers.specs import EngineSettings, SamplingSettings
+
+if TYPE_CHECKING:
+    from workers.rollout import Engine, Rollout
+
+
+def build_engine(model: str, settings: EngineSettings, extension: str) -> Engine:
+    """A vLLM V1 engine with the weight-sync extension, built for this replay only.
+
+    Not the comparisons' warm engine: a replay changes the engine's weights, so its engine
+    must never serve a later comparison (shut it down with `shutdown_replay_engine`).
+    """
+    from workers import rollout
+
+    rollout.shutdown_engine()
+    key = ("replay", model, uuid.uuid4().hex)
+    return rollout.build_engine(model, settings, key, worker_extension_cls=extension)
+
+
+def shutdown_replay_engine(engine: Engine) -> None:
+    """Shut the replay's engine down and take its extension out of vLLM's worker class.
+
+    vLLM injects `worker_extension_cls` by appending it to the worker class's `__bases__`,
+    for the life of the process. With the engine core in this process (rollout's default),
+    a later engine with a *different* extension class would then trip vLLM's attribute
+    conflict check, so the injected base is removed again here.
+    """
+    llm = engine.llm
+    try:
+        worker_cls_name = llm.llm_engine.vllm_config.parallel_config.worker_cls
+    except AttributeError:
+        worker_cls_name = None
+    core = getattr(llm.llm_engine, "engine_core", None)
+    try:
+        if core is not None:
+            core.shutdown()
+    except Exception:  # noqa: BLE001 - must not mask the error that ended the replay
+        import logging
+
+        logging.getLogger(__name__).warning("replay engine shutdown failed", exc_info=True)
+    finally:
+        if isinstance(worker_cls_name, str):
+            _uninstall_extension(worker_cls_name)
+        import gc
+
+        del llm, core
+        gc.collect()
+
+
+def _uninstall_extension(worker_cls_name: str) -> None:
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+
+    from workers.weight_sync import WeightSyncExtension
+
+    try:
+        worker_cls = resolve_obj_by_qualname(worker_cls_name)
+    except Exception:  # noqa: BLE001 - nothing to undo if the class cannot be found
+        return
+    bases = tuple(
+        b
+        for b in worker_cls.__bases__
+        if not (isinstance(b, type) and issubclass(b, WeightSyncExtension))
+    )
+    if bases != worker_cls.__bases__:
+        worker_cls.__bases__ = bases
+
+
+def capabilities(llm: Any) -> Capabilities:
+    """What this vLLM offers for weight updates, read from the installed version."""
+    import inspect
+    from typing import get_args
+
+    import vllm
+
+    try:
+        from vllm.v1.engine import PauseMode
+
+        pause_modes = [str(m) for m in get_args(PauseMode)]
+    except ImportError:
+        pause_modes = []
+    try:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        pause, resume = (
+            hasattr(AsyncLLM, "pause_generation"),
+            hasattr(AsyncLLM, "resume_generation"),
+        )
+    except ImportError:
+        pause = resume = False
+    cfg = llm.llm_engine.vllm_config
+    info = llm.collective_rpc("parity_extension_info")
+    out = Capabilities(
+        vllm_version=str(vllm.__version__),
+        llm_collective_rpc=hasattr(llm, "collective_rpc"),
+        llm_reset_prefix_cache=hasattr(llm, "reset_prefix_cache"),
+        pause_modes=pause_modes,
+        async_llm_pause_generation=pause,
+        async_llm_resume_generation=resume,
+        engine_core_multiprocessing=os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0",
+        async_scheduling=bool(getattr(cfg.scheduler_config, "async_scheduling", False)),
+        kv_block_size=int(cfg.cache_config.block_size),
+        builtin_weight_transfer_config=getattr(cfg, "weight_transfer_config", None) is not None,
+        extension=info[0] if info else None,
+    )
+    if out["llm_reset_prefix_cache"]:
+        out["reset_prefix_cache_params"] = list(
+            inspect.signature(llm.reset_prefix_cache).parameters
+        )
+    sleep = getattr(llm, "sleep", None)
+    if sleep is not None:
+        out["llm_sleep_params"] = list(inspect.signature(sleep).parameters)
+    return out
+
+
+@dataclass
+class Batch:
+    """One batch of the replay: what the engine sampled, with prefix-cache hits."""
+
+    rollout: Rollout
+    num_cached_tokens: list[int | None]
+
+
+def generate_batch(
+    engine: Engine, prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings
+) -> Batch:
+    """Sample on the engine as it is now (rollout.generate), same seeds every time."""
+    from workers import rollout
+
+    r = rollout.generate(engine, prompt_ids, sampling)
+    cached = r.extra.get("num_cached_tokens") if r.extra else None
+    return Batch(r, list(cached) if cached else [None] * len(r.token_ids))
+
+
+def compare_batches(a: Batch, b: Batch) -> BatchDiff:
+    """How two runs of the same requests differ: sequences with different tokens, and
+    |lr_a - lr_b| over the common token prefix of each sequence (and the first token after
+    it, where both sampled one: the logprob of the token that differs)."""
+    diff_seqs, max_abs, total, n = 0, 0.0, 0.0, 0
+    first_diff: list[int | None] = []
+    for ta, tb, la, lb in zip(
+        a.rollout.token_ids, b.rollout.token_ids, a.rollout.lr, b.rollout.lr, strict=True
+    ):
+        shortest = min(len(ta), len(tb))
+        common = 0
+        while common < shortest and ta[common] == tb[common]:
+            common += 1
+        if common != len(ta) or len(ta) != len(tb):
+            diff_seqs += 1
+            first_diff.append(common)
+        else:
+            first_diff.append(None)
+        upto = common + 1 if common < shortest else common
+        for x, y in zip(la[:upto], lb[:upto], strict=True):
+            d = abs(x - y)
+            max_abs, total, n = max(max_abs, d), total + d, n + 1
+    return BatchDiff(
+        sequences=len(a.rollout.token_ids),
+        sequences_with_different_tokens=diff_seqs,
+        first_different_token=first_diff,
+        lr_abs_diff_mean_on_common_tokens=total / n if n else None,
+        lr_abs_diff_max_on_common_tokens=max_abs if n else None,
+        identical=diff_seqs == 0 and max_abs == 0.0,
+    )

@@ -1,0 +1,355 @@
+"""The replay itself: start the engine on W0, measure the baseline, then for k = 1..N push W_k,
+sample, score at W_k and W_k-1 (workers.measure), compare checksums and decide the flags."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from parity.metrics import Thresholds, scalar_values
+from parity.reports import Verdict
+from parity.reports.replay import (
+    Baseline,
+    CacheControl,
+    ChecksumReport,
+    InFlightReport,
+    ReplayFingerprint,
+    UpdateInfo,
+)
+from workers import measure
+from workers.replay.checksums import expected_checksums, judge_checksums
+from workers.replay.engine import (
+    Batch,
+    build_engine,
+    capabilities,
+    compare_batches,
+    generate_batch,
+    shutdown_replay_engine,
+)
+from workers.replay.flags import flags_for_update
+from workers.replay.in_flight import generate_in_flight
+from workers.replay.prefix_cache import metric_summary, prefix_cache_report, prefix_cache_summary
+from workers.replay.report import ReplayResult, UpdateResult, headline
+from workers.replay.weights import (
+    Handle,
+    read_checkpoint,
+    trainer_state_load,
+    weights_source,
+    write_weights,
+)
+from workers.reporting import JobOutcome, NullReporter, Reporter, UserError, json_safe
+from workers.specs import parse_spec
+from workers.specs.replay import ReplaySpec
+
+if TYPE_CHECKING:
+    from parity.metrics import MetricsResult
+    from workers.rollout import Engine
+    from workers.trainer import Processing, TrainerModel
+    from workers.weight_sync import ParamChecksum
+
+_VERDICT_ORDER: tuple[Verdict, ...] = ("pass", "warn", "fail")
+
+
+def run_replay_job(spec: Mapping[str, Any], reporter: Reporter) -> JobOutcome:
+    """Celery entry point (the job kind's runner): validate, replay, package."""
+    result = run_replay(parse_spec(ReplaySpec, spec), reporter)
+    return JobOutcome(
+        result=json_safe(result.to_dict()),
+        fingerprint=dict(result.fingerprint),
+        verdict=result.verdict,
+        step_values=result.step_values(),
+    )
+
+
+@dataclass
+class _Replay:
+    """What every step of one replay shares: the spec, the engine, the trainer, the prompts."""
+
+    spec: ReplaySpec
+    engine: Engine
+    trainer: TrainerModel
+    prompt_ids: list[list[int]]
+    thresholds: Thresholds
+    processing: Processing | None = None
+    tmp_files: list[Path] = field(default_factory=list)
+
+    def sample(self) -> Batch:
+        return generate_batch(self.engine, self.prompt_ids, self.spec.sampling)
+
+    def checksums(self) -> dict[str, ParamChecksum]:
+        return cast(
+            "dict[str, ParamChecksum]", self.engine.llm.collective_rpc("parity_param_checksums")[0]
+        )
+
+    def score(self, batch: Batch) -> measure.Scored:
+        """The trainer's lt of the batch's tokens at the weights it holds now."""
+        assert self.processing is not None, "the baseline sets the processing"
+        return measure.score(self.trainer, batch.rollout, self.processing)
+
+    def metrics(self, scored: measure.Scored) -> MetricsResult:
+        return measure.metrics(scored, self.thresholds)
+
+
+def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResult:
+    """Run the replay `spec` describes and return everything it measured.
+
+    Streams one step per update (step 0 = the baseline at W0) through
+    `reporter.step_values` as soon as it is measured. Raises UserError for problems the
+    user can fix (missing model or checkpoint, checkpoints that do not fit the model).
+    """
+    from workers import prompts as prompt_sets
+    from workers import rollout
+    from workers import trainer as trainer_mod
+
+    reporter = reporter or NullReporter()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    model = rollout.resolve_model(spec.model)
+    if not Path(model).is_dir():
+        raise UserError(f"a replay needs a local model directory (W0); {spec.model!r} is not one")
+    n_updates = spec.updates
+    total_steps = n_updates + 1
+
+    reporter.stage("loading W0 and the trainer", 0.0)
+    w0 = read_checkpoint(model)
+    trainer, _ = trainer_mod.get_trainer(model, spec.trainer)
+    prompt_ids = prompt_sets.render([{"prompt": p} for p in spec.prompt_texts()], trainer.tokenizer)
+
+    reporter.stage("starting the engine on W0", 0.02)
+    t = time.perf_counter()
+    engine = build_engine(model, spec.engine, spec.extension)
+    timings["engine_start"] = time.perf_counter() - t
+    engine_settings = engine.effective_settings()
+    r = _Replay(spec, engine, trainer, prompt_ids, Thresholds.from_dict(spec.thresholds))
+    updates: list[UpdateResult] = []
+    try:
+        caps = capabilities(engine.llm)
+        reporter.stage("baseline at W0", 0.05)
+        batch0 = r.sample()
+        r.processing = trainer_mod.Processing.for_comparison(
+            spec.trainer, spec.engine, batch0.rollout.effective
+        )
+        m0 = r.metrics(r.score(batch0))
+        cs0 = r.checksums()
+        expected0 = expected_checksums(w0, cs0)
+        # Control: the same requests again at W0, now served from the prefix cache. Any
+        # difference is what caching alone does, with no weight change involved.
+        control = r.sample()
+        baseline = Baseline(
+            metrics=m0.values,
+            verdict=_verdict(m0.verdict),
+            reasons=m0.reasons,
+            checksums=judge_checksums(cs0, expected0, None, None),
+            prompt_tokens=[len(p) for p in prompt_ids],
+            num_cached_tokens_first_run=batch0.num_cached_tokens,
+            prefix_cache_control=CacheControl(
+                **compare_batches(batch0, control), num_cached_tokens=control.num_cached_tokens
+            ),
+            effective_sampling=batch0.rollout.effective,
+        )
+        reporter.step_values(0, scalar_values(m0.values))
+
+        prev_state: Mapping[str, Any] = w0
+        prev_cs, prev_expected = cs0, expected0
+        states = weights_source(spec, w0, n_updates)
+        for k in range(1, n_updates + 1):
+            reporter.stage(f"update {k}/{n_updates}: pushing W_{k}", k / total_steps)
+            wk, handle = next(states)
+            if handle is None:
+                path = write_weights(wk)
+                r.tmp_files.append(path)
+                handle = {"kind": "safetensors", "path": str(path)}
+            main, probe, update_info, in_flight = _push_and_sample(r, handle)
+            cs = r.checksums()
+            expected = expected_checksums(wk, cs)
+            checks = judge_checksums(cs, expected, prev_expected, prev_cs)
+
+            reporter.stage(
+                f"update {k}/{n_updates}: scoring at W_{k} and W_{k - 1}", (k + 0.5) / total_steps
+            )
+            u = _judge_update(
+                r, k, wk, prev_state, main, probe, baseline, checks, update_info, in_flight
+            )
+            updates.append(u)
+            reporter.step_values(k, u.step_values())
+            fired = u.fired()
+            reporter.stage(
+                f"update {k}/{n_updates}: "
+                + ("flags " + ", ".join(fired) if fired else "no flags"),
+                (k + 1) / total_steps,
+            )
+            prev_state, prev_cs, prev_expected = wk, cs, expected
+    finally:
+        for path in r.tmp_files:
+            path.unlink(missing_ok=True)
+        shutdown_replay_engine(engine)
+        # The trainer is cached for the next job: give it back its checkpoint weights.
+        try:
+            trainer_state_load(trainer, w0)
+        except Exception:  # noqa: BLE001 - a trainer we cannot restore must not be reused
+            trainer_mod.drop_trainer()
+
+    verdicts = [baseline["verdict"]] + [u.verdict for u in updates]
+    any_flag = any(u.fired() for u in updates)
+    overall: Verdict = "fail" if any_flag else max(verdicts, key=_VERDICT_ORDER.index)
+    fingerprint = ReplayFingerprint(
+        kind="replay",
+        vllm_version=caps.get("vllm_version"),
+        engine=engine_settings,
+        sampling=batch0.rollout.effective,
+        update_mode=spec.update_mode,
+        pause_mode=spec.pause_mode if spec.update_mode == "in_flight" else None,
+        reset_prefix_cache=spec.reset_prefix_cache,
+        load_mode=spec.load_mode,
+        extension=spec.extension,
+        source=spec.source.model_dump(mode="json"),
+    )
+    result = ReplayResult(
+        spec=spec.model_dump(mode="json"),
+        model=model,
+        engine=engine_settings,
+        fingerprint=fingerprint,
+        capabilities=caps,
+        baseline=baseline,
+        updates=updates,
+        prefix_cache_summary=prefix_cache_summary(baseline, updates),
+        verdict=overall,
+        seconds=time.perf_counter() - started,
+        timings=timings,
+    )
+    reporter.stage("replay done: " + headline(result), 1.0)
+    return result
+
+
+def _push_and_sample(
+    r: _Replay, handle: Handle
+) -> tuple[Batch, Batch | None, UpdateInfo, InFlightReport | None]:
+    """Push W_k into the engine and sample: (the batch the update is judged on, the same
+    requests the other way round for the prefix-cache measurement, what the push did, what
+    happened at an in-flight update's boundary)."""
+    spec = r.spec
+    rpc_kwargs = {"handle": handle, "mode": spec.load_mode}
+
+    def push() -> UpdateInfo:
+        t0 = time.perf_counter()
+        res = r.engine.llm.collective_rpc("parity_update_weights", kwargs=rpc_kwargs)[0]
+        return _update_info(res, time.perf_counter() - t0)
+
+    probe: Batch | None = None
+    if spec.update_mode == "in_flight":
+        main, in_flight, update_info = generate_in_flight(
+            r.engine,
+            r.prompt_ids,
+            spec.sampling,
+            push,
+            pause_mode=spec.pause_mode,
+            reset=spec.reset_prefix_cache,
+            recompute=spec.in_flight_recompute,
+        )
+        if spec.measure_prefix_cache:
+            probe = r.sample()  # the next batch
+        return main, probe, update_info, in_flight
+
+    update_info = push()
+    reset_ok: bool | None = None
+    if spec.reset_prefix_cache:
+        if spec.measure_prefix_cache:
+            probe = r.sample()  # no reset yet: W_k-1's prefix blocks still cached
+        reset_ok = r.engine.llm.reset_prefix_cache()
+        main = r.sample()
+    else:
+        main = r.sample()
+        if spec.measure_prefix_cache:
+            reset_ok = r.engine.llm.reset_prefix_cache()
+            probe = r.sample()  # after a reset
+    update_info["reset_prefix_cache_returned"] = reset_ok
+    return main, probe, update_info, None
+
+
+def _judge_update(
+    r: _Replay,
+    k: int,
+    wk: Mapping[str, Any],
+    prev_state: Mapping[str, Any],
+    main: Batch,
+    probe: Batch | None,
+    baseline: Baseline,
+    checks: ChecksumReport,
+    update_info: UpdateInfo,
+    in_flight: InFlightReport | None,
+) -> UpdateResult:
+    """Score the update's batch at W_k and at W_k-1 and decide its flags.
+
+    In flight, only the tokens sampled after the update are judged against W_k (and W_k-1);
+    the ones before it are reported against W_k-1, which produced them.
+    """
+    boundary = in_flight["boundary"] if in_flight is not None else None
+    trainer_state_load(r.trainer, wk)
+    cur_all = r.score(main)
+    probe_scored = r.score(probe) if probe is not None else None
+    trainer_state_load(r.trainer, prev_state)
+    prev_all = r.score(main)
+    trainer_state_load(r.trainer, wk)
+
+    cur, prev = cur_all.window(keep_from=boundary), prev_all.window(keep_from=boundary)
+    m_cur, m_prev = r.metrics(cur), r.metrics(prev)
+    flags = flags_for_update(
+        m_cur.values,
+        m_prev.values,
+        baseline["metrics"],
+        checks,
+        _separation(cur, prev),
+        r.spec.flags,
+    )
+    m_probe = r.metrics(probe_scored) if probe_scored is not None else None
+    if in_flight is not None and boundary is not None:
+        before = prev_all.window(keep_until=boundary)
+        in_flight["before_update_vs_previous_weights"] = metric_summary(r.metrics(before))
+        in_flight["tokens_after_update"] = int(cur.seq_lens.sum())
+    return UpdateResult(
+        step=k,
+        metrics=m_cur.values,
+        metrics_vs_previous=m_prev.values,
+        verdict=_verdict(m_cur.verdict),
+        reasons=m_cur.reasons,
+        flags=flags,
+        checksums=checks,
+        prefix_cache=prefix_cache_report(r.spec, main, probe, m_cur, m_probe),
+        update=update_info,
+        in_flight=in_flight,
+    )
+
+
+def _separation(a: measure.Scored, b: measure.Scored) -> float | None:
+    """Mean |lt_a - lt_b| over the same tokens: how far two trainer weights are apart here."""
+    import numpy as np
+
+    if a.lt.size == 0 or a.lt.size != b.lt.size:
+        return None
+    d = np.abs(a.lt - b.lt)
+    d = d[np.isfinite(d)]
+    return float(d.mean()) if d.size else None
+
+
+def _update_info(res: Mapping[str, Any], seconds: float) -> UpdateInfo:
+    """What the worker extension's parity_update_weights reported, in counts."""
+    received, sent = list(res.get("received", [])), list(res.get("sent", []))
+    return UpdateInfo(
+        rpc_seconds=seconds,
+        load_seconds=res.get("seconds"),
+        received=len(received),
+        sent=len(sent),
+        withheld_by_extension=sorted(set(received) - set(sent)),
+        loaded_vllm_params=len(res.get("loaded", [])),
+        running_requests_at_update=res.get("running_requests", {}),
+    )
+
+
+def _verdict(v: str) -> Verdict:
+    """parity.metrics' verdict string as the report's type (it is always one of them)."""
+    if v not in _VERDICT_ORDER:
+        raise ValueError(f"unknown verdict {v!r}")
+    return cast(Verdict, v)
