@@ -98,8 +98,9 @@ def tensor_checksum(t: torch.Tensor, source: str = "param") -> ParamChecksum:
     )
 
 
-def write_weight_file(state: Mapping[str, torch.Tensor], directory: str | Path | None = None,
-                      name: str = "weights") -> Path:
+def write_weight_file(
+    state: Mapping[str, torch.Tensor], directory: str | Path | None = None, name: str = "weights"
+) -> Path:
     """Write `state` as one safetensors file the engine process can read; return its path.
 
     Goes to /dev/shm when it exists (shared memory: the engine's read costs no disk I/O).
@@ -156,7 +157,8 @@ class WeightSyncExtension:
         return {
             "worker_class": f"{type(self).__module__}.{type(self).__qualname__}",
             "extension_classes": [
-                f"{c.__module__}.{c.__qualname__}" for c in type(self).__mro__
+                f"{c.__module__}.{c.__qualname__}"
+                for c in type(self).__mro__
                 if issubclass(c, WeightSyncExtension)
             ],
             "device": str(next(model.parameters()).device),
@@ -164,8 +166,9 @@ class WeightSyncExtension:
             "modes": ["layerwise", "direct"],
         }
 
-    def parity_update_weights(self, handle: WeightHandle,
-                              mode: str = "layerwise") -> dict[str, Any]:
+    def parity_update_weights(
+        self, handle: WeightHandle, mode: str = "layerwise"
+    ) -> dict[str, Any]:
         """Load the weights behind `handle` into the running model; report what was loaded.
 
         `mode="layerwise"` (default) goes through vLLM's in-place reload, so kernels that
@@ -300,7 +303,9 @@ def _effective_weight(module: Any, param: torch.Tensor) -> torch.Tensor:
 
 
 def _split_packed(
-    name: str, tensor: torch.Tensor, module: torch.nn.Module | None,
+    name: str,
+    tensor: torch.Tensor,
+    module: torch.nn.Module | None,
     packed: Mapping[str, list[str]],
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, tensor) for a vLLM parameter; fused ones are split on their shard sizes."""
@@ -316,7 +321,7 @@ def _split_packed(
             )
         offset = 0
         for part, size in zip(parts, sizes, strict=True):
-            yield name.replace(f".{fused}.", f".{part}."), tensor[offset:offset + size]
+            yield name.replace(f".{fused}.", f".{part}."), tensor[offset : offset + size]
             offset += size
         return
     yield name, tensor
