@@ -5,7 +5,7 @@ gap with `parity.metrics`, and say in words what causes it.
         --engine-logprobs-mode processed
 
 Three ways in share this module: the CLI (`main`), the Celery task (`run_comparison_job`,
-called by workers.tasks) and tests/bench (`run_comparison`).
+called by dashboard.core.tasks) and tests/bench (`run_comparison`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Engine code (comparison, replay, checklist) never touches the ORM: it reports progress and
 per-step values through a `Reporter`, raises `UserError` for problems the user caused, and
-returns a `JobOutcome` that `workers.tasks` stores.
+returns a `JobOutcome` that the job task (`dashboard.core.tasks`) stores.
 """
 
 from __future__ import annotations
