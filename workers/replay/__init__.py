@@ -28,6 +28,7 @@ The package, by concern (the judgement is pure Python, testable without torch or
 
     weights.py       W0, the synthetic trajectory, checkpoints; the trainer's state swap
     engine.py        the replay's own engine: build, capabilities, sample, shut down
+    batch.py         a sampled batch, and how two runs of the same requests differ (pure)
     in_flight.py     the engine driven step by step, the update landing mid-decode
     checksums.py     hash the trainer's W_k (torch), then judge the checksum dicts (pure)
     flags.py         stale_weights, partial_update, mismatch_spike (pure)
@@ -39,12 +40,11 @@ The package, by concern (the judgement is pure Python, testable without torch or
 torch and vLLM are imported inside functions: importing this package costs neither.
 """
 
+from workers.replay.batch import Batch, compare_batches
 from workers.replay.checksums import compare_checksums, expected_checksums, judge_checksums
 from workers.replay.engine import (
-    Batch,
     build_engine,
     capabilities,
-    compare_batches,
     generate_batch,
     shutdown_replay_engine,
 )

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from parity.reports.replay import InFlightReport, UpdateInfo, VllmCall
-from workers.replay.engine import Batch
+from workers.replay.batch import Batch
 from workers.specs import SamplingSettings
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from parity.reports.replay import (
     PrefixCacheReport,
     PrefixCacheSummary,
 )
-from workers.replay.engine import Batch, compare_batches
+from workers.replay.batch import Batch, compare_batches
 from workers.replay.report import UpdateResult, fmt
 from workers.specs.replay import ReplaySpec
 

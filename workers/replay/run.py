@@ -20,12 +20,11 @@ from parity.reports.replay import (
     UpdateInfo,
 )
 from workers import measure
+from workers.replay.batch import Batch, compare_batches
 from workers.replay.checksums import expected_checksums, judge_checksums
 from workers.replay.engine import (
-    Batch,
     build_engine,
     capabilities,
-    compare_batches,
     generate_batch,
     shutdown_replay_engine,
 )
