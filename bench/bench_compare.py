@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default=str(ROOT / "var" / "models"))
     parser.add_argument("--num-prompts", type=int, default=36)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -40,14 +41,15 @@ def main() -> int:
     from workers.tiny_model import build_tiny_model
 
     model = build_tiny_model(args.models)
-    spec = ComparisonSpec.model_validate({
-        "model": str(model),
-        "num_prompts": args.num_prompts,
-        "engine": {"logprobs_mode": "processed", "generation_config": "vllm"},
-        "sampling": {"temperature": 0.7, "top_p": 0.9, "max_tokens": args.max_tokens},
-    })
-    print(f"warming up: {model}, {args.num_prompts} prompts x {args.max_tokens} tokens",
-          flush=True)
+    spec = ComparisonSpec.model_validate(
+        {
+            "model": str(model),
+            "num_prompts": args.num_prompts,
+            "engine": {"logprobs_mode": "processed", "generation_config": "vllm"},
+            "sampling": {"temperature": 0.7, "top_p": 0.9, "max_tokens": args.max_tokens},
+        }
+    )
+    print(f"warming up: {model}, {args.num_prompts} prompts x {args.max_tokens} tokens", flush=True)
     started = time.perf_counter()
     run_comparison(spec, NullReporter())
     print(f"  first comparison (engine + trainer load): {time.perf_counter() - started:.1f} s")
@@ -65,13 +67,16 @@ def main() -> int:
         t0 = time.perf_counter()
         outputs = engine.llm.generate(requests, params, use_tqdm=False)
         t1 = time.perf_counter()
-        seqs = [p + list(c.token_ids) for p, o in zip(prompt_ids, outputs, strict=True)
-                for c in o.outputs]
+        seqs = [
+            p + list(c.token_ids)
+            for p, o in zip(prompt_ids, outputs, strict=True)
+            for c in o.outputs
+        ]
         seqs.sort(key=len, reverse=True)
         bs = tm.settings.batch_size
         with torch.inference_mode():
             for start in range(0, len(seqs), bs):
-                batch = seqs[start:start + bs]
+                batch = seqs[start : start + bs]
                 width = len(batch[0])
                 ids = torch.full((len(batch), width), tm.pad_id, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -96,17 +101,27 @@ def main() -> int:
         fwd_s.append(f)
     base = [g + f for g, f in zip(gen_s, fwd_s, strict=True)]
     med_cmp, med_base = statistics.median(cmp_s), statistics.median(base)
-    print(f"tokens per run: {outcome.result['counts']['tokens']} "
-          f"({outcome.result['counts']['sequences']} sequences)")
-    print(f"comparison          median {med_cmp:.3f} s  (runs: "
-          + ", ".join(f"{x:.2f}" for x in cmp_s) + ")")
+    print(
+        f"tokens per run: {outcome.result['counts']['tokens']} "
+        f"({outcome.result['counts']['sequences']} sequences)"
+    )
+    print(
+        f"comparison          median {med_cmp:.3f} s  (runs: "
+        + ", ".join(f"{x:.2f}" for x in cmp_s)
+        + ")"
+    )
     print(f"bare generate       median {statistics.median(gen_s):.3f} s")
     print(f"bare trainer fwd    median {statistics.median(fwd_s):.3f} s")
-    print(f"baseline            median {med_base:.3f} s  (runs: "
-          + ", ".join(f"{x:.2f}" for x in base) + ")")
+    print(
+        f"baseline            median {med_base:.3f} s  (runs: "
+        + ", ".join(f"{x:.2f}" for x in base)
+        + ")"
+    )
     keys = breakdown[0].keys()
-    print("comparison breakdown (median s): " + ", ".join(
-        f"{k} {statistics.median(b[k] for b in breakdown):.3f}" for k in keys))
+    print(
+        "comparison breakdown (median s): "
+        + ", ".join(f"{k} {statistics.median(b[k] for b in breakdown):.3f}" for k in keys)
+    )
     print(f"ratio comparison / (generate + forward): {med_cmp / med_base:.3f}x (target <= 1.15x)")
     rollout.shutdown_engine()
     return 0

@@ -54,9 +54,7 @@ def check_item(item: Any, where: str) -> dict[str, Any]:
     out = []
     for j, msg in enumerate(messages, 1):
         if not isinstance(msg, dict) or not {"role", "content"} <= msg.keys():
-            raise PromptError(
-                f'{where}: message {j} must be an object with "role" and "content"'
-            )
+            raise PromptError(f'{where}: message {j} must be an object with "role" and "content"')
         role, content = msg["role"], msg["content"]
         if role not in ROLES:
             raise PromptError(
@@ -104,8 +102,9 @@ def builtin() -> list[dict[str, Any]]:
     return [dict(item) for item in _builtin()]
 
 
-def load(prompt_set: str, inline: Sequence[dict[str, Any]] | None,
-         limit: int | None = None) -> list[dict[str, Any]]:
+def load(
+    prompt_set: str, inline: Sequence[dict[str, Any]] | None, limit: int | None = None
+) -> list[dict[str, Any]]:
     """The items of a comparison: `inline` when given, else the named built-in set; at most
     `limit` of them."""
     if inline is not None:
@@ -130,7 +129,7 @@ def render(items: Sequence[dict[str, Any]], tokenizer: Any) -> list[list[int]]:
             if not getattr(tokenizer, "chat_template", None):
                 raise UserError(
                     f"prompt {i + 1} is a chat (messages) but the model's tokenizer has no "
-                    "chat template; use plain {\"prompt\": ...} items for this model"
+                    'chat template; use plain {"prompt": ...} items for this model'
                 )
             ids = tokenizer.apply_chat_template(
                 item["messages"], add_generation_prompt=True, tokenize=True, return_dict=False
@@ -147,4 +146,4 @@ def describe(item: dict[str, Any], max_chars: int = 400) -> str:
         text = item["prompt"]
     else:
         text = "\n".join(f"{m['role']}: {m['content']}" for m in item["messages"])
-    return text if len(text) <= max_chars else "…" + text[-(max_chars - 1):]
+    return text if len(text) <= max_chars else "…" + text[-(max_chars - 1) :]

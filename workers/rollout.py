@@ -346,8 +346,13 @@ class _ProgressBar:
         pass
 
 
-def generate(engine: Engine, prompt_token_ids: Sequence[Sequence[int]],
-             sampling: SamplingSettings, *, progress: Progress | None = None) -> Rollout:
+def generate(
+    engine: Engine,
+    prompt_token_ids: Sequence[Sequence[int]],
+    sampling: SamplingSettings,
+    *,
+    progress: Progress | None = None,
+) -> Rollout:
     """Sample `sampling.n` completions of every prompt (token ids) with the engine's
     logprob of each sampled token (`lr`) and, when `sampling.logprobs_topk` > 0, the top-k.
 
@@ -358,9 +363,7 @@ def generate(engine: Engine, prompt_token_ids: Sequence[Sequence[int]],
     import vllm
     from vllm.inputs import TokensPrompt
 
-    too_long = [
-        i for i, ids in enumerate(prompt_token_ids) if len(ids) >= engine.max_model_len
-    ]
+    too_long = [i for i, ids in enumerate(prompt_token_ids) if len(ids) >= engine.max_model_len]
     if too_long:
         raise UserError(
             f"{len(too_long)} prompt(s) (first: prompt {too_long[0] + 1}, "
@@ -371,6 +374,7 @@ def generate(engine: Engine, prompt_token_ids: Sequence[Sequence[int]],
     requests = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
     use_tqdm: Any = False
     if progress is not None:
+
         def use_tqdm(iterable: Any = None, **kwargs: Any) -> Any:
             # vLLM also wraps its prompt-rendering loop in the bar; only the run counts.
             if iterable is not None:

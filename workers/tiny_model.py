@@ -188,8 +188,12 @@ def build_tiny_model(out_dir: str | Path, *, variant: Variant = "base", seed: in
     try:
         _write_model(tmp, variant, seed)
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        marker = {"recipe": recipe_hash(variant, seed), "variant": variant, "seed": seed,
-                  "files": files}
+        marker = {
+            "recipe": recipe_hash(variant, seed),
+            "variant": variant,
+            "seed": seed,
+            "files": files,
+        }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
         if model_dir.exists():
             shutil.rmtree(model_dir)
@@ -271,8 +275,9 @@ def _write_model(model_dir: Path, variant: Variant, seed: int) -> None:
         gen_kwargs.update(do_sample=True, **GENCONFIG_DEFAULTS)
     GenerationConfig(**gen_kwargs).save_pretrained(model_dir)
 
-    save_file(_weights(vocab, seed), str(model_dir / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        _weights(vocab, seed), str(model_dir / "model.safetensors"), metadata={"format": "pt"}
+    )
 
 
 def _weights(vocab: int, seed: int) -> dict[str, Any]:
@@ -303,8 +308,11 @@ def _weights(vocab: int, seed: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.tiny_model", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.tiny_model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", default="var/models", help="folder to build the model(s) in")
     parser.add_argument("--variant", choices=[*VARIANTS, "all"], default="all")
     parser.add_argument("--seed", type=int, default=0)

@@ -40,8 +40,9 @@ class Processing:
     frequency_penalty: float = 0.0
 
     @classmethod
-    def for_comparison(cls, trainer: TrainerSettings, engine: EngineSettings,
-                       sampling: dict[str, Any]) -> Processing:
+    def for_comparison(
+        cls, trainer: TrainerSettings, engine: EngineSettings, sampling: dict[str, Any]
+    ) -> Processing:
         """The trainer's processing in a comparison: `trainer.processing`, where "match_engine"
         means the kind the engine's logprobs_mode returns, over the sampling parameters the
         trainer was given (`sampling`: the requested ones)."""
@@ -70,8 +71,11 @@ class Processing:
 
     @property
     def has_penalties(self) -> bool:
-        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
-                or self.frequency_penalty != 0.0)
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
 
 
 def _params(sampling: dict[str, Any]) -> dict[str, Any]:
@@ -86,8 +90,9 @@ def _params(sampling: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def process_logprobs(logits: Any, processing: Processing, *, prompt_mask: Any = None,
-                     output_counts: Any = None) -> Any:
+def process_logprobs(
+    logits: Any, processing: Processing, *, prompt_mask: Any = None, output_counts: Any = None
+) -> Any:
     """Log-probabilities (float32, one row per position) of the distribution `processing`
     describes, computed from raw `logits` (rows x vocab).
 
@@ -205,8 +210,12 @@ _current: TrainerModel | None = None
 def _torch_dtype(name: str) -> Any:
     import torch
 
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16,
-            "float32": torch.float32, "auto": "auto"}[name]
+    return {
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "float32": torch.float32,
+        "auto": "auto",
+    }[name]
 
 
 def get_trainer(model_path: str, settings: TrainerSettings) -> tuple[TrainerModel, bool]:
@@ -257,8 +266,18 @@ def _load(model_path: str, settings: TrainerSettings, key: tuple[str, str, str])
         weight = weight.detach().to(torch.float32)
         bias = None if bias is None else bias.detach().to(torch.float32)
     softcap = getattr(model.config, "final_logit_softcapping", None)
-    return TrainerModel(model_path, settings, model, tokenizer, device, weight, bias,
-                        float(softcap) if softcap else None, time.perf_counter() - started, key)
+    return TrainerModel(
+        model_path,
+        settings,
+        model,
+        tokenizer,
+        device,
+        weight,
+        bias,
+        float(softcap) if softcap else None,
+        time.perf_counter() - started,
+        key,
+    )
 
 
 def drop_trainer() -> None:
@@ -273,20 +292,27 @@ def drop_trainer() -> None:
 class Scores:
     """Per response token, flattened in sequence order: the trainer's view of the rollout."""
 
-    lt: np.ndarray            # log-prob of the engine's token under the processed distribution
-    entropy: np.ndarray       # entropy of that distribution
-    argmax: np.ndarray        # its most likely token
-    rank: np.ndarray          # 1 + number of tokens strictly more likely than the engine's
-    token_ids: np.ndarray     # the token ids the trainer actually scored
-    topk: np.ndarray | None   # (n_tokens, k) most likely tokens, when asked
+    lt: np.ndarray  # log-prob of the engine's token under the processed distribution
+    entropy: np.ndarray  # entropy of that distribution
+    argmax: np.ndarray  # its most likely token
+    rank: np.ndarray  # 1 + number of tokens strictly more likely than the engine's
+    token_ids: np.ndarray  # the token ids the trainer actually scored
+    topk: np.ndarray | None  # (n_tokens, k) most likely tokens, when asked
     lt_reference: np.ndarray | None = None  # lt under the `reference` processing, when asked
     seconds: float = 0.0
     forward_seconds: float = 0.0
 
 
-def score(trainer: TrainerModel, prompts: Sequence[Sequence[int]],
-          responses: Sequence[Sequence[int]], processing: Processing, *, topk: int = 0,
-          reference: Processing | None = None, progress: Progress | None = None) -> Scores:
+def score(
+    trainer: TrainerModel,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    processing: Processing,
+    *,
+    topk: int = 0,
+    reference: Processing | None = None,
+    progress: Progress | None = None,
+) -> Scores:
     """Score response i (token ids) as the continuation of prompts[i] with `processing`.
 
     With `reference`, also return the log-prob of the same tokens under that processing
@@ -321,16 +347,26 @@ def score(trainer: TrainerModel, prompts: Sequence[Sequence[int]],
     done = 0
     with torch.inference_mode():
         for start in range(0, n_seq, bs):
-            batch = [i for i in order[start:start + bs] if lens[i] > 0]
+            batch = [i for i in order[start : start + bs] if lens[i] > 0]
             if batch:
-                out, fs = _score_batch(trainer, [prompts[i] for i in batch],
-                                       [responses[i] for i in batch], processing, topk,
-                                       reference)
+                out, fs = _score_batch(
+                    trainer,
+                    [prompts[i] for i in batch],
+                    [responses[i] for i in batch],
+                    processing,
+                    topk,
+                    reference,
+                )
                 forward_s += fs
                 # Rows come back grouped by sequence, in batch order: scatter them home.
                 dest = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in batch])
                 lt[dest], ent[dest], amax[dest], rank[dest], scored_ids[dest] = (
-                    out["lt"], out["entropy"], out["argmax"], out["rank"], out["token_ids"])
+                    out["lt"],
+                    out["entropy"],
+                    out["argmax"],
+                    out["rank"],
+                    out["token_ids"],
+                )
                 if top is not None:
                     top[dest] = out["topk"]
                 if lt_ref is not None:
@@ -338,13 +374,19 @@ def score(trainer: TrainerModel, prompts: Sequence[Sequence[int]],
             done = min(n_seq, start + bs)
             if progress is not None:
                 progress(done, n_seq)
-    return Scores(lt, ent, amax, rank, scored_ids, top, lt_ref, time.perf_counter() - started,
-                  forward_s)
+    return Scores(
+        lt, ent, amax, rank, scored_ids, top, lt_ref, time.perf_counter() - started, forward_s
+    )
 
 
-def _score_batch(trainer: TrainerModel, prompts: Sequence[Sequence[int]],
-                 responses: Sequence[Sequence[int]], processing: Processing,
-                 topk: int, reference: Processing | None) -> tuple[dict[str, np.ndarray], float]:
+def _score_batch(
+    trainer: TrainerModel,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    processing: Processing,
+    topk: int,
+    reference: Processing | None,
+) -> tuple[dict[str, np.ndarray], float]:
     import torch
     import torch.nn.functional as F
 
@@ -355,8 +397,9 @@ def _score_batch(trainer: TrainerModel, prompts: Sequence[Sequence[int]],
     seq_len = p_len + r_len
     width = int(seq_len.max())
     input_ids = torch.full((b, width), trainer.pad_id, dtype=torch.long)
-    flat = torch.tensor([t for p, r in zip(prompts, responses, strict=True) for t in (*p, *r)],
-                        dtype=torch.long)
+    flat = torch.tensor(
+        [t for p, r in zip(prompts, responses, strict=True) for t in (*p, *r)], dtype=torch.long
+    )
     cols = torch.arange(width).expand(b, width)
     valid = cols < seq_len[:, None]
     input_ids[valid] = flat
@@ -381,12 +424,15 @@ def _score_batch(trainer: TrainerModel, prompts: Sequence[Sequence[int]],
     forward_s = time.perf_counter() - forward_started
 
     prompt_mask = output_counts = None
-    if any(p is not None and p.kind == "processed" and p.has_penalties
-           for p in (processing, reference)):
-        prompt_mask, output_counts = _penalty_context(input_ids, p_len, r_len, logits.shape[-1],
-                                                      dev)
-    logprobs = process_logprobs(logits, processing, prompt_mask=prompt_mask,
-                                output_counts=output_counts)
+    if any(
+        p is not None and p.kind == "processed" and p.has_penalties for p in (processing, reference)
+    ):
+        prompt_mask, output_counts = _penalty_context(
+            input_ids, p_len, r_len, logits.shape[-1], dev
+        )
+    logprobs = process_logprobs(
+        logits, processing, prompt_mask=prompt_mask, output_counts=output_counts
+    )
     targets_dev = targets.to(dev)
     lt = logprobs.gather(-1, targets_dev[:, None])[:, 0]
     out = {
@@ -399,14 +445,16 @@ def _score_batch(trainer: TrainerModel, prompts: Sequence[Sequence[int]],
     if topk:
         out["topk"] = logprobs.topk(topk, dim=-1).indices
     if reference is not None:
-        ref = process_logprobs(logits, reference, prompt_mask=prompt_mask,
-                               output_counts=output_counts)
+        ref = process_logprobs(
+            logits, reference, prompt_mask=prompt_mask, output_counts=output_counts
+        )
         out["lt_reference"] = ref.gather(-1, targets_dev[:, None])[:, 0]
     return {k: v.detach().cpu().numpy() for k, v in out.items()}, forward_s
 
 
-def _penalty_context(input_ids: Any, p_len: Any, r_len: Any, vocab: int,
-                     device: Any) -> tuple[Any, Any]:
+def _penalty_context(
+    input_ids: Any, p_len: Any, r_len: Any, vocab: int, device: Any
+) -> tuple[Any, Any]:
     """(prompt_mask, output_counts), one row per response position: which tokens the prompt
     holds, and how often each token occurs in the response before that position."""
     import torch
@@ -433,6 +481,7 @@ def _penalty_context(input_ids: Any, p_len: Any, r_len: Any, vocab: int,
     rows = row_start[seq_b] + j_all
     tokens = input_ids[seq_b, p_len[seq_b] + i_all]
     output_counts = torch.zeros(n_rows, vocab, dtype=torch.int32)
-    output_counts.index_put_((rows, tokens), torch.ones_like(rows, dtype=torch.int32),
-                             accumulate=True)
+    output_counts.index_put_(
+        (rows, tokens), torch.ones_like(rows, dtype=torch.int32), accumulate=True
+    )
     return prompt_mask.to(device), output_counts.to(device)

@@ -49,9 +49,7 @@ def _engine_session() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def comparison(
-    tiny_models: dict[str, Path], _engine_session: None
-) -> Callable[..., Any]:
+def comparison(tiny_models: dict[str, Path], _engine_session: None) -> Callable[..., Any]:
     """comparison(variant="base", **spec) -> JobOutcome, run once per distinct spec.
 
     Specs default to a small run (12 prompts x 24 tokens) so that a comparison on a warm

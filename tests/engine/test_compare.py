@@ -130,8 +130,11 @@ def test_top_p_with_processed_logprobs_on_both_sides_is_small(comparison: Any) -
 
 def test_trainer_on_the_full_vocabulary_is_diagnosed_as_log_s(comparison: Any) -> None:
     matched = comparison(engine=PROCESSED, sampling={"temperature": 0.7, "top_p": 0.9})
-    full = comparison(engine=PROCESSED, sampling={"temperature": 0.7, "top_p": 0.9},
-                      trainer={"processing": "temperature"})
+    full = comparison(
+        engine=PROCESSED,
+        sampling={"temperature": 0.7, "top_p": 0.9},
+        trainer={"processing": "temperature"},
+    )
     v = values(full)
     diag = names(full)["truncation_log_s"]
     assert diag["severity"] == "error"
@@ -148,8 +151,7 @@ def test_trainer_on_the_full_vocabulary_is_diagnosed_as_log_s(comparison: Any) -
 
 
 def test_raw_logprobs_at_t07_against_a_processed_trainer(comparison: Any) -> None:
-    out = comparison(engine=RAW, sampling={"temperature": 0.7},
-                     trainer={"processing": "processed"})
+    out = comparison(engine=RAW, sampling={"temperature": 0.7}, trainer={"processing": "processed"})
     v = values(out)
     assert v["abs_diff_mean"] > 0.1
     assert out.verdict == "fail"
@@ -173,8 +175,9 @@ def test_raw_logprobs_with_a_raw_trainer_agree_but_are_flagged(comparison: Any) 
 def test_generation_config_auto_changes_the_effective_parameters(comparison: Any) -> None:
     from workers.tiny_model import GENCONFIG_DEFAULTS
 
-    out = comparison("genconfig", engine={"logprobs_mode": "processed",
-                                          "generation_config": "auto"})
+    out = comparison(
+        "genconfig", engine={"logprobs_mode": "processed", "generation_config": "auto"}
+    )
     sampling = out.result["sampling"]
     changed = sampling["changed_by_defaults"]
     assert set(changed) == set(GENCONFIG_DEFAULTS)
@@ -199,10 +202,26 @@ def test_the_cli_prints_pure_json_on_stdout(tiny_model: Path) -> None:
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "workers.compare", "--model", str(tiny_model), "--json",
-         "--num-prompts", "2", "--max-tokens", "4", "--engine-dtype", "float32",
-         "--trainer-dtype", "float32"],
-        capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "workers.compare",
+            "--model",
+            str(tiny_model),
+            "--json",
+            "--num-prompts",
+            "2",
+            "--max-tokens",
+            "4",
+            "--engine-dtype",
+            "float32",
+            "--trainer-dtype",
+            "float32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout)

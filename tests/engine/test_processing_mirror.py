@@ -23,8 +23,9 @@ VOCAB = 300
 BATCH = 6
 
 
-def vllm_processed_logprobs(logits: torch.Tensor, p: Processing, prompts: list[list[int]],
-                            outputs: list[list[int]]) -> torch.Tensor:
+def vllm_processed_logprobs(
+    logits: torch.Tensor, p: Processing, prompts: list[list[int]], outputs: list[list[int]]
+) -> torch.Tensor:
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import LogitsProcessors
     from vllm.v1.sample.logits_processor.builtin import MinPLogitsProcessor
@@ -37,10 +38,16 @@ def vllm_processed_logprobs(logits: torch.Tensor, p: Processing, prompts: list[l
     if p.min_p:
         config = SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=b))
         min_p = MinPLogitsProcessor(config, torch.device("cpu"), False)  # type: ignore[arg-type]
-        min_p.update_state(BatchUpdate(
-            batch_size=b, removed=[], moved=[],
-            added=[(i, SamplingParams(min_p=p.min_p), prompts[i], outputs[i]) for i in range(b)],
-        ))
+        min_p.update_state(
+            BatchUpdate(
+                batch_size=b,
+                removed=[],
+                moved=[],
+                added=[
+                    (i, SamplingParams(min_p=p.min_p), prompts[i], outputs[i]) for i in range(b)
+                ],
+            )
+        )
         procs.append(min_p)
     greedy = p.temperature < 1e-5
     no_penalties = not p.has_penalties
@@ -78,12 +85,20 @@ def vllm_processed_logprobs(logits: torch.Tensor, p: Processing, prompts: list[l
         Processing(kind="processed", temperature=0.6, min_p=0.05),
         Processing(kind="processed", temperature=0.9, min_p=0.02, top_k=60, top_p=0.95),
         Processing(kind="processed", temperature=0.7, top_p=0.9, repetition_penalty=1.3),
-        Processing(kind="processed", temperature=1.0, repetition_penalty=0.8,
-                   frequency_penalty=0.5, presence_penalty=-0.3, top_k=30),
+        Processing(
+            kind="processed",
+            temperature=1.0,
+            repetition_penalty=0.8,
+            frequency_penalty=0.5,
+            presence_penalty=-0.3,
+            top_k=30,
+        ),
         Processing(kind="processed", temperature=0.0, repetition_penalty=1.2),
     ],
-    ids=lambda p: (f"T{p.temperature}-p{p.top_p}-k{p.top_k}-m{p.min_p}"
-                   f"-rep{p.repetition_penalty}-f{p.frequency_penalty}"),
+    ids=lambda p: (
+        f"T{p.temperature}-p{p.top_p}-k{p.top_k}-m{p.min_p}"
+        f"-rep{p.repetition_penalty}-f{p.frequency_penalty}"
+    ),
 )
 def test_trainer_processing_equals_vllm_sampler(processing: Processing) -> None:
     gen = torch.Generator().manual_seed(0)
@@ -98,8 +113,13 @@ def test_trainer_processing_equals_vllm_sampler(processing: Processing) -> None:
     ids = torch.zeros(BATCH, width, dtype=torch.long)
     for i, (p, o) in enumerate(zip(prompts, outputs, strict=True)):
         ids[i, : len(p) + len(o) + 1] = torch.tensor(p + o + [0])
-    mask, counts = _penalty_context(ids, torch.tensor([len(p) for p in prompts]),
-                                    torch.tensor([len(o) + 1 for o in outputs]), VOCAB, "cpu")
+    mask, counts = _penalty_context(
+        ids,
+        torch.tensor([len(p) for p in prompts]),
+        torch.tensor([len(o) + 1 for o in outputs]),
+        VOCAB,
+        "cpu",
+    )
     last = torch.cumsum(torch.tensor([len(o) + 1 for o in outputs]), 0) - 1
     got = process_logprobs(logits, processing, prompt_mask=mask[last], output_counts=counts[last])
 

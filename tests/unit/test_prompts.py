@@ -21,13 +21,22 @@ def test_plain_and_chat_items_parse() -> None:
     text = jsonl(
         {"prompt": "Hello"},
         "",
-        {"messages": [{"role": "system", "content": "Be brief."},
-                      {"role": "user", "content": "Hi"}], "id": 7},
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+            ],
+            "id": 7,
+        },
     )
     assert prompts.parse_jsonl(text) == [
         {"prompt": "Hello"},
-        {"messages": [{"role": "system", "content": "Be brief."},
-                      {"role": "user", "content": "Hi"}]},
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+            ]
+        },
     ]
 
 
@@ -39,8 +48,10 @@ def test_extra_keys_are_ignored() -> None:
     ("lines", "expected"),
     [
         ([{"prompt": "ok"}, "{not json"], "line 2: not valid JSON"),
-        ([{"prompt": "ok"}, {"prompt": "ok"}, {"promt": "typo"}],
-         'line 3: expected an object with "prompt"'),
+        (
+            [{"prompt": "ok"}, {"prompt": "ok"}, {"promt": "typo"}],
+            'line 3: expected an object with "prompt"',
+        ),
         ([["a", "list"]], "line 1: expected an object"),
         ([{"prompt": ""}], 'line 1: "prompt" must be a non-empty string'),
         ([{"prompt": 3}], 'line 1: "prompt" must be a non-empty string'),

@@ -28,8 +28,12 @@ def test_builds_a_loadable_llama_with_chat_template(built: Path) -> None:
     assert config.model_type == "llama" and config.head_dim == 64  # a vLLM CPU head size
     tok = AutoTokenizer.from_pretrained(built)
     assert len(tok) == config.vocab_size
-    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}],
-                                  add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
     text = tok.decode(ids)
     assert text.startswith("<s><|im_start|>user\nhi<|im_end|>") and text.endswith("assistant\n")
     assert tok("hello")["input_ids"][0] == tok.bos_token_id

@@ -15,8 +15,12 @@ from workers.trainer import Processing, _penalty_context, entropy_of, process_lo
 pytestmark = pytest.mark.unit
 
 
-def reference_logprobs(logits: np.ndarray, p: Processing, prompt: set[int] | None = None,
-                       output: list[int] | None = None) -> np.ndarray:
+def reference_logprobs(
+    logits: np.ndarray,
+    p: Processing,
+    prompt: set[int] | None = None,
+    output: list[int] | None = None,
+) -> np.ndarray:
     """One row, float64, step by step: penalties, temperature, min-p, top-k, top-p, renorm."""
     x = logits.astype(np.float64).copy()
     if p.kind == "raw":
@@ -136,8 +140,7 @@ def test_log_s_offset_of_a_full_vocabulary_trainer(logits: np.ndarray) -> None:
     survivors = np.isfinite(lr)
     log_s = np.log(np.where(survivors, np.exp(lt), 0.0).sum(axis=1, keepdims=True))
     d = lt - lr
-    np.testing.assert_allclose(d[survivors], np.broadcast_to(log_s, d.shape)[survivors],
-                               atol=1e-5)
+    np.testing.assert_allclose(d[survivors], np.broadcast_to(log_s, d.shape)[survivors], atol=1e-5)
 
 
 def test_penalties_match_the_reference() -> None:
@@ -145,17 +148,26 @@ def test_penalties_match_the_reference() -> None:
     vocab = 50
     prompt = [3, 7, 7, 11]
     response = [5, 3, 5, 9, 5, 12]
-    p = Processing(kind="processed", temperature=0.8, repetition_penalty=1.3,
-                   frequency_penalty=0.4, presence_penalty=0.2, top_k=25)
+    p = Processing(
+        kind="processed",
+        temperature=0.8,
+        repetition_penalty=1.3,
+        frequency_penalty=0.4,
+        presence_penalty=0.2,
+        top_k=25,
+    )
     logits = rng.normal(0.0, 2.0, size=(len(response), vocab))
     ids = torch.tensor([prompt + response])
-    prompt_mask, counts = _penalty_context(ids, torch.tensor([len(prompt)]),
-                                           torch.tensor([len(response)]), vocab, "cpu")
+    prompt_mask, counts = _penalty_context(
+        ids, torch.tensor([len(prompt)]), torch.tensor([len(response)]), vocab, "cpu"
+    )
     got = run(logits, p, prompt_mask=prompt_mask, output_counts=counts)
-    want = np.stack([
-        reference_logprobs(logits[j], p, prompt=set(prompt), output=response[:j])
-        for j in range(len(response))
-    ])
+    want = np.stack(
+        [
+            reference_logprobs(logits[j], p, prompt=set(prompt), output=response[:j])
+            for j in range(len(response))
+        ]
+    )
     assert_close(got, want)
 
 
@@ -167,13 +179,22 @@ def test_penalty_context_of_a_padded_batch() -> None:
     ids = torch.full((2, width), pad)
     for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
         ids[b, : len(p) + len(r)] = torch.tensor(p + r)
-    prompt_mask, counts = _penalty_context(ids, torch.tensor([2, 3]), torch.tensor([3, 1]),
-                                           vocab, "cpu")
+    prompt_mask, counts = _penalty_context(
+        ids, torch.tensor([2, 3]), torch.tensor([3, 1]), vocab, "cpu"
+    )
     assert prompt_mask.shape == counts.shape == (4, vocab)
     assert [set(torch.nonzero(row).flatten().tolist()) for row in prompt_mask] == [
-        {1, 2}, {1, 2}, {1, 2}, {4, 5}]
+        {1, 2},
+        {1, 2},
+        {1, 2},
+        {4, 5},
+    ]
     assert [{int(v): int(row[v]) for v in torch.nonzero(row).flatten()} for row in counts] == [
-        {}, {6: 1}, {6: 2}, {}]
+        {},
+        {6: 1},
+        {6: 2},
+        {},
+    ]
 
 
 def test_entropy_of_a_truncated_distribution() -> None:
@@ -185,13 +206,16 @@ def test_processing_for_comparison_resolves_match_engine() -> None:
     from workers.specs import EngineSettings, SamplingSettings, TrainerSettings
 
     req = SamplingSettings(temperature=0.7, top_p=0.9).requested()
-    raw_engine, processed_engine = EngineSettings(logprobs_mode="raw"), EngineSettings(
-        logprobs_mode="processed")
+    raw_engine, processed_engine = (
+        EngineSettings(logprobs_mode="raw"),
+        EngineSettings(logprobs_mode="processed"),
+    )
     match = TrainerSettings(processing="match_engine")
     assert Processing.for_comparison(match, raw_engine, req).kind == "raw"
     p = Processing.for_comparison(match, processed_engine, req)
     assert (p.kind, p.temperature, p.top_p, p.top_k) == ("processed", 0.7, 0.9, 0)
     assert p.truncates
-    forced = Processing.for_comparison(TrainerSettings(processing="temperature"),
-                                       processed_engine, req)
+    forced = Processing.for_comparison(
+        TrainerSettings(processing="temperature"), processed_engine, req
+    )
     assert forced.kind == "temperature"

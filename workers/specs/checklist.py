@@ -15,20 +15,26 @@ from workers.specs.common import (
 )
 
 Check = Literal["processed_logprobs", "runtime_defaults", "weight_updates", "fp32_head"]
-CHECKS: tuple[Check, ...] = ("processed_logprobs", "runtime_defaults", "weight_updates",
-                             "fp32_head")
+CHECKS: tuple[Check, ...] = (
+    "processed_logprobs",
+    "runtime_defaults",
+    "weight_updates",
+    "fp32_head",
+)
 
 
 def _default_sampling() -> SamplingSettings:
     return SamplingSettings.model_validate(
-        {"temperature": 0.7, "top_p": 0.9, "max_tokens": 32, "logprobs_topk": 0})
+        {"temperature": 0.7, "top_p": 0.9, "max_tokens": 32, "logprobs_topk": 0}
+    )
 
 
 class ChecklistSpec(PromptSpec):
     """A migration checklist: the user's model and sampling settings, measured per fix."""
 
     num_prompts: int | None = Field(
-        16, ge=1, le=100_000, description="Use at most this many prompts (empty: all).")
+        16, ge=1, le=100_000, description="Use at most this many prompts (empty: all)."
+    )
     sampling: SamplingSettings = Field(
         default_factory=_default_sampling,
         description=(
@@ -46,20 +52,26 @@ class ChecklistSpec(PromptSpec):
     trainer: TrainerSettings = Field(
         default_factory=TrainerSettings,
         description="The trainer as the user runs it; processing and head_dtype are set "
-                    "by each variant.",
+        "by each variant.",
     )
     thresholds: ThresholdOverrides = Field(
-        default_factory=dict, description="Verdict threshold overrides (parity.metrics).")
+        default_factory=dict, description="Verdict threshold overrides (parity.metrics)."
+    )
     checks: list[Check] = Field(
-        default_factory=lambda: list(CHECKS), min_length=1,
-        description="Which checks to run; 'all fixes together' needs all four.")
+        default_factory=lambda: list(CHECKS),
+        min_length=1,
+        description="Which checks to run; 'all fixes together' needs all four.",
+    )
     include_replay: bool = Field(
-        True, description="Run the weight-update replay (the in-flight weight updates row).")
+        True, description="Run the weight-update replay (the in-flight weight updates row)."
+    )
     replay_updates: int = Field(2, ge=1, le=10, description="Weight updates to replay.")
-    replay_max_tokens: int = Field(16, ge=2, le=512,
-                                   description="Tokens per sequence in the replay.")
+    replay_max_tokens: int = Field(
+        16, ge=2, le=512, description="Tokens per sequence in the replay."
+    )
     include_in_flight: bool = Field(
-        True, description="Also replay one update in flight, where this vLLM offers it.")
+        True, description="Also replay one update in flight, where this vLLM offers it."
+    )
 
     @field_validator("checks")
     @classmethod

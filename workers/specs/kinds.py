@@ -32,19 +32,29 @@ JOB_KINDS: dict[str, JobKind] = {
     k.name: k
     for k in (
         JobKind(
-            "comparison", "Comparison", "workers.compare:run_comparison_job", ComparisonSpec,
+            "comparison",
+            "Comparison",
+            "workers.compare:run_comparison_job",
+            ComparisonSpec,
             "Sample with vLLM V1, score the same tokens with the trainer, and compare.",
         ),
         JobKind(
-            "replay", "Replay", "workers.replay:run_replay_job", ReplaySpec,
+            "replay",
+            "Replay",
+            "workers.replay:run_replay_job",
+            ReplaySpec,
             "Push weight updates into a running engine and check each one.",
         ),
         JobKind(
-            "checklist", "Checklist", "workers.checklist:run_checklist_job", ChecklistSpec,
+            "checklist",
+            "Checklist",
+            "workers.checklist:run_checklist_job",
+            ChecklistSpec,
             "Measure the four vLLM V1 fixes on your model.",
         ),
-        JobKind("ping", "Ping", "workers.ping:ping", None,
-                "Round trip browser -> worker -> Postgres."),
+        JobKind(
+            "ping", "Ping", "workers.ping:ping", None, "Round trip browser -> worker -> Postgres."
+        ),
     )
 }
 # The kinds a user creates from a form or the API with a validated spec.

@@ -48,13 +48,16 @@ DEFAULT_QUESTIONS = (
     "User: How do I reverse a list in Python?\nAssistant:",
 )
 
+
 class SyntheticSource(Settings):
     """Seeded perturbations of W0 standing in for optimiser steps (no checkpoints needed)."""
 
     kind: Literal["synthetic"] = "synthetic"
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the perturbations.")
     step_size: float = Field(
-        0.05, gt=0.0, le=1.0,
+        0.05,
+        gt=0.0,
+        le=1.0,
         description=(
             "Relative step: each update adds step_size x rms(W0 tensor) x N(0, 1) to every "
             "element of every tensor."
@@ -66,8 +69,12 @@ class CheckpointSource(Settings):
     """W_1..W_N from checkpoint directories (safetensors, HF names), in order."""
 
     kind: Literal["checkpoints"] = "checkpoints"
-    dirs: list[str] = Field(..., min_length=1, max_length=1000,
-                            description="Checkpoint directories on the worker, W_1 first.")
+    dirs: list[str] = Field(
+        ...,
+        min_length=1,
+        max_length=1000,
+        description="Checkpoint directories on the worker, W_1 first.",
+    )
 
 
 Source = Annotated[SyntheticSource | CheckpointSource, Field(discriminator="kind")]
@@ -86,14 +93,16 @@ class FlagSettings(Settings):
         0.03, ge=0.0, description="... or abs_diff_mean above this (METRICS.md warn)."
     )
     stale_margin: float = Field(
-        2.0, ge=1.0,
+        2.0,
+        ge=1.0,
         description=(
             "stale_weights: W_k-1 must fit the engine's tokens this many times better than "
             "W_k, on kl_k3 and on abs_diff_mean (a tie is not staleness) ..."
         ),
     )
     stale_resolution: float = Field(
-        2.0, gt=0.0,
+        2.0,
+        gt=0.0,
         description=(
             "stale_weights needs the update to be resolvable: the trainer's own |lt(W_k) - "
             "lt(W_k-1)| mean above this x the W0 baseline abs_diff_mean."
@@ -104,15 +113,21 @@ class FlagSettings(Settings):
 class ReplaySpec(Settings):
     """A weight-update replay (issue 4): N updates pushed into one running vLLM V1 engine."""
 
-    model: ModelRef = Field("var/models/tiny-llama", min_length=1, max_length=500,
-                       description="Local model directory on the worker (W0).")
+    model: ModelRef = Field(
+        "var/models/tiny-llama",
+        min_length=1,
+        max_length=500,
+        description="Local model directory on the worker (W0).",
+    )
     engine: EngineSettings = Field(default_factory=EngineSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
     sampling: SamplingSettings = Field(
         default_factory=lambda: SamplingSettings(temperature=1.0, max_tokens=24, logprobs_topk=0)
     )
     num_updates: int | None = Field(
-        3, ge=1, le=1000,
+        3,
+        ge=1,
+        le=1000,
         description="Updates to replay (empty with checkpoints: one per directory).",
     )
     source: Source = Field(default_factory=SyntheticSource)
@@ -201,5 +216,3 @@ class ReplaySpec(Settings):
         if self.prompts:
             return list(self.prompts)
         return [SHARED_PREFIX + q for q in DEFAULT_QUESTIONS]
-
-
