@@ -26,8 +26,7 @@ from psycopg.pq import Format
 from dashboard.core import hooks, live
 from dashboard.core.models import MetricPoint, Run
 from dashboard.core.series import series_cache
-from parity.client import scalar_values
-from parity.metrics import MetricsResult, Thresholds, compute_metrics
+from parity.metrics import MetricsResult, Thresholds, compute_metrics, scalar_values
 
 
 @dataclass(frozen=True)
