@@ -13,7 +13,12 @@ from typing import Any
 
 from dashboard.core.models import Project
 from parity.metrics import METRIC_KEYS, VERDICT_RULES, Thresholds, breaches, rule_bound
-from parity.reports.comparison import ComparisonReport, MetricsReport, WorstSequence
+from parity.reports.comparison import (
+    ComparisonReport,
+    MetricsReport,
+    SamplingReport,
+    WorstSequence,
+)
 from parity.reports.numbers import number
 
 SEVERITY_CSS = {"error": "fail", "warning": "warn"}
@@ -163,10 +168,8 @@ def worst_sequences(result: ComparisonReport) -> list[dict[str, Any]]:
     return out
 
 
-def sampling_rows(sampling: Any) -> list[dict[str, Any]]:
+def sampling_rows(sampling: SamplingReport) -> list[dict[str, Any]]:
     """Requested vs effective sampling parameters; a row differs when vLLM changed it."""
-    if not isinstance(sampling, dict):
-        return []
     requested = sampling.get("requested") or {}
     effective = sampling.get("effective") or {}
     defaults = sampling.get("model_defaults") or {}
@@ -225,3 +228,33 @@ def strata(metrics: MetricsReport) -> list[dict[str, Any]]:
                 )
         out.append({"name": name, "title": title, "rows": rows})
     return out
+
+
+def comparison_context(
+    report: ComparisonReport, thresholds: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Everything the job page shows of a comparison report, judged against `thresholds`."""
+    metrics = report["metrics"]
+    reference = report.get("reference")
+    return {
+        "verdict": metrics["verdict"],
+        "reasons": metrics["reasons"],
+        "metrics": metric_rows(metrics["values"], thresholds, reference and reference["values"]),
+        "reference": reference,
+        "sampling": sampling_rows(report["sampling"]),
+        "counts": report["counts"],
+        "diagnoses": diagnoses(report),
+        "strata": strata(metrics),
+        "worst": worst_sequences(report),
+        "plots": {"histogram": metrics["histogram"], "scatter": metrics["scatter"]},
+    }
+
+
+def timing_rows(timings: dict[str, float] | None) -> list[dict[str, Any]]:
+    """A job's stage timings (any kind) as bars relative to their total."""
+    rows = [(k, v) for k, v in (timings or {}).items() if isinstance(v, int | float)]
+    total = sum(v for _, v in rows) or 1.0
+    return [
+        {"name": k.removesuffix("_s").replace("_", " "), "seconds": v, "pct": 100 * v / total}
+        for k, v in rows
+    ]

@@ -26,16 +26,13 @@ from dashboard.core.models import ApiToken, Job, Project, Run, start_job
 from dashboard.core.points import latest_values, list_keys, tails
 from dashboard.core.presenters import (
     D_BINS,
-    diagnoses,
+    comparison_context,
     flatten,
     fmt,
     judge,
-    metric_rows,
-    sampling_rows,
     sparkline,
-    strata,
     thresholds_for,
-    worst_sequences,
+    timing_rows,
 )
 from parity.metrics import METRIC_KEYS
 from workers.specs import JOB_KINDS, SPEC_KINDS
@@ -272,51 +269,27 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 # --- comparison result (the job page) -----------------------------------------------------
 
 
-# Diagnosis severities (workers.compare) on the verdict badges' shapes and colours.
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     job = get_object_or_404(
         Job.objects.filter(project__in=visible_projects(request)).select_related("run", "project"),
         pk=job_id,
     )
-    result = job.result if isinstance(job.result, dict) else {}
-    metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
-    values = metrics.get("values") if isinstance(metrics.get("values"), dict) else {}
-    spec_thresholds = job.spec.get("thresholds") if isinstance(job.spec, dict) else None
-    thresholds = thresholds_for(job.project, spec_thresholds)
-    timings = result.get("timings") if isinstance(result.get("timings"), dict) else {}
-    timing_rows = [
-        (k, v) for k, v in timings.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    ]
-    total = sum(v for _, v in timing_rows) or 1.0
-    verdict = metrics.get("verdict") or (job.run.verdict if job.run else "")
-    reference = result.get("reference") if isinstance(result.get("reference"), dict) else None
-    reference_values = (reference or {}).get("values") or None
+    result = job.result or {}
+    context: dict[str, Any] = {"verdict": job.run.verdict if job.run else ""}
+    if job.kind == Job.Kind.COMPARISON and result:
+        thresholds = thresholds_for(job.project, job.spec.get("thresholds"))
+        context.update(comparison_context(result, thresholds))
     return _page(
         request,
         "job.html",
         job.project,
         job=job,
         result=result,
-        verdict=verdict,
-        reasons=metrics.get("reasons") or [],
-        metrics=metric_rows(values, thresholds, reference_values),
-        reference=reference,
-        sampling=sampling_rows(result.get("sampling")),
-        counts=result.get("counts") if isinstance(result.get("counts"), dict) else {},
-        diagnoses=diagnoses(result),
-        strata=strata(metrics),
-        worst=worst_sequences(result),
-        timings=[
-            {"name": k.removesuffix("_s").replace("_", " "), "seconds": v, "pct": 100 * v / total}
-            for k, v in timing_rows
-        ],
+        **context,
+        timings=timing_rows(result.get("timings")),
         fingerprint=flatten(result.get("fingerprint") or (job.run.fingerprint if job.run else {})),
         spec=flatten(job.spec),
         d_bins=D_BINS,
-        plots={
-            "histogram": metrics.get("histogram") or {},
-            "scatter": metrics.get("scatter") or {},
-        },
     )
 
 
