@@ -265,14 +265,53 @@ def verdict(
     return "pass", []
 
 
+# What each rule means, in words a user can act on (METRICS.md: a verdict never leaves its
+# reader guessing); every reason is "<the rule that tripped> (<level>): <these words>".
+RULE_WORDS: dict[str, str] = {
+    "nonfinite_trainer": (
+        "the trainer returned NaN/inf log-probs for these tokens (not the truncation boundary): "
+        "check its dtype and inputs for overflow"
+    ),
+    "nonfinite_rollout": "the engine returned NaN/inf log-probs for these tokens",
+    "token_mismatch": (
+        "the trainer scored tokens other than the ones the engine sampled: the comparison itself "
+        "is broken at those positions"
+    ),
+    "abs_diff_mean": (
+        "the two sides disagree by this many nats per token on average; healthy runs are about "
+        "0.01-0.03"
+    ),
+    "kl_k1": (
+        "the k1 estimate of KL(rollout || trainer) is this large; it cancels between tokens, so a"
+        " large value is a systematic offset"
+    ),
+    "kl_k3": (
+        "the k3 estimate of KL(rollout || trainer), the one verl and prime-rl log, is above what "
+        "a healthy run shows"
+    ),
+    "chi2_token": ("the importance ratios spread this much: off-policy corrections will be noisy"),
+    "ess": "the importance weights are worth only this share of the tokens as samples",
+    "clip_rate": (
+        "this share of tokens would already be clipped by PPO at step 0 "
+        "(ratio outside [1 - eps_low, 1 + eps_high])"
+    ),
+    "catastrophic_seq_frac": (
+        "this share of sequences has a token whose probability is off by more than a factor e"
+    ),
+}
+
+
 def _reason(
     key: str, op: str, v: float, limit: float, level: str, values: Mapping[str, Any]
 ) -> str:
     if key in _COUNT_KEYS:
-        return f"{key} {int(v)} {op} {int(limit)} ({level})"
-    if op == "abs>":
-        return f"|{key}| {_fmt(abs(v))} > {_fmt(limit)} ({level})"
-    rule = f"{key} {_fmt(v)} {op} {_fmt(limit)} ({level})"
+        rule = f"{key} {int(v)} {op} {int(limit)} ({level})"
+    elif op == "abs>":
+        rule = f"|{key}| {_fmt(abs(v))} > {_fmt(limit)} ({level})"
+    else:
+        rule = f"{key} {_fmt(v)} {op} {_fmt(limit)} ({level})"
+    if key in RULE_WORDS:
+        return f"{rule}: {RULE_WORDS[key]}"
     if key == "truncation_boundary_frac":
         count = values.get("truncation_boundary")
         tokens = "tokens" if count is None else f"{int(count)} sampled token{'s' * (count != 1)}"

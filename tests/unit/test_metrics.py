@@ -711,7 +711,7 @@ def test_agreement_metrics() -> None:
     assert v["distinct_2"] == 1.0
     assert v["kl_ent_ratio"] == 0.0
     assert res.verdict == "fail"
-    assert "token_mismatch 1 > 0 (fail)" in res.reasons
+    assert "token_mismatch 1 > 0 (fail): " + WORDS["token_mismatch"] in res.reasons
     rep = compute_metrics([0.0] * 5, [0.0] * 5, [5], token_ids=[1, 2, 1, 2, 1]).values
     assert rep["distinct_2"] == pytest.approx(2 / 4)
 
@@ -762,6 +762,40 @@ def test_worst_sequences_by_max_then_abs_sum() -> None:
 
 # --- verdict ---------------------------------------------------------------------------------
 
+# Every fail or warn says, in words a user can act on, what the rule it tripped means.
+WORDS = {
+    "nonfinite_trainer": (
+        "the trainer returned NaN/inf log-probs for these tokens (not the truncation boundary): "
+        "check its dtype and inputs for overflow"
+    ),
+    "nonfinite_rollout": "the engine returned NaN/inf log-probs for these tokens",
+    "token_mismatch": (
+        "the trainer scored tokens other than the ones the engine sampled: the comparison itself "
+        "is broken at those positions"
+    ),
+    "abs_diff_mean": (
+        "the two sides disagree by this many nats per token on average; healthy runs are about "
+        "0.01-0.03"
+    ),
+    "kl_k1": (
+        "the k1 estimate of KL(rollout || trainer) is this large; it cancels between tokens, so a"
+        " large value is a systematic offset"
+    ),
+    "kl_k3": (
+        "the k3 estimate of KL(rollout || trainer), the one verl and prime-rl log, is above what "
+        "a healthy run shows"
+    ),
+    "chi2_token": ("the importance ratios spread this much: off-policy corrections will be noisy"),
+    "ess": "the importance weights are worth only this share of the tokens as samples",
+    "clip_rate": (
+        "this share of tokens would already be clipped by PPO at step 0 "
+        "(ratio outside [1 - eps_low, 1 + eps_high])"
+    ),
+    "catastrophic_seq_frac": (
+        "this share of sequences has a token whose probability is off by more than a factor e"
+    ),
+}
+
 HEALTHY = {
     "n_tokens": 100,
     "nonfinite_trainer": 0,
@@ -780,17 +814,37 @@ HEALTHY = {
     ("change", "want", "reason"),
     [
         ({}, "pass", None),
-        ({"nonfinite_trainer": 2}, "fail", "nonfinite_trainer 2 > 0 (fail)"),
-        ({"nonfinite_rollout": 1}, "fail", "nonfinite_rollout 1 > 0 (fail)"),
-        ({"token_mismatch": 3}, "fail", "token_mismatch 3 > 0 (fail)"),
-        ({"abs_diff_mean": 0.142}, "fail", "abs_diff_mean 0.142 > 0.1 (fail)"),
-        ({"kl_k1": -0.2}, "fail", "|kl_k1| 0.2 > 0.1 (fail)"),
-        ({"chi2_token": 1.5}, "fail", "chi2_token 1.5 > 1 (fail)"),
-        ({"ess": 0.2}, "fail", "ess 0.2 < 0.3 (fail)"),
-        ({"abs_diff_mean": 0.05}, "warn", "abs_diff_mean 0.05 > 0.03 (warn)"),
-        ({"kl_k3": 0.002}, "warn", "kl_k3 0.002 > 0.001 (warn)"),
-        ({"clip_rate": 0.02}, "warn", "clip_rate 0.02 > 0.01 (warn)"),
-        ({"catastrophic_seq_frac": 0.01}, "warn", "catastrophic_seq_frac 0.01 > 0 (warn)"),
+        (
+            {"nonfinite_trainer": 2},
+            "fail",
+            "nonfinite_trainer 2 > 0 (fail): " + WORDS["nonfinite_trainer"],
+        ),
+        (
+            {"nonfinite_rollout": 1},
+            "fail",
+            "nonfinite_rollout 1 > 0 (fail): " + WORDS["nonfinite_rollout"],
+        ),
+        ({"token_mismatch": 3}, "fail", "token_mismatch 3 > 0 (fail): " + WORDS["token_mismatch"]),
+        (
+            {"abs_diff_mean": 0.142},
+            "fail",
+            "abs_diff_mean 0.142 > 0.1 (fail): " + WORDS["abs_diff_mean"],
+        ),
+        ({"kl_k1": -0.2}, "fail", "|kl_k1| 0.2 > 0.1 (fail): " + WORDS["kl_k1"]),
+        ({"chi2_token": 1.5}, "fail", "chi2_token 1.5 > 1 (fail): " + WORDS["chi2_token"]),
+        ({"ess": 0.2}, "fail", "ess 0.2 < 0.3 (fail): " + WORDS["ess"]),
+        (
+            {"abs_diff_mean": 0.05},
+            "warn",
+            "abs_diff_mean 0.05 > 0.03 (warn): " + WORDS["abs_diff_mean"],
+        ),
+        ({"kl_k3": 0.002}, "warn", "kl_k3 0.002 > 0.001 (warn): " + WORDS["kl_k3"]),
+        ({"clip_rate": 0.02}, "warn", "clip_rate 0.02 > 0.01 (warn): " + WORDS["clip_rate"]),
+        (
+            {"catastrophic_seq_frac": 0.01},
+            "warn",
+            "catastrophic_seq_frac 0.01 > 0 (warn): " + WORDS["catastrophic_seq_frac"],
+        ),
         ({"n_tokens": 0}, "warn", "n_tokens 0: no finite tokens to compare (warn)"),
         (
             {"truncation_boundary": 3, "truncation_boundary_frac": 3 / 512},
@@ -821,7 +875,10 @@ def test_verdict_for_each_threshold(
 def test_verdict_lists_fail_and_warn_reasons_and_skips_none() -> None:
     got, reasons = verdict({**HEALTHY, "ess": 0.1, "clip_rate": 0.5, "kl_k3": None})
     assert got == "fail"
-    assert reasons == ["ess 0.1 < 0.3 (fail)", "clip_rate 0.5 > 0.01 (warn)"]
+    assert reasons == [
+        "ess 0.1 < 0.3 (fail): " + WORDS["ess"],
+        "clip_rate 0.5 > 0.01 (warn): " + WORDS["clip_rate"],
+    ]
 
 
 def test_project_thresholds_change_the_verdict() -> None:
@@ -829,4 +886,5 @@ def test_project_thresholds_change_the_verdict() -> None:
     assert verdict(HEALTHY, t)[0] == "warn"
     lr = np.full(1000, -0.7)
     res = compute_metrics(lr + 0.01, lr, thresholds=t)
-    assert res.verdict == "warn" and res.reasons == ["abs_diff_mean 0.01 > 0.005 (warn)"]
+    assert res.verdict == "warn"
+    assert res.reasons == ["abs_diff_mean 0.01 > 0.005 (warn): " + WORDS["abs_diff_mean"]]
