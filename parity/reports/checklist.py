@@ -33,11 +33,15 @@ class Cell(TypedDict):
     label: str
     # The variant's verdict against the thresholds; absent for cells averaged over a replay.
     verdict: NotRequired[Verdict | None]
+    # The rules that verdict tripped, in words (parity.metrics); absent before they were kept.
+    reasons: NotRequired[list[str]]
     abs_diff_mean: NotRequired[float | None]
     kl_k3: NotRequired[float | None]
     abs_diff_max: NotRequired[float | None]
     n_tokens: NotRequired[int | None]
     nonfinite_trainer: NotRequired[int | None]
+    # Sampled tokens outside the trainer's own top-p/top-k/min-p support (METRICS.md).
+    truncation_boundary: NotRequired[int | None]
 
 
 class Recommendation(TypedDict, total=False):

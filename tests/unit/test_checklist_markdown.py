@@ -124,7 +124,7 @@ def test_markdown_has_one_table_row_per_check_with_status_and_numbers() -> None:
     assert "mean \\|d\\| 0.2794" in processed and "mean \\|d\\| 0.0256" in processed
     assert "kl_k3 0.0587" in processed and "kl_k3 9.90e-04" in processed
     assert "raw \\| processed" in processed  # a pipe in a finding does not break the table
-    assert "➖ n/a" in md and "✅ pass" in md and "❌ could not run" in md
+    assert "➖ n/a" in md and "✅ no fix needed" in md and "❌ could not run" in md
     # Every row has exactly the header's five cells: no unescaped pipe inside a cell.
     for line in table:
         assert len(re.split(r"(?<!\\)\|", line.strip())) == 5 + 2, line
@@ -355,7 +355,7 @@ def test_result_template_renders_rows_badges_numbers_and_chart_data() -> None:
     assert out.count('<tr id="check-') == len(result["rows"])
     # Status: colour class plus words (the CSS adds a symbol), not colour alone.
     assert '<span class="badge verdict-warn">needs fix</span>' in out
-    assert '<span class="badge verdict-pass">pass</span>' in out
+    assert "no fix needed</span>" in out  # a check whose fix makes no difference
     assert '<span class="badge verdict-fail">could not run</span>' in out
     assert "– not applicable" in out
     assert "0.2794" in out and "0.0256" in out
@@ -372,6 +372,35 @@ def test_result_template_renders_rows_badges_numbers_and_chart_data() -> None:
     payload = json.loads(data[data.index(">") + 1 : data.index("</script>")])
     assert payload == result["histograms"]
     assert 'class="checklist-hist plot" data-hist-id="checklist-hist-data"' in out
+
+
+def test_a_row_that_needs_no_fix_never_reads_pass_over_failing_cells() -> None:
+    # Issue 11: "an fp32 row with a pass badge over two fail columns", unexplained. A row's
+    # status says whether its fix matters; a cell's verdict judges the gap, and says why.
+    import html
+
+    from django.template.loader import render_to_string
+
+    result = copy.deepcopy(RESULT)
+    row = next(r for r in result["rows"] if r["check"] == "fp32_head")
+    reason = (
+        "truncation_boundary_frac 0.0195 > 0.01 (fail): 10 sampled tokens (2%) fell outside "
+        "the trainer's own top-p/top-k/min-p support"
+    )
+    for cell in (row["before"], row["after"]):
+        cell.update(verdict="fail", reasons=[reason], truncation_boundary=10)
+    result["markdown"] = render_markdown(result)
+    out = render_to_string("checklist_result.html", {"result": result})
+    html_row = out[out.index('id="check-fp32_head"') : out.index('id="check-all_fixes"')]
+    assert ">pass</span>" not in html_row
+    assert "no fix needed</span>" in html_row
+    assert html_row.count(">gap fail</span>") == 2
+    # Each failing cell names its rule in words.
+    assert html_row.count(html.escape(reason)) >= 2
+    assert "outside the trainer's nucleus 10" in html_row
+    assert "non-finite lt" not in html_row  # the boundary is not a trainer fault
+    assert "outside the trainer's nucleus 10" in result["markdown"]
+    assert "| fp32 lm_head | ✅ no fix needed |" in result["markdown"]
 
 
 # --- bad input: refused before any engine work ----------------------------------------------

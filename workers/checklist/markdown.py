@@ -42,10 +42,12 @@ def md_cell(cell: Mapping[str, Any] | None) -> str:
     if not cell:
         return "—"
     parts = [f"{name} {num(cell.get(k))}" for k, name in _CELL_NAMES.items() if k in cell]
+    if cell.get("truncation_boundary"):
+        # Sampled tokens outside the trainer's own top-p/top-k/min-p support (lt = -inf):
+        # METRICS.md counts them apart and judges their share by its own rule.
+        parts.append(f"outside the trainer's nucleus {cell['truncation_boundary']}")
     if cell.get("nonfinite_trainer"):
-        # Why a small gap can still fail: a sampled token outside the trainer's own
-        # top-p/top-k support has lt = -inf (METRICS.md counts it, never averages it in).
-        parts.append(f"non-finite lt {cell['nonfinite_trainer']}")
+        parts.append(f"non-finite lt {cell['nonfinite_trainer']} (a trainer fault)")
     return "<br>".join(parts) or "not measured"
 
 
@@ -63,6 +65,14 @@ def _recommendation(row: Mapping[str, Any]) -> str:
     return _template("recommendation.md").substitute(title=row["title"], blocks="\n".join(blocks))
 
 
+def _status(row: Mapping[str, Any]) -> str:
+    # A check passes when its fix makes no difference here: "pass" beside a failing gap
+    # would read as a contradiction (the all-fixes row's pass is the verdict itself).
+    if row["status"] == "pass" and row["check"] != "all_fixes":
+        return "✅ no fix needed"
+    return STATUS_MD.get(row["status"], row["status"])
+
+
 def render_markdown(result: Mapping[str, Any]) -> str:
     """A Markdown report of a checklist result (a `ChecklistReport`, or an older or partial
     one): the rows with status and measured before/after numbers, then each row's
@@ -75,7 +85,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         meta.append("sampling " + ", ".join(f"{k}={req[k]}" for k in shown if k in req))
     rows = result.get("rows", [])
     table = [
-        f"| {row['title']} | {STATUS_MD.get(row['status'], row['status'])} | "
+        f"| {row['title']} | {_status(row)} | "
         f"{md_cell(row.get('before'))} | {md_cell(row.get('after'))} | "
         f"{_escape(row.get('reason', ''))} |"
         for row in rows

@@ -15,7 +15,14 @@ from parity.reports.checklist import Cell, VariantReport, VariantSampling, Varia
 from parity.reports.numbers import number
 
 # The numbers each before/after cell shows (the issue's three, plus what qualifies them).
-CELL_KEYS = ("abs_diff_mean", "kl_k3", "abs_diff_max", "n_tokens", "nonfinite_trainer")
+CELL_KEYS = (
+    "abs_diff_mean",
+    "kl_k3",
+    "abs_diff_max",
+    "n_tokens",
+    "nonfinite_trainer",
+    "truncation_boundary",
+)
 _RANK: tuple[Verdict, ...] = ("pass", "warn", "fail")
 
 
@@ -58,7 +65,13 @@ class Measured:
     def cell(self, role: str) -> Cell:
         """The before/after cell of a row: this variant's headline numbers."""
         return with_numbers(
-            {"role": role, "variant": self.name, "label": self.label, "verdict": self.verdict},
+            {
+                "role": role,
+                "variant": self.name,
+                "label": self.label,
+                "verdict": self.verdict,
+                "reasons": self.reasons,
+            },
             self.values,
         )
 
