@@ -197,10 +197,15 @@ class TrainerModel:
 
     @property
     def pad_id(self) -> int:
+        """The id padded positions hold: the tokenizer's pad (else eos) id when the model's
+        embedding has it, else 0. Padded positions are masked and never scored, so the id
+        only has to exist; a pad token added to the tokenizer without resizing the
+        embedding (`add_special_tokens({"pad_token": ...})`) lies past its last row."""
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id
-        return int(pad or 0)
+        n_embeddings = self.model.get_input_embeddings().weight.shape[0]
+        return int(pad) if pad is not None and 0 <= int(pad) < n_embeddings else 0
 
 
 _lock = threading.Lock()
