@@ -86,6 +86,19 @@ class FieldSpec:
     bounds: dict[str, Any] = field(default_factory=dict)
     value: Any = None
     error: str = ""
+    # What vLLM itself uses when the setting is not given (workers.specs.vllm_default).
+    vllm_default: Any = None
+    has_vllm_default: bool = False
+
+    @property
+    def vllm_note(self) -> str:
+        """ "vLLM's default" when this field's default is vLLM's own, else what vLLM uses."""
+        if not self.has_vllm_default:
+            return ""
+        if self.default == self.vllm_default:
+            return "vLLM's default"
+        shown = "unset" if self.vllm_default is None else self.vllm_default
+        return f"vLLM: {shown}"
 
     @property
     def html_value(self) -> str:
@@ -175,6 +188,7 @@ def _describe(path: tuple[str, ...], info: Any) -> FieldSpec:
             if bound is not None:
                 bounds[html] = bound
     label = info.title or path[-1].replace("_", " ")
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     return FieldSpec(
         path=path,
         name="__".join(path),
@@ -186,6 +200,8 @@ def _describe(path: tuple[str, ...], info: Any) -> FieldSpec:
         nullable=nullable,
         choices=choices,
         bounds=bounds,
+        vllm_default=extra.get("vllm_default"),
+        has_vllm_default="vllm_default" in extra,
     )
 
 

@@ -36,6 +36,7 @@ from dashboard.core.presenters import (
 )
 from parity.metrics import METRIC_KEYS
 from workers.specs import JOB_KINDS, SPEC_KINDS
+from workers.specs.comparison import RECOMMENDED_RL
 
 # The headline numbers of a run, in the order the runs list shows them (METRICS.md names).
 SUMMARY_KEYS = ("kl_k3", "clip_rate", "abs_diff_mean")
@@ -389,7 +390,9 @@ def new_job(request: HttpRequest, slug: str, kind: str) -> HttpResponse:
     if kind not in SPEC_KINDS:
         raise Http404("No such job kind.")
     data = request.POST if request.method == "POST" else None
-    form = SpecForm(JOB_KINDS[kind].spec, data=data, initial=_initial_spec(kind))
+    preset = request.GET.get("preset") if kind == Job.Kind.COMPARISON else None
+    initial = _initial_spec(kind) | (RECOMMENDED_RL if preset == "rl" else {})
+    form = SpecForm(JOB_KINDS[kind].spec, data=data, initial=initial)
     if data is not None and form.is_valid():
         spec = form.spec.model_dump(mode="json")
         run_name = request.POST.get("run_name", "").strip()[:200]
@@ -402,6 +405,7 @@ def new_job(request: HttpRequest, slug: str, kind: str) -> HttpResponse:
         project,
         kind=kind,
         form=form,
+        preset=preset,
         run_name=request.POST.get("run_name", ""),
         tags=request.POST.get("tags", ""),
         status=400 if data is not None else 200,

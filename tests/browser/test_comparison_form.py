@@ -43,6 +43,14 @@ def test_comparison_from_the_form_shows_progress_then_the_result(
     url = live_server_proc.url
     login(page, url)
     page.goto(f"{url}/p/proj-a/new/comparison/")
+    shot(page, artifacts_dir, "new-comparison-form")
+    # One click to the recommended RL settings, one back to vLLM's defaults.
+    page.click("#preset-rl")
+    assert page.input_value("#id_engine__logprobs_mode") == "processed"
+    assert page.input_value("#id_sampling__temperature") == "1.0"
+    shot(page, artifacts_dir, "new-comparison-rl-preset")
+    page.click("#preset-defaults")
+    assert page.input_value("#id_engine__logprobs_mode") == "raw"
     assert page.input_value("#id_model") == str(demo_model)
     page.fill("#id_run_name", "from-the-browser")
     # Small enough for two CPU cores: a few prompts, short completions.

@@ -385,3 +385,40 @@ def test_replay_and_checklist_forms_submit_their_defaults(
     assert response.status_code == 302, response.content.decode()[:2000]
     job = Job.objects.get(kind=kind)
     assert job.spec == model().model_dump(mode="json")
+
+
+def test_comparison_form_names_vllms_defaults_and_offers_the_rl_settings(
+    alice_client: Any, project_a: Any, monkeypatch: Any
+) -> None:
+    # Issue 11: the form says which defaults are vLLM's own (what changing nothing gives)
+    # and offers the recommended RL settings in one click.
+    import re
+
+    from dashboard.core import forms
+    from dashboard.core.models import Job
+    from workers.specs.comparison import RECOMMENDED_RL
+
+    url = reverse("new_job", args=["proj-a", "comparison"])
+    page = alice_client.get(url).content.decode()
+    field = page[page.index('for="id_engine__logprobs_mode"') :]
+    assert "vLLM&#x27;s default" in field[: field.index("</label>")]
+    field = page[page.index('for="id_engine__gpu_memory_utilization"') :]
+    assert "vLLM: 0.9" in field[: field.index("</label>")]
+    link = re.search(r'<a [^>]*id="preset-rl"[^>]*href="([^"]+)"', page)
+    assert link is not None
+
+    rl = alice_client.get(url + link.group(1).split(url)[-1]).content.decode()
+    assert re.search(r'<option value="processed"\s+selected>', rl)
+    generation_config = r'id="id_engine__generation_config".*?<option value="vllm"\s+selected>'
+    assert re.search(generation_config, rl, re.S)
+    monkeypatch.setattr("dashboard.core.models.Job.enqueue", lambda self: None)
+    form = forms.SpecForm(forms.spec_model("comparison"), initial=RECOMMENDED_RL)
+    data = {f.name: f.html_value for f in form.fields if f.kind != "bool"}
+    data.update({f.name: "on" for f in form.fields if f.kind == "bool" and f.checked})
+    response = alice_client.post(url, dict(data, run_name="rl-settings"))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    spec = Job.objects.get(run__name="rl-settings").spec
+    assert spec["engine"]["logprobs_mode"] == "processed"
+    assert spec["engine"]["generation_config"] == "vllm"
+    assert spec["engine"]["head_dtype"] == spec["trainer"]["head_dtype"] == "float32"
+    assert spec["sampling"]["temperature"] == 1.0 and spec["sampling"]["top_p"] == 1.0

@@ -10,6 +10,8 @@ from typing import Any
 from parity.reports.checklist import ReplayKey
 from workers.specs import (
     NEUTRAL_SAMPLING,
+    RL_ENGINE,
+    RL_TRAINER,
     ChecklistSpec,
     EngineSettings,
     ReplaySpec,
@@ -40,9 +42,7 @@ def plan_variants(spec: ChecklistSpec) -> list[Variant]:
     proc_auto = base_e.model_copy(
         update={"logprobs_mode": "processed", "generation_config": "auto"}
     )
-    fixed_e = base_e.model_copy(
-        update={"logprobs_mode": "processed", "generation_config": "vllm", "head_dtype": "float32"}
-    )
+    fixed_e = base_e.model_copy(update=RL_ENGINE)
     t_model = spec.trainer.model_copy(update={"head_dtype": "model", "processing": "processed"})
     t_fp32 = t_model.model_copy(update={"head_dtype": "float32"})
     checks = set(spec.checks)
@@ -133,12 +133,8 @@ def replay_spec_for(spec: ChecklistSpec, model_path: str, mode: ReplayKey) -> Re
     applied (so the row measures the update path alone), the user's sampling with every
     field explicit, one sample per prompt, the replay's long shared-prefix prompts (a stale
     prefix cache is hit only when prompts share full KV blocks)."""
-    engine = spec.engine.model_copy(
-        update={"logprobs_mode": "processed", "generation_config": "vllm", "head_dtype": "float32"}
-    )
-    trainer = spec.trainer.model_copy(
-        update={"head_dtype": "float32", "processing": "match_engine"}
-    )
+    engine = spec.engine.model_copy(update=RL_ENGINE)
+    trainer = spec.trainer.model_copy(update=RL_TRAINER)
     sampling = explicit(spec.sampling).model_copy(
         update={"max_tokens": spec.replay_max_tokens, "n": 1, "logprobs_topk": 0}
     )

@@ -48,6 +48,21 @@ NEUTRAL_SAMPLING: dict[str, float | int] = {
 }
 # vLLM's max_logprobs default: an engine refuses requests for more top logprobs than this.
 MAX_LOGPROBS = 20
+# The setup the migration checklist recommends for RL (its "all fixes"): the engine returns
+# processed logprobs and fills nothing from generation_config.json, and both sides compute
+# the lm_head in fp32. One definition for the checklist's variants and the form's preset.
+RL_ENGINE: dict[str, Any] = {
+    "logprobs_mode": "processed",
+    "generation_config": "vllm",
+    "head_dtype": "float32",
+}
+RL_TRAINER: dict[str, Any] = {"head_dtype": "float32", "processing": "match_engine"}
+
+
+def vllm_default(value: Any) -> dict[str, Any]:
+    """Field metadata: what vLLM itself uses when the setting is not given, so that the form
+    can say which of Parity's defaults are vLLM's own (what changing nothing gives)."""
+    return {"vllm_default": value}
 
 
 S = TypeVar("S", bound=BaseModel)
@@ -65,6 +80,7 @@ class EngineSettings(Settings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="bfloat16",
         description="Weights and activations dtype ('auto': the model config's).",
+        json_schema_extra=vllm_default("auto"),
     )
     logprobs_mode: Literal["processed", "raw"] = Field(
         default="raw",
@@ -74,6 +90,7 @@ class EngineSettings(Settings):
             "logprobs_mode='processed_logprobs'); 'raw' = of the model's unprocessed "
             "distribution (vLLM's default, 'raw_logprobs')."
         ),
+        json_schema_extra=vllm_default("raw"),
     )
     generation_config: Literal["auto", "vllm"] = Field(
         default="auto",
@@ -81,20 +98,32 @@ class EngineSettings(Settings):
             "'auto' (vLLM's default) applies the model's generation_config.json to every "
             "sampling field you leave unset; 'vllm' uses vLLM's neutral defaults."
         ),
+        json_schema_extra=vllm_default("auto"),
     )
     enable_prefix_caching: bool = Field(
-        default=True, description="vLLM prefix caching (V1 default on)."
+        default=True,
+        description="vLLM prefix caching (V1 default on).",
+        json_schema_extra=vllm_default(True),
     )
     max_num_seqs: int | None = Field(
         default=None,
         ge=1,
         le=4096,
         description="Most sequences the engine batches per step (empty: vLLM's default).",
+        json_schema_extra=vllm_default(None),
     )
     enforce_eager: bool = Field(
-        default=True, description="Skip torch.compile and CUDA graphs (much faster engine start)."
+        default=True,
+        description="Skip torch.compile and CUDA graphs (much faster engine start).",
+        json_schema_extra=vllm_default(False),
     )
-    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="The engine's global random seed.")
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="The engine's global random seed.",
+        json_schema_extra=vllm_default(0),
+    )
     gpu_memory_utilization: float = Field(
         default=0.2,
         gt=0.0,
@@ -103,6 +132,7 @@ class EngineSettings(Settings):
             "Fraction of accelerator memory vLLM may use; on CPU the fraction of RAM reserved "
             "for the engine."
         ),
+        json_schema_extra=vllm_default(0.9),
     )
     head_dtype: Literal["model", "float32"] = Field(
         default="model",
@@ -110,9 +140,13 @@ class EngineSettings(Settings):
             "lm_head dtype: 'float32' computes the logits in fp32 "
             "(vLLM hf_overrides={'head_dtype': 'float32'})."
         ),
+        json_schema_extra=vllm_default("model"),
     )
     max_model_len: int | None = Field(
-        default=None, ge=16, description="Context length (empty: the model's own)."
+        default=None,
+        ge=16,
+        description="Context length (empty: the model's own).",
+        json_schema_extra=vllm_default(None),
     )
 
     @property
@@ -156,32 +190,69 @@ class SamplingSettings(Settings):
         ge=0.0,
         le=2.0,
         description="0 = greedy; empty: engine default (1.0 unless auto).",
+        json_schema_extra=vllm_default(None),
     )
     top_p: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="Nucleus mass, in (0, 1]."
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus mass, in (0, 1].",
+        json_schema_extra=vllm_default(None),
     )
     top_k: int | None = Field(
-        default=None, ge=-1, description="Keep the k most likely tokens (0 or -1: off)."
+        default=None,
+        ge=-1,
+        description="Keep the k most likely tokens (0 or -1: off).",
+        json_schema_extra=vllm_default(None),
     )
     min_p: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="Drop tokens below min_p x the top probability."
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Drop tokens below min_p x the top probability.",
+        json_schema_extra=vllm_default(None),
     )
     repetition_penalty: float | None = Field(
         default=None,
         gt=0.0,
         le=10.0,
         description="> 1 discourages tokens already in prompt or output.",
+        json_schema_extra=vllm_default(None),
     )
     presence_penalty: float | None = Field(
-        default=None, ge=-2.0, le=2.0, description="Subtracted from tokens already in the output."
+        default=None,
+        ge=-2.0,
+        le=2.0,
+        description="Subtracted from tokens already in the output.",
+        json_schema_extra=vllm_default(None),
     )
     frequency_penalty: float | None = Field(
-        default=None, ge=-2.0, le=2.0, description="Subtracted per occurrence in the output."
+        default=None,
+        ge=-2.0,
+        le=2.0,
+        description="Subtracted per occurrence in the output.",
+        json_schema_extra=vllm_default(None),
     )
-    max_tokens: int = Field(default=64, ge=1, le=8192, description="Tokens to sample per sequence.")
-    n: int = Field(default=1, ge=1, le=64, description="Samples per prompt.")
+    max_tokens: int = Field(
+        default=64,
+        ge=1,
+        le=8192,
+        description="Tokens to sample per sequence.",
+        json_schema_extra=vllm_default(16),
+    )
+    n: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Samples per prompt.",
+        json_schema_extra=vllm_default(1),
+    )
     seed: int | None = Field(
-        default=0, ge=0, le=2**63 - 1, description="Per-request seed (empty: unseeded)."
+        default=0,
+        ge=0,
+        le=2**63 - 1,
+        description="Per-request seed (empty: unseeded).",
+        json_schema_extra=vllm_default(None),
     )
     logprobs_topk: int = Field(
         default=5,

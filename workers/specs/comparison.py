@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from workers.specs.common import (
+    NEUTRAL_SAMPLING,
+    RL_ENGINE,
+    RL_TRAINER,
     EngineSettings,
     PromptSpec,
     SamplingSettings,
@@ -32,3 +37,13 @@ class ComparisonSpec(PromptSpec):
         default_factory=dict,
         description='Verdict threshold overrides, e.g. {"warn_abs_diff_mean": 0.05}.',
     )
+
+
+# The comparison form's one-click preset (as {"section.field": value}): the setup the
+# checklist recommends for RL, with every sampling field explicit so that nothing is left to
+# the model's generation_config.json.
+RECOMMENDED_RL: dict[str, Any] = {
+    **{f"engine.{k}": v for k, v in RL_ENGINE.items()},
+    **{f"trainer.{k}": v for k, v in RL_TRAINER.items()},
+    **{f"sampling.{k}": v for k, v in NEUTRAL_SAMPLING.items()},
+}
