@@ -97,7 +97,13 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNELS_PREFIX", "parity")},
+        "CONFIG": {
+            # channels-redis waits for messages with a 5 s blocking read (BZPOPMIN); redis-py's
+            # default socket timeout is also 5 s, so an idle socket's read timed out just as
+            # the wait ended and the consumer died with 1011. The socket must outwait it.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
+            "prefix": os.environ.get("CHANNELS_PREFIX", "parity"),
+        },
     }
 }
 

@@ -80,3 +80,23 @@ async def test_foreign_origin_is_refused(client: Any, alice: Any, project_a: Pro
     )
     connected, _ = await communicator.connect()
     assert not connected
+
+
+async def test_an_idle_socket_stays_open_for_a_minute(
+    client: Any, alice: Any, project_a: Project
+) -> None:
+    # Issue 17 §3: redis-py's 5 s socket timeout equalled channels-redis's 5 s blocking read,
+    # so an idle socket was closed with 1011 every ~6 s, outage or not.
+    run = await Run.objects.acreate(project=project_a, name="idle")
+    cookie = await sync_to_async(_session_cookie)(client, alice)
+    communicator = _communicator(f"/ws/runs/{run.pk}/", cookie)
+    connected, _ = await communicator.connect()
+    assert connected
+    for _ in range(12):  # 60 s, looking every 5 s for a close
+        assert await communicator.receive_nothing(timeout=5, interval=0.5), (
+            await communicator.receive_output()
+        )
+    await sync_to_async(live.publish)(f"run.{run.pk}", "status", {"status": "running"})
+    message = await communicator.receive_json_from(timeout=5)
+    assert message["kind"] == "status"
+    await communicator.disconnect()
