@@ -81,8 +81,10 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
     """Run one comparison end to end and return its outcome.
 
     Raises UserError (before any engine work where it can be known) for a missing model, an
-    unusable prompt set or settings the engine refuses. The trainer scores exactly the token
-    ids the engine returned; any disagreement is counted in `token_mismatch`, never hidden.
+    unusable prompt set or settings the engine refuses. Chats on a model without a chat
+    template are rendered as plain text, and the report's `notes` say so. The trainer
+    scores exactly the token ids the engine returned; any disagreement is counted in
+    `token_mismatch`, never hidden.
     """
     from parity.metrics import Thresholds, scalar_values
     from workers import rollout
@@ -97,7 +99,10 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
     model_path = rollout.resolve_model(spec.model)
     items = prompt_sets.load(spec.prompt_set, spec.prompts, spec.num_prompts)
     tokenizer = _tokenizer(model_path)
-    prompt_ids = prompt_sets.render(items, tokenizer)
+    # Rendered before any engine work: a prompt problem is known in a second, not after the
+    # engine has loaded.
+    rendered = prompt_sets.render_set(items, tokenizer)
+    prompt_ids = rendered.ids
 
     stages.say("engine", "loading engine")
     sampled = measure.sample(
@@ -168,6 +173,7 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
         "timings": timings,
         "reused": {"engine": sampled.engine_reused, "trainer": m.trainer_reused},
         "wall_s": time.perf_counter() - wall_started,
+        "notes": rendered.notes(),
     }
     stages.say("metrics", "done", 1.0)
     return JobOutcome(
@@ -373,6 +379,10 @@ def format_report(outcome: JobOutcome, worst: int = 3) -> str:
         for d in r["diagnoses"]:
             lines.append(f"  [{d['severity']}] {d['name']}: {d['message']}")
             lines.append(f"      fix: {d['fix']}")
+    notes = r.get("notes", [])
+    if notes:
+        lines.append("\nnotes:")
+        lines += [f"  - {note}" for note in notes]
     samp = r["sampling"]
     lines.append("\nsampling (requested -> effective):")
     for k, v in samp["effective"].items():

@@ -2,7 +2,8 @@
 them to token ids with the model's tokenizer.
 
 One item is either `{"prompt": "text"}` or `{"messages": [{"role": ..., "content": ...}, ...]}`
-(a chat, rendered with the tokenizer's chat template and a generation prompt). Other keys
+(a chat, rendered with the tokenizer's chat template and a generation prompt; as plain text
+when the tokenizer has none). Other keys
 (ids, answers, sources) are allowed and ignored, so existing datasets load as they are.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -118,26 +120,69 @@ def load(
     return items[:limit] if limit else items
 
 
-def render(items: Sequence[dict[str, Any]], tokenizer: Any) -> list[list[int]]:
+@dataclass
+class Rendered:
+    """A prompt set as token ids, and what rendering it had to work around."""
+
+    ids: list[list[int]]
+    # Chat items written as plain text because the tokenizer has no chat template (0-based).
+    plain_chats: list[int] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """What a report should say about how these prompts were rendered."""
+        if not self.plain_chats:
+            return []
+        n = len(self.plain_chats)
+        return [
+            f"the model's tokenizer has no chat template: {n} chat "
+            f"{'prompt' if n == 1 else 'prompts'} ({which(self.plain_chats)}) "
+            f"{'was' if n == 1 else 'were'} rendered as plain text "
+            "(one 'role: content' line per message, then 'assistant:')"
+        ]
+
+
+def render_set(items: Sequence[dict[str, Any]], tokenizer: Any) -> Rendered:
     """Token ids of each item: plain prompts with the tokenizer's special tokens (BOS), chats
-    through its chat template with the generation prompt appended."""
-    out: list[list[int]] = []
+    through its chat template with the generation prompt appended. A tokenizer with no chat
+    template (a base model) gets chats as plain text (`chat_as_text`), as a base model would
+    be prompted, and `Rendered.notes()` says so."""
+    out = Rendered([])
+    template = bool(getattr(tokenizer, "chat_template", None))
     for i, item in enumerate(items):
         if "prompt" in item:
             ids = tokenizer(item["prompt"], add_special_tokens=True)["input_ids"]
-        else:
-            if not getattr(tokenizer, "chat_template", None):
-                raise UserError(
-                    f"prompt {i + 1} is a chat (messages) but the model's tokenizer has no "
-                    'chat template; use plain {"prompt": ...} items for this model'
-                )
+        elif template:
             ids = tokenizer.apply_chat_template(
                 item["messages"], add_generation_prompt=True, tokenize=True, return_dict=False
             )
+        else:
+            ids = tokenizer(chat_as_text(item["messages"]), add_special_tokens=True)["input_ids"]
+            out.plain_chats.append(i)
         if not ids:
             raise UserError(f"prompt {i + 1} renders to no tokens")
-        out.append([int(t) for t in ids])
+        out.ids.append([int(t) for t in ids])
     return out
+
+
+def render(items: Sequence[dict[str, Any]], tokenizer: Any) -> list[list[int]]:
+    """`render_set(items, tokenizer).ids`: the token ids alone."""
+    return render_set(items, tokenizer).ids
+
+
+def chat_as_text(messages: Sequence[dict[str, str]]) -> str:
+    """A chat as a base model reads one: "role: content" lines, then "assistant:"."""
+    return "\n".join([*(f"{m['role']}: {m['content']}" for m in messages), "assistant:"])
+
+
+def which(indices: Sequence[int], most: int = 10) -> str:
+    """1-based prompt numbers for a message: "prompt 3", "prompts 1, 2 and 5", at most
+    `most` of them ("... and 15 more")."""
+    nums = [str(i + 1) for i in indices]
+    if len(nums) == 1:
+        return f"prompt {nums[0]}"
+    if len(nums) > most:
+        return f"prompts {', '.join(nums[:most])} and {len(nums) - most} more"
+    return f"prompts {', '.join(nums[:-1])} and {nums[-1]}"
 
 
 def describe(item: dict[str, Any], max_chars: int = 400) -> str:

@@ -5,7 +5,7 @@ Read by the job page (dashboard.core.presenters), the CLI's text report, the API
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from parity.reports import Verdict
 
@@ -109,3 +109,7 @@ class ComparisonReport(TypedDict):
     timings: dict[str, float]
     reused: dict[str, bool]
     wall_s: float
+    # What the run had to work around, in words: chats rendered as plain text (the model has
+    # no chat template). Absent from results stored before it existed; read it with
+    # .get("notes", []).
+    notes: NotRequired[list[str]]

@@ -1,5 +1,5 @@
 """Real checkpoints, real quirks (issue 11 §4): a pad id outside the embedding, a base model
-with no chat template, prompts longer than the engine's context.
+with no chat template.
 
 Each quirk is a copy of the tiny model with one thing changed, as real checkpoints come.
 Small runs (a few tokens per sequence): the engine build is the cost.
@@ -7,14 +7,22 @@ Small runs (a few tokens per sequence): the engine build is the cost.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from workers.reporting import NullReporter
+
 pytestmark = pytest.mark.engine
+
+SAMPLING = {"temperature": 0.7, "max_tokens": 4, "logprobs_topk": 0}
+ENGINE = {"dtype": "float32", "logprobs_mode": "processed", "generation_config": "vllm"}
+TRAINER = {"dtype": "float32"}
 
 
 def quirky(tiny_model: Path, out: Path, change: Callable[[Path], None]) -> Path:
@@ -30,6 +38,33 @@ def add_pad_without_resizing(path: Path) -> None:
     tok = AutoTokenizer.from_pretrained(path)
     tok.add_special_tokens({"pad_token": "<|pad|>"})
     tok.save_pretrained(path)
+
+
+def remove_chat_template(path: Path) -> None:
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    config = path / "tokenizer_config.json"
+    data = json.loads(config.read_text())
+    data.pop("chat_template", None)
+    config.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def no_template(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return quirky(tiny_model, tmp_path_factory.mktemp("quirks") / "base", remove_chat_template)
+
+
+def compare(model: Path, **spec: Any) -> Any:
+    from workers.compare import run_comparison
+    from workers.specs import ComparisonSpec
+
+    data = {
+        "model": str(model),
+        "sampling": SAMPLING,
+        "engine": ENGINE,
+        "trainer": TRAINER,
+        **spec,
+    }
+    return run_comparison(ComparisonSpec.model_validate(data), NullReporter())
 
 
 # --- a pad id outside the embedding ---------------------------------------------------------
@@ -51,3 +86,22 @@ def test_a_pad_id_outside_the_embedding_is_never_looked_up(
     assert batch.lt.shape == (5,) and np.isfinite(batch.lt).all()
     # Padded positions are masked: padding changes no score.
     np.testing.assert_allclose(batch.lt, np.concatenate([s.lt for s in alone]), atol=1e-5)
+
+
+# --- a base model with no chat template -----------------------------------------------------
+
+
+def test_the_builtin_set_on_a_model_without_a_chat_template_renders_chats_as_text(
+    no_template: Path, _engine_session: None
+) -> None:
+    from workers import prompts
+
+    chats = [i for i, item in enumerate(prompts.builtin()) if "messages" in item]
+    out = compare(no_template)
+    counts, notes = out.result["counts"], out.result["notes"]
+    assert counts["prompts"] == len(prompts.builtin())
+    assert counts["sequences"] == counts["prompts"]
+    (note,) = notes
+    assert note.startswith(f"the model's tokenizer has no chat template: {len(chats)} chat")
+    assert f"prompts {chats[0] + 1}, " in note and "plain text" in note
+    assert out.result["metrics"]["values"]["token_mismatch"] == 0

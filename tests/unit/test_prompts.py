@@ -114,8 +114,33 @@ def test_render_plain_and_chat() -> None:
     assert prompts.render(items, FakeTokenizer()) == [[1, 97, 98], [1, ord("h"), 2]]
 
 
-def test_render_chat_without_template_is_a_user_error() -> None:
+def test_render_without_a_chat_template_writes_chats_as_plain_text() -> None:
     tok = FakeTokenizer()
     tok.chat_template = None  # type: ignore[assignment]
-    with pytest.raises(UserError, match="prompt 1 is a chat"):
-        prompts.render([{"messages": [{"role": "user", "content": "hi"}]}], tok)
+    chat = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hi"},
+        ]
+    }
+    rendered = prompts.render_set([{"prompt": "ab"}, chat, chat], tok)
+    text = "system: Be brief.\nuser: hi\nassistant:"
+    assert rendered.ids == [[1, 97, 98], tok(text)["input_ids"], tok(text)["input_ids"]]
+    assert rendered.plain_chats == [1, 2]
+    (note,) = rendered.notes()
+    assert note.startswith("the model's tokenizer has no chat template: 2 chat prompts")
+    assert "(prompts 2 and 3)" in note and "plain text" in note
+    # The list form is the same ids.
+    assert prompts.render([chat], tok) == [tok(text)["input_ids"]]
+
+
+def test_render_with_a_chat_template_has_no_notes() -> None:
+    items = [{"messages": [{"role": "user", "content": "hi"}]}]
+    rendered = prompts.render_set(items, FakeTokenizer())
+    assert rendered.plain_chats == [] and rendered.notes() == []
+
+
+def test_prompt_lists_in_notes_are_bounded() -> None:
+    assert prompts.which(list(range(3))) == "prompts 1, 2 and 3"
+    assert prompts.which([4]) == "prompt 5"
+    assert prompts.which(list(range(25))) == "prompts 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 15 more"

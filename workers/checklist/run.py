@@ -82,6 +82,9 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
     thresholds, and when no variant at all could run (the reason of the first). A variant
     that fails on its own (an option this vLLM or device refuses) is recorded with its
     exact reason, and the rows that need it say "could-not-run"; no number is invented.
+
+    As in a comparison, chats on a model without a chat template are rendered as plain text;
+    a stage message says so (the checklist report has no place for notes yet).
     """
     reporter = reporter or NullReporter()
     started = time.perf_counter()
@@ -98,8 +101,11 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    prompt_ids = prompt_sets.render(items, tokenizer)
-    variants = _Variants(spec, model_path, prompt_ids, thresholds, progress)
+    # Rendered before any engine loads, so a prompt problem fails the job in a second.
+    rendered = prompt_sets.render_set(items, tokenizer)
+    for note in rendered.notes():
+        reporter.stage(note)
+    variants = _Variants(spec, model_path, rendered.ids, thresholds, progress)
     for i, v in enumerate(plan):
         variants.run(i, v)
     measured = variants.measured
