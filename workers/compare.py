@@ -81,8 +81,9 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
     """Run one comparison end to end and return its outcome.
 
     Raises UserError (before any engine work where it can be known) for a missing model, an
-    unusable prompt set or settings the engine refuses. Chats on a model without a chat
-    template are rendered as plain text, and the report's `notes` say so. The trainer
+    unusable prompt set, prompts none of which fit the engine's max_model_len, or settings
+    the engine refuses. Chats on a model without a chat template are rendered as plain text,
+    and prompts too long for the engine are skipped; the report's `notes` say so. The trainer
     scores exactly the token ids the engine returned; any disagreement is counted in
     `token_mismatch`, never hidden.
     """
@@ -164,7 +165,7 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
             verdict=reference.verdict,  # type: ignore[typeddict-item]
         ),
         "counts": {
-            "prompts": len(prompt_ids),
+            "prompts": len(prompt_ids) - len(sampled.skipped),
             "sequences": len(ro.token_ids),
             "tokens": int(scored.lr.size),
             "finish_reasons": _count(ro.finish_reasons),
@@ -173,7 +174,7 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
         "timings": timings,
         "reused": {"engine": sampled.engine_reused, "trainer": m.trainer_reused},
         "wall_s": time.perf_counter() - wall_started,
-        "notes": rendered.notes(),
+        "notes": rendered.notes() + sampled.notes,
     }
     stages.say("metrics", "done", 1.0)
     return JobOutcome(

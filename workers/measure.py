@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from parity.metrics import MetricsResult, Thresholds, compute_metrics
+from workers import prompts as prompt_sets
+from workers.reporting import UserError
 from workers.specs import EngineSettings, SamplingSettings, TrainerSettings
 
 if TYPE_CHECKING:
@@ -38,7 +40,11 @@ class Sampled:
 
     engine: Engine
     engine_reused: bool
+    # Sequences continue prompts by their index in the prompt set, skipped ones included.
     rollout: Rollout
+    # Prompts (0-based) too long for the engine's max_model_len: not sampled.
+    skipped: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def sample(
@@ -50,13 +56,35 @@ def sample(
     progress: Progress | None = None,
 ) -> Sampled:
     """Engine -> generate: the warm engine for these settings (built if needed), sampling
-    `sampling` on every prompt."""
+    `sampling` on every prompt that fits its max_model_len.
+
+    The others are skipped and `notes` says which; UserError when none fits.
+    """
     from workers import rollout
 
     engine, reused = rollout.get_engine(model_path, engine_settings)
-    return Sampled(
-        engine, reused, rollout.generate(engine, prompt_ids, sampling, progress=progress)
+    skipped = prompt_sets.too_long(prompt_ids, engine.max_model_len)
+    if not skipped:
+        return Sampled(
+            engine, reused, rollout.generate(engine, prompt_ids, sampling, progress=progress)
+        )
+    if len(skipped) == len(prompt_ids):
+        shortest = min(len(p) for p in prompt_ids)
+        raise UserError(
+            f"none of the {len(prompt_ids)} prompts fits the engine's "
+            f"max_model_len={engine.max_model_len} (the shortest has {shortest} tokens); "
+            "shorten them or raise max_model_len"
+        )
+    out = set(skipped)
+    kept = [i for i in range(len(prompt_ids)) if i not in out]
+    ro = rollout.generate(engine, [prompt_ids[i] for i in kept], sampling, progress=progress)
+    ro = replace(
+        ro,
+        prompt_token_ids=[list(p) for p in prompt_ids],
+        prompt_index=[kept[i] for i in ro.prompt_index],
     )
+    note = prompt_sets.skipped_note(prompt_ids, skipped, engine.max_model_len)
+    return Sampled(engine, reused, ro, skipped, [note])
 
 
 @dataclass

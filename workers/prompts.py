@@ -174,6 +174,22 @@ def chat_as_text(messages: Sequence[dict[str, str]]) -> str:
     return "\n".join([*(f"{m['role']}: {m['content']}" for m in messages), "assistant:"])
 
 
+def too_long(ids: Sequence[Sequence[int]], max_model_len: int) -> list[int]:
+    """Indices of the prompts an engine with this context length cannot sample from: vLLM
+    refuses a prompt of max_model_len tokens or more (no room for one new token)."""
+    return [i for i, p in enumerate(ids) if len(p) >= max_model_len]
+
+
+def skipped_note(ids: Sequence[Sequence[int]], skipped: Sequence[int], max_model_len: int) -> str:
+    """What a report says about the prompts `too_long` left out."""
+    shortest = min(len(ids[i]) for i in skipped)
+    return (
+        f"skipped {len(skipped)} of {len(ids)} prompts ({which(skipped)}): "
+        f"{shortest} tokens or more, no room to sample within the engine's "
+        f"max_model_len={max_model_len}; shorten them or raise max_model_len to measure them"
+    )
+
+
 def which(indices: Sequence[int], most: int = 10) -> str:
     """1-based prompt numbers for a message: "prompt 3", "prompts 1, 2 and 5", at most
     `most` of them ("... and 15 more")."""

@@ -89,7 +89,7 @@ class ReferenceReport(TypedDict):
 
 
 class Counts(TypedDict):
-    prompts: int
+    prompts: int  # prompts sampled (those too long for the engine are skipped; see notes)
     sequences: int
     tokens: int
     finish_reasons: dict[str, int]
@@ -110,6 +110,6 @@ class ComparisonReport(TypedDict):
     reused: dict[str, bool]
     wall_s: float
     # What the run had to work around, in words: chats rendered as plain text (the model has
-    # no chat template). Absent from results stored before it existed; read it with
-    # .get("notes", []).
+    # no chat template), prompts skipped as too long for the engine's max_model_len. Absent
+    # from results stored before it existed; read it with .get("notes", []).
     notes: NotRequired[list[str]]

@@ -1,5 +1,5 @@
 """Real checkpoints, real quirks (issue 11 §4): a pad id outside the embedding, a base model
-with no chat template.
+with no chat template, prompts longer than the engine's context.
 
 Each quirk is a copy of the tiny model with one thing changed, as real checkpoints come.
 Small runs (a few tokens per sequence): the engine build is the cost.
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from workers.reporting import NullReporter
+from workers.reporting import NullReporter, UserError
 
 pytestmark = pytest.mark.engine
 
@@ -105,3 +105,77 @@ def test_the_builtin_set_on_a_model_without_a_chat_template_renders_chats_as_tex
     assert note.startswith(f"the model's tokenizer has no chat template: {len(chats)} chat")
     assert f"prompts {chats[0] + 1}, " in note and "plain text" in note
     assert out.result["metrics"]["values"]["token_mismatch"] == 0
+
+
+# --- prompts longer than the engine's context -----------------------------------------------
+
+
+def test_prompts_too_long_for_max_model_len_are_skipped_with_a_note(
+    tiny_model: Path, _engine_session: None
+) -> None:
+    from transformers import AutoTokenizer
+
+    from workers import prompts
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    lens = [len(ids) for ids in prompts.render(prompts.builtin()[:6], tok)]
+    out = compare(tiny_model, num_prompts=6, engine={**ENGINE, "max_model_len": 16})
+    too_long = [i for i, n in enumerate(lens) if n >= 16]
+    assert 0 < len(too_long) < 6, lens
+    counts = out.result["counts"]
+    assert counts["prompts"] == counts["sequences"] == 6 - len(too_long)
+    (note,) = out.result["notes"]
+    assert note.startswith(f"skipped {len(too_long)} of 6 prompts (prompts ")
+    assert "max_model_len=16" in note
+    # The worst sequences still name the prompts they continue.
+    kept = [i for i in range(6) if i not in too_long]
+    assert {s["prompt_index"] for s in out.result["worst_sequences"]} <= set(kept)
+
+
+def test_a_prompt_set_with_nothing_short_enough_is_a_user_error(
+    tiny_model: Path, _engine_session: None
+) -> None:
+    long = [{"prompt": "a long prompt " * 20}] * 2
+    with pytest.raises(UserError, match="none of the 2 prompts fits .*max_model_len=16"):
+        compare(tiny_model, prompts=long, engine={**ENGINE, "max_model_len": 16})
+
+
+def test_the_checklist_renders_and_skips_the_same_way(
+    no_template: Path, _engine_session: None
+) -> None:
+    from workers.checklist import run_checklist
+    from workers.specs import ChecklistSpec
+
+    class Stages:
+        def __init__(self) -> None:
+            self.messages: list[str] = []
+
+        def stage(self, message: str, progress: float | None = None) -> None:
+            self.messages.append(message)
+
+        def step_values(self, step: int, values: Any) -> None:
+            pass
+
+    items = [
+        {"messages": [{"role": "user", "content": "Say hi."}]},
+        {"prompt": "a long prompt " * 20},
+        {"prompt": "The capital of France is"},
+    ]
+    stages = Stages()
+    result = run_checklist(
+        ChecklistSpec(
+            model=str(no_template),
+            prompts=items,
+            sampling=SAMPLING,
+            engine={**ENGINE, "max_model_len": 16},
+            trainer=TRAINER,
+            checks=["runtime_defaults"],
+        ),
+        stages,
+    )
+    assert all(m.ok for m in result.variants), [m.error for m in result.variants]
+    assert {m.values["n_sequences"] for m in result.variants} == {2}
+    # The checklist report has no notes key: the stage messages say it.
+    said = "\n".join(stages.messages)
+    assert said.count("the model's tokenizer has no chat template: 1 chat prompt (prompt 1)") == 1
+    assert said.count("skipped 1 of 3 prompts (prompt 2)") == 1

@@ -140,6 +140,16 @@ def test_render_with_a_chat_template_has_no_notes() -> None:
     assert rendered.plain_chats == [] and rendered.notes() == []
 
 
+def test_prompts_too_long_for_the_engine() -> None:
+    ids = [[1] * 5, [1] * 8, [1] * 7, [1] * 20]
+    # vLLM refuses a prompt of max_model_len tokens or more: no room to sample.
+    assert prompts.too_long(ids, 8) == [1, 3]
+    assert prompts.too_long(ids, 21) == []
+    note = prompts.skipped_note(ids, [1, 3], 8)
+    assert note.startswith("skipped 2 of 4 prompts (prompts 2 and 4): ")
+    assert "max_model_len=8" in note
+
+
 def test_prompt_lists_in_notes_are_bounded() -> None:
     assert prompts.which(list(range(3))) == "prompts 1, 2 and 3"
     assert prompts.which([4]) == "prompt 5"

@@ -83,8 +83,9 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
     that fails on its own (an option this vLLM or device refuses) is recorded with its
     exact reason, and the rows that need it say "could-not-run"; no number is invented.
 
-    As in a comparison, chats on a model without a chat template are rendered as plain text;
-    a stage message says so (the checklist report has no place for notes yet).
+    As in a comparison, chats on a model without a chat template are rendered as plain text
+    and prompts too long for an engine are skipped; a stage message says so (the checklist
+    report has no place for notes yet).
     """
     reporter = reporter or NullReporter()
     started = time.perf_counter()
@@ -170,6 +171,7 @@ class _Variants:
         self.rollouts: dict[str, tuple[Rollout, dict[str, Any]]] = {}
         # (engine settings, effective sampling) -> the variant that sampled with them.
         self.by_key: dict[tuple[str, str], str] = {}
+        self.notes: list[str] = []  # what sampling had to work around, once each
 
     def run(self, i: int, v: Variant) -> Measured:
         """Measure variant `v` (the i-th of the plan): its numbers, or why it could not run."""
@@ -239,8 +241,13 @@ class _Variants:
             ro = self.rollouts[m.rollout_of][0]
         else:
             self.progress.say(i, v.label, "generating", 0.3)
-            ro = measure.sample(self.model_path, v.engine, self.prompt_ids, sampling).rollout
+            sampled = measure.sample(self.model_path, v.engine, self.prompt_ids, sampling)
+            ro = sampled.rollout
             m.seconds["generate_s"] = ro.seconds
+            for note in sampled.notes:
+                if note not in self.notes:
+                    self.notes.append(note)
+                    self.progress.say(i, v.label, note, 0.3)
             self.by_key[key] = v.name
         self.rollouts[v.name] = (ro, engine.effective_settings())
         return self.rollouts[v.name]
