@@ -61,13 +61,18 @@ class NullReporter(PrintReporter):
         super().__init__(quiet=True)
 
 
-def json_safe(x: Any) -> Any:
-    """`x` with NaN/inf replaced by None and numpy scalars by Python ones.
+# Postgres jsonb refuses U+0000 in any string; a sampled NUL token is shown as the visible
+# symbol for NUL instead (token text is for people; ids stay exact).
+NUL, NUL_SYMBOL = "\x00", "\u2400"
 
-    Job results are stored in Postgres jsonb, which refuses NaN and Infinity.
-    """
+
+def json_safe(x: Any) -> Any:
+    """`x` as Postgres jsonb can store it: NaN/inf replaced by None, numpy scalars by Python
+    ones, and NUL characters in strings and keys by the symbol for NUL (U+2400)."""
+    if isinstance(x, str):
+        return x.replace(NUL, NUL_SYMBOL)
     if isinstance(x, Mapping):
-        return {str(k): json_safe(v) for k, v in x.items()}
+        return {str(k).replace(NUL, NUL_SYMBOL): json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [json_safe(v) for v in x]
     if hasattr(x, "item") and callable(x.item) and getattr(x, "shape", None) == ():

@@ -24,7 +24,7 @@ from django.db import transaction
 
 from dashboard.core.models import Job, Run
 from dashboard.core.points import store_step_values
-from workers.reporting import JobOutcome, Reporter, UserError
+from workers.reporting import JobOutcome, Reporter, UserError, json_safe
 from workers.specs.kinds import JOB_KINDS
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,20 @@ def run_job(self: Any, job_id: int) -> None:
         log.exception("job %s crashed", job_id)
         _fail(job, f"Internal error: {type(exc).__name__}: {exc}")
     else:
-        _succeed(job, outcome)
+        try:
+            _succeed(job, outcome)
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be saved fails the job now
+            log.exception("job %s: saving its result failed", job_id)
+            job.refresh_from_db()  # drop the unsaved result held in memory
+            _fail(job, f"The job's result could not be saved: {type(exc).__name__}: {exc}")
     finally:
         heartbeat.stopped.set()
 
 
 def _succeed(job: Job, outcome: JobOutcome) -> None:
+    # Every runner's outcome passes here: one place makes it storable (NaN, NUL, numpy).
+    outcome.result = json_safe(outcome.result)
+    outcome.fingerprint = json_safe(outcome.fingerprint)
     with transaction.atomic():
         run = job.run
         if run is not None:
