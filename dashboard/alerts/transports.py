@@ -151,7 +151,9 @@ def _retry_after(value: str | None) -> float | None:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        # ASCII delta-seconds only (isdigit also takes "²", which float() refuses); a wait
+        # of more than six digits (11 days) is no wait this outbox honours.
+        return float(value) if value.isascii() and len(value) <= 6 else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -20,6 +20,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from dashboard.core import hooks
+from dashboard.core.api.types import plain_id
 from dashboard.core.auth import visible_projects
 from dashboard.core.forms import RunFilterForm, SpecForm
 from dashboard.core.models import ApiToken, Job, Project, Run, start_job
@@ -303,8 +304,9 @@ def compare(request: HttpRequest, slug: str) -> HttpResponse:
     ids: list[int] = []
     for raw in request.GET.getlist("run"):
         for part in raw.split(","):
-            if part.strip().isdigit() and int(part) not in ids:
-                ids.append(int(part))
+            run_id = plain_id(part)
+            if run_id is not None and run_id not in ids:
+                ids.append(run_id)
     ids = ids[:COMPARE_MAX]
     found = {run.pk: run for run in project.runs.filter(pk__in=ids)}
     if len(found) != len(ids):

@@ -422,3 +422,15 @@ def test_comparison_form_names_vllms_defaults_and_offers_the_rl_settings(
     assert spec["engine"]["generation_config"] == "vllm"
     assert spec["engine"]["head_dtype"] == spec["trainer"]["head_dtype"] == "float32"
     assert spec["sampling"]["temperature"] == 1.0 and spec["sampling"]["top_p"] == 1.0
+
+
+@pytest.mark.parametrize("raw", ["%C2%B2", "%D9%A3", "9" * 30, "1" * 5000])
+def test_compare_ignores_run_ids_that_are_not_plain_numbers(
+    alice_client: Any, project_a: Any, raw: str
+) -> None:
+    # Issue 15 §4: str.isdigit accepts "²" and Arabic-Indic digits, which int() refuses (500);
+    # ids past bigint or Python's digit limit must not reach int() or Postgres either.
+    url = reverse("compare", args=["proj-a"])
+    plain = alice_client.get(url + "?run=abc")
+    response = alice_client.get(f"{url}?run={raw}")
+    assert response.status_code == plain.status_code < 500

@@ -99,6 +99,15 @@ def test_retry_after_seconds_and_date() -> None:
     assert err.value.retry_after == 0  # in the past: no extra wait
 
 
+@pytest.mark.parametrize("value", ["²", "٣", "9" * 5000])
+def test_a_hostile_retry_after_is_ignored_not_a_crash(value: str) -> None:
+    # str.isdigit accepts "²" and Arabic-Indic digits, which float() refuses; 5,000 digits
+    # would be an absurd wait. A receiver's header must never crash the delivery.
+    with pytest.raises(TransportError) as err:
+        Standard(endpoint()).check(answer(503, **{"retry-after": value}))
+    assert err.value.retry_after is None
+
+
 def test_backoff_grows_with_jitter_and_honours_retry_after(settings: Any) -> None:
     settings.WEBHOOK_RETRY_BASE_S, settings.WEBHOOK_RETRY_MAX_S = 10, 3600
     for attempts, low, high in [(1, 5, 10), (2, 10, 20), (3, 20, 40), (20, 1800, 3600)]:

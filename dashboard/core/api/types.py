@@ -1,8 +1,9 @@
-"""Field types shared by every API router: text that Postgres can store."""
+"""Field types shared by every API router and page: text and ids that Postgres can store."""
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
@@ -17,6 +18,17 @@ def db_text(value: str) -> str:
     except UnicodeEncodeError as exc:  # lone surrogates
         raise ValueError("must be valid Unicode text") from exc
     return value
+
+
+# ASCII digits only (str.isdigit also accepts "²", which int() refuses), few enough for a
+# bigint and far below Python's int() digit limit.
+_PLAIN_ID = re.compile(r"[0-9]{1,18}")
+
+
+def plain_id(text: str) -> int | None:
+    """A database id written as plain decimal digits, or None for anything else."""
+    text = text.strip()
+    return int(text) if _PLAIN_ID.fullmatch(text) else None
 
 
 def Text(max_length: int, min_length: int = 0) -> Any:  # noqa: N802 - used like a type
