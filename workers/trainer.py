@@ -234,6 +234,9 @@ def get_trainer(model_path: str, settings: TrainerSettings) -> tuple[TrainerMode
     key = (model_path, model_files_key(model_path), load_settings)
     with _lock:
         if _current is not None and _current.key == key:
+            # Same weights and load settings; how it scores (batch size, processing) is this
+            # job's.
+            _current.settings = settings
             return _current, True
         _current = None
         gc.collect()

@@ -79,6 +79,10 @@ class StaleEvidence(TypedDict):
     resolution_needed: float | None
     resolvable: bool
     params_equal_to_previous_weights: int
+    # The checksum status the flag was decided with (None: no checksums) and whether the
+    # tokens alone fit W_k-1 clearly better (resolvable and past the margin on both).
+    checksum_status: NotRequired[UpdateStatus | None]
+    tokens_fit_previous: NotRequired[bool]
 
 
 class PartialEvidence(TypedDict):

@@ -179,3 +179,17 @@ def test_the_checklist_renders_and_skips_the_same_way(
     said = "\n".join(stages.messages)
     assert said.count("the model's tokenizer has no chat template: 1 chat prompt (prompt 1)") == 1
     assert said.count("skipped 1 of 3 prompts (prompt 2)") == 1
+
+
+def test_a_reused_trainer_takes_the_new_batch_size_and_processing(tiny_model: Path) -> None:
+    # The loaded model is reused across jobs whose settings differ only in how it scores; the
+    # reused trainer must score with the new settings, not the ones it was loaded with.
+    from workers import trainer
+    from workers.specs import TrainerSettings
+
+    first, _ = trainer.get_trainer(str(tiny_model), TrainerSettings(batch_size=16))
+    again, reused = trainer.get_trainer(
+        str(tiny_model), TrainerSettings(batch_size=2, processing="raw")
+    )
+    assert reused and again is first
+    assert again.settings.batch_size == 2 and again.settings.processing == "raw"

@@ -48,25 +48,113 @@ def test_a_correct_update_raises_no_flag() -> None:
     assert flags["partial_update"].reason == "every parameter equals the trainer's W_k"
 
 
-def test_tokens_that_fit_the_previous_weights_are_stale_and_spike() -> None:
+def test_without_checksums_tokens_that_fit_the_previous_weights_are_stale_and_spike() -> None:
     flags = flags_for_update(
-        FAR, {"kl_k3": 1e-3, "abs_diff_mean": 0.02}, BASE, FULL, 0.3, FlagSettings()
+        FAR, {"kl_k3": 1e-3, "abs_diff_mean": 0.02}, BASE, {}, 0.3, FlagSettings()
     )
     stale = flags["stale_weights"]
     assert stale.fired and "fit W_k-1 much better" in stale.reason
     assert stale.evidence["resolvable"] is True
+    assert stale.evidence["tokens_fit_previous"] is True
+    assert stale.evidence["checksum_status"] is None
     assert stale.evidence["vs_previous"] == {"kl_k3": 1e-3, "abs_diff_mean": 0.02}
     assert stale.evidence["resolution_needed"] == pytest.approx(0.04)
     assert flags["mismatch_spike"].fired
 
 
+def test_tokens_that_fit_the_previous_weights_are_not_stale_when_every_parameter_holds_w_k() -> (
+    None
+):
+    # The checksums read every weight through the kernel that serves it: W_k is there, so
+    # whatever made the tokens fit W_k-1 is not the weights; the spike still says it.
+    flags = flags_for_update(
+        FAR, {"kl_k3": 1e-3, "abs_diff_mean": 0.02}, BASE, FULL, 0.3, FlagSettings()
+    )
+    stale = flags["stale_weights"]
+    assert not stale.fired
+    assert stale.reason.startswith("not stale: every parameter holds W_k")
+    assert "which the weights do not explain" in stale.reason
+    assert stale.evidence["tokens_fit_previous"] is True
+    assert flags["mismatch_spike"].fired
+
+
+# A norm that arrived scaled by 1.02 (issue 11 §4): one parameter differs from W_k and does
+# not equal W_k-1 either; the rest took W_k.
+CORRUPTED = {
+    "status": "partial",
+    "not_updated": ["model.layers.0.input_layernorm.weight"],
+    "n_params": 21,
+    "matched": 20,
+    "not_updated_detail": {
+        "model.layers.0.input_layernorm.weight": {"equals_previous_weights": False}
+    },
+}
+
+
+def test_a_corrupted_parameter_is_a_partial_update_not_stale_weights() -> None:
+    # Even when the tokens happen to fit W_k-1 better at some update.
+    flags = flags_for_update(
+        FAR, {"kl_k3": 1e-3, "abs_diff_mean": 0.02}, BASE, CORRUPTED, 0.3, FlagSettings()
+    )
+    assert flags["partial_update"].fired
+    stale = flags["stale_weights"]
+    assert not stale.fired
+    assert "20 of 21 parameters took W_k (a partial update, not stale weights)" in stale.reason
+    assert stale.evidence["checksum_status"] == "partial"
+    assert stale.evidence["params_equal_to_previous_weights"] == 0
+
+
+def test_a_parameter_left_at_the_previous_weights_is_partial_not_stale() -> None:
+    # The stale tied head: the embedding took W_k, the head kernel still serves W_k-1.
+    head = {
+        "status": "partial",
+        "not_updated": ["lm_head.weight"],
+        "n_params": 27,
+        "matched": 26,
+        "not_updated_detail": {
+            "lm_head.weight": {
+                "equals_previous_weights": True,
+                "tied_to": "model.embed_tokens.weight",
+            }
+        },
+    }
+    flags = flags_for_update(
+        FAR, {"kl_k3": 1e-3, "abs_diff_mean": 0.02}, BASE, head, 0.3, FlagSettings()
+    )
+    assert [name for name, f in flags.items() if f.fired] == ["partial_update", "mismatch_spike"]
+    assert "lm_head.weight" in flags["partial_update"].reason
+
+
+def test_an_engine_holding_the_previous_weights_is_stale_by_its_checksums_alone() -> None:
+    none = {
+        "status": "none",
+        "not_updated": ["x", "y"],
+        "n_params": 2,
+        "matched": 0,
+        "not_updated_detail": {
+            "x": {"equals_previous_weights": True},
+            "y": {"equals_previous_weights": True},
+        },
+    }
+    # The update is below the token resolution, but the checksums are exact.
+    flags = flags_for_update(BASE, BASE, BASE, none, 0.01, FlagSettings())
+    stale = flags["stale_weights"]
+    assert stale.fired and not stale.evidence["resolvable"]
+    assert stale.reason == "no parameter took W_k and 2 of 2 hold W_k-1's values (checksums)"
+    assert not flags["partial_update"].fired
+    # Took nothing, holds something else (not W_k-1), tokens do not point at W_k-1: no flag.
+    other = {**none, "not_updated_detail": {"x": {}, "y": {"equals_previous_weights": False}}}
+    assert not flags_for_update(BASE, BASE, BASE, other, 0.3, FlagSettings())["stale_weights"].fired
+
+
 def test_an_update_below_the_noise_cannot_be_called_stale() -> None:
+    # No checksums: the tokens are all there is to go by.
     tiny = flags_for_update(
-        {"kl_k3": 1.2e-3, "abs_diff_mean": 0.022}, BASE, BASE, FULL, 0.01, FlagSettings()
+        {"kl_k3": 1.2e-3, "abs_diff_mean": 0.022}, BASE, BASE, {}, 0.01, FlagSettings()
     )
     assert not tiny["stale_weights"].fired
     assert "inconclusive" in tiny["stale_weights"].reason
-    unknown = flags_for_update(FAR, BASE, BASE, FULL, None, FlagSettings())
+    unknown = flags_for_update(FAR, BASE, BASE, {}, None, FlagSettings())
     assert not unknown["stale_weights"].fired
     assert unknown["stale_weights"].evidence["resolvable"] is False
 
@@ -77,7 +165,7 @@ def test_staleness_needs_both_metrics_past_the_margin() -> None:
         {"kl_k3": 0.05, "abs_diff_mean": 0.03},
         {"kl_k3": 1e-3, "abs_diff_mean": 0.02},
         BASE,
-        FULL,
+        {},  # no checksums: the tokens decide
         0.3,
         FlagSettings(),
     )
@@ -130,7 +218,7 @@ def test_partial_update_names_the_parameters_and_none_is_not_partial() -> None:
     ].reason.endswith("p9 ...")
     none = {**some, "status": "none", "matched": 0}
     flag = flags_for_update(BASE, FAR, BASE, none, 0.3, FlagSettings())["partial_update"]
-    assert not flag.fired and "stale engine" in flag.reason
+    assert not flag.fired and "not a partial update" in flag.reason
 
 
 def test_flag_settings_move_the_thresholds() -> None:

@@ -67,10 +67,14 @@ def flags_for_update(
     Returns:
         name -> Flag for `FLAG_NAMES`:
 
-        - stale_weights: the engine's tokens fit W_{k-1} at least stale_margin times better
-          than W_k on both kl_k3 and abs_diff_mean, and the update is resolvable
-          (`separation` above stale_resolution x the W0 baseline abs_diff_mean; below that,
-          numerical noise could decide the comparison).
+        - stale_weights: the engine still serves W_{k-1}. Only when no parameter took W_k
+          (checksum status "none", or no checksums to go by), and there is evidence of
+          W_{k-1}: some parameter holds W_{k-1}'s values exactly (checksums), or the engine's
+          tokens fit W_{k-1} at least stale_margin times better than W_k on both kl_k3 and
+          abs_diff_mean with the update resolvable (`separation` above stale_resolution x
+          the W0 baseline abs_diff_mean; below that, numerical noise could decide the
+          comparison). When some or all parameters took W_k the weights are not stale,
+          whatever the tokens fit: that is partial_update's cause, or not a weight at all.
         - partial_update: some parameters took W_k and some did not (per-parameter
           checksums); when none did, the engine did not update at all, which stale_weights
           reports.
@@ -106,8 +110,16 @@ def _stale(
     cur, prev = _kl_and_abs(values), _kl_and_abs(values_prev)
     cur_kl, cur_abs = _num(cur, "kl_k3"), _num(cur, "abs_diff_mean")
     prev_kl, prev_abs = _num(prev, "kl_k3"), _num(prev, "abs_diff_mean")
-    closer_to_prev = (
-        prev_kl * settings.stale_margin < cur_kl and prev_abs * settings.stale_margin < cur_abs
+    fits_prev = bool(
+        resolvable
+        and prev_kl * settings.stale_margin < cur_kl
+        and prev_abs * settings.stale_margin < cur_abs
+    )
+    status = checksums.get("status")
+    held_prev = sum(
+        1
+        for d in checksums.get("not_updated_detail", {}).values()
+        if d.get("equals_previous_weights")
     )
     evidence = StaleEvidence(
         vs_current=cur,
@@ -117,24 +129,34 @@ def _stale(
         baseline_abs_diff_mean=base_abs,
         resolution_needed=settings.stale_resolution * base_abs,
         resolvable=bool(resolvable),
-        params_equal_to_previous_weights=sum(
-            1
-            for d in checksums.get("not_updated_detail", {}).values()
-            if d.get("equals_previous_weights")
-        ),
+        params_equal_to_previous_weights=held_prev,
+        checksum_status=status,
+        tokens_fit_previous=fits_prev,
     )
+    fit = (
+        f"the engine's tokens fit W_k-1 much better than W_k (kl_k3 {prev_kl:.3g} vs "
+        f"{cur_kl:.3g}, abs_diff_mean {prev_abs:.3g} vs {cur_abs:.3g})"
+    )
+    if status in ("full", "partial"):
+        took = (
+            "every parameter holds W_k"
+            if status == "full"
+            else f"{checksums.get('matched')} of {checksums.get('n_params')} parameters "
+            "took W_k (a partial update, not stale weights)"
+        )
+        tokens = f"; {fit}, which the weights do not explain" if fits_prev else ""
+        return Flag(False, f"not stale: {took} (checksums){tokens}", evidence)
+    if held_prev:
+        n = checksums.get("n_params")
+        reason = f"no parameter took W_k and {held_prev} of {n} hold W_k-1's values (checksums)"
+        return Flag(True, reason + (f"; {fit}" if fits_prev else ""), evidence)
+    if fits_prev:
+        return Flag(True, fit, evidence)
     if not resolvable:
         return Flag(
             False,
             "inconclusive: the update moves the trainer's logprobs less than the resolution "
             "needed to tell W_k from W_k-1",
-            evidence,
-        )
-    if closer_to_prev:
-        return Flag(
-            True,
-            f"the engine's tokens fit W_k-1 much better than W_k (kl_k3 {prev_kl:.3g} vs "
-            f"{cur_kl:.3g}, abs_diff_mean {prev_abs:.3g} vs {cur_abs:.3g})",
             evidence,
         )
     return Flag(False, "the engine's tokens do not fit W_k-1 clearly better than W_k", evidence)
@@ -161,7 +183,8 @@ def _partial(checksums: Mapping[str, Any]) -> Flag:
     if status == "none":
         return Flag(
             False,
-            "no parameter took the new weights (a stale engine, not a partial update)",
+            "no parameter took the new weights (not a partial update: stale_weights says "
+            "whether the engine holds W_k-1)",
             evidence,
         )
     return Flag(False, "every parameter equals the trainer's W_k", evidence)
