@@ -243,6 +243,7 @@ def comparison_context(
         "reference": reference,
         "sampling": sampling_rows(report["sampling"]),
         "counts": report["counts"],
+        "notes": report.get("notes", []),
         "diagnoses": diagnoses(report),
         "strata": strata(metrics),
         "worst": worst_sequences(report),

@@ -205,3 +205,6 @@ class ChecklistReport(TypedDict):
     timings: dict[str, float]  # "<variant>.<stage>_s" and "replay_<key>.total_s"
     spec: dict[str, Any]  # the ChecklistSpec as JSON
     markdown: str  # the report to paste into a pull request
+    # What the run had to work around (chats rendered as plain text, prompts too long for
+    # the engine skipped); absent from results stored before it existed: .get("notes", []).
+    notes: NotRequired[list[str]]

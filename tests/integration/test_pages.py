@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import pytest
@@ -233,6 +234,26 @@ def test_comparison_result_is_readable(alice_client: Any, project_a: Any) -> Non
     temperature_row = next(r for r in sampling.split("<tr") if "<code>temperature</code>" in r)
     assert 'class="differs"' in temperature_row and "0.7" in temperature_row
     assert "if matched" in body and "512 tokens" in body
+
+
+def test_a_comparison_page_explains_a_verdict_with_no_diagnosis_and_shows_notes(
+    alice_client: Any, project_a: Any
+) -> None:
+    # Issue 11: "fail ... next to 'No misconfiguration diagnosed'", unexplained; and what the
+    # run had to work around (plain-text chats, skipped prompts) is said on the page.
+    from dashboard.core.models import Job
+
+    note = "the model's tokenizer has no chat template: 2 chat prompts were rendered as text"
+    result = {**RESULT, "diagnoses": [], "notes": [note]}
+    run = _run(project_a, kind="comparison", verdict="warn", status="finished")
+    job = Job.objects.create(
+        project=project_a, run=run, kind="comparison", status="succeeded", result=result
+    )
+    body = alice_client.get(reverse("job", args=[job.pk])).content.decode()
+    no_diagnosis = body[body.index('id="no-diagnosis"') :]
+    assert "the warn comes from the measured numbers" in no_diagnosis[: no_diagnosis.index("</p>")]
+    notes = body[body.index('id="notes"') :]
+    assert html.escape(note) in notes[: notes.index("</ul>")]
 
 
 def test_compare_highlights_differences(alice_client: Any, project_a: Any) -> None:

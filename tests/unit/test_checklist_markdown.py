@@ -403,6 +403,17 @@ def test_a_row_that_needs_no_fix_never_reads_pass_over_failing_cells() -> None:
     assert "| fp32 lm_head | ✅ no fix needed |" in result["markdown"]
 
 
+def test_notes_are_in_the_markdown_and_on_the_page() -> None:
+    from django.template.loader import render_to_string
+
+    result = copy.deepcopy(RESULT)
+    result["notes"] = ["1 prompt (prompt 3) was too long for the engine and was skipped"]
+    result["markdown"] = render_markdown(result)
+    assert "> Note: 1 prompt (prompt 3) was too long" in result["markdown"]
+    out = render_to_string("checklist_result.html", {"result": result})
+    assert 'id="checklist-notes"' in out and "prompt 3) was too long" in out
+
+
 # --- bad input: refused before any engine work ----------------------------------------------
 
 

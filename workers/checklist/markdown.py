@@ -109,6 +109,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         meta=" · ".join(meta),
         rows="\n".join(table),
         others="\nOther measured variants:\n\n" + "\n".join(others) + "\n" if others else "",
+        notes="".join(f"\n> Note: {_escape(n)}\n" for n in result.get("notes", [])),
         recommendations="".join(recommendations),
         footer=footer,
     )

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -60,6 +60,7 @@ class ChecklistResult:
     seconds: float
     timings: dict[str, float]
     spec: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
 
     def histograms(self) -> Histograms:
         """Per-variant |d| counts on the common edges, for one overlaid chart."""
@@ -93,6 +94,7 @@ class ChecklistResult:
             "timings": self.timings,
             "spec": self.spec,
             "markdown": "",
+            "notes": self.notes,
         }
         out: ChecklistReport = json_safe(body)
         out["markdown"] = render_markdown(out)

@@ -84,8 +84,7 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
     exact reason, and the rows that need it say "could-not-run"; no number is invented.
 
     As in a comparison, chats on a model without a chat template are rendered as plain text
-    and prompts too long for an engine are skipped; a stage message says so (the checklist
-    report has no place for notes yet).
+    and prompts too long for an engine are skipped; the report's `notes` say so.
     """
     reporter = reporter or NullReporter()
     started = time.perf_counter()
@@ -149,6 +148,7 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
         seconds=time.perf_counter() - started,
         timings=timings,
         spec=spec.model_dump(mode="json"),
+        notes=rendered.notes() + variants.notes,
     )
 
 
