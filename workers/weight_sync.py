@@ -30,6 +30,22 @@ then re-run each layer's `process_weights_after_loading` so the kernels are rebu
 the new values. `mode="direct"` is the bare `load_weights` call, kept so that a replay can
 show what it does on a given platform.
 
+Why the layerwise mode then re-ties the output head (`_parity_retie_kernels`): with tied word
+embeddings (Qwen2, Gemma, small Llamas) `lm_head.weight` *is* the embedding's Parameter
+(`ParallelLMHead.tie_weights`), and the model's `load_weights` skips `lm_head.*`. vLLM's
+reload copies the new embedding into that shared storage, but the ParallelLMHead layer itself
+receives no weight, so `finalize_layerwise_reload` only puts its old tensors back (it logs
+"ParallelLMHead: Failed to load weights") and never re-runs its
+`process_weights_after_loading`. On the CPU backend that is where the head's oneDNN kernel
+is built, from a packed *copy* of the weight: after the reload the engine embeds tokens with
+W_k and projects logits with W0's embedding (measured with vLLM 0.32.0 on a tied Qwen2: the
+head kernel keeps W0's values exactly, while the shared parameter holds W_k). On GPU, by
+vLLM's code, an unquantized head multiplies with `lm_head.weight` itself, so the shared
+parameter is what serves it there. So after the reload every matmul layer whose
+weight is another module's Parameter and was not loaded itself gets its kernel rebuilt from
+that Parameter, as the initial load does, and the update's report says what the kernel held
+before and after (`RetiedKernel`).
+
 How checksums are taken (`parity_param_checksums`): per *HF* parameter name, so that they
 compare 1:1 with the trainer's state dict. Fused vLLM parameters are split back on their
 shard sizes (`qkv_proj` -> q/k/v_proj, `gate_up_proj` -> gate/up_proj, from the model's
@@ -37,7 +53,11 @@ shard sizes (`qkv_proj` -> q/k/v_proj, `gate_up_proj` -> gate/up_proj, from the 
 (and lm_head) the weight is read *through the serving kernel*: the layer's
 `quant_method.apply` on an identity matrix returns exactly W^T (one non-zero product per
 output element, so no rounding), i.e. the weights the engine actually multiplies with,
-not a parameter tensor that may no longer be what the kernel uses.
+not a parameter tensor that may no longer be what the kernel uses. A tied output head is read
+the same way and reported as its own entry, `lm_head.weight` with `tied_to` naming the
+embedding, because the parameter the two share says nothing about the head's kernel. Where
+vLLM does not project through the kernel (a `head_dtype` other than the model's: the logits
+processor calls `F.linear` on `lm_head.weight`), the head is read from that parameter.
 """
 
 from __future__ import annotations
@@ -48,10 +68,11 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import torch
 
+from parity.reports.replay import RetiedKernel
 from workers.specs.replay import EXTENSION_QUALNAME  # noqa: F401 - spelled once, in the spec
 
 # Identity-probe chunk: rows of the identity pushed through a linear kernel at once; bounds
@@ -80,6 +101,9 @@ class ParamChecksum(TypedDict):
     sum: float
     abs_sum: float
     source: str  # "kernel": read through the serving kernel; "param": the parameter tensor
+    # A tied layer's entry: the name of the parameter it shares (the trainer's W_k is read
+    # from that name when W_k has none of its own).
+    tied_to: NotRequired[str]
 
 
 def tensor_checksum(t: torch.Tensor, source: str = "param") -> ParamChecksum:
@@ -149,6 +173,10 @@ class WeightSyncExtension:
         """The weights that actually go into load_weights (all of them, here)."""
         return weights
 
+    def _parity_retie_kernels(self, model: torch.nn.Module, loaded: set[str]) -> list[RetiedKernel]:
+        """Rebuild the kernels of tied layers the reload did not process (module docstring)."""
+        return retie_kernels(model, loaded)
+
     # --- RPC methods ----------------------------------------------------------------------
 
     def parity_extension_info(self) -> dict[str, Any]:
@@ -176,7 +204,8 @@ class WeightSyncExtension:
         `model.load_weights(...)`. Returns {"received": HF names read, "sent": HF names
         passed to load_weights, "loaded": vLLM names load_weights reports, "seconds",
         "running_requests": {request id: output tokens so far} for requests the model runner
-        holds when the weights change (non-empty only for an in-flight update)}.
+        holds when the weights change (non-empty only for an in-flight update), "retied":
+        the tied layers whose kernels were rebuilt after a layerwise reload (`RetiedKernel`)}.
         """
         from vllm.config import set_current_vllm_config
 
@@ -184,6 +213,7 @@ class WeightSyncExtension:
         vllm_config = self.vllm_config  # type: ignore[attr-defined]
         received: list[str] = []
         sent: list[str] = []
+        retied: list[RetiedKernel] = []
 
         def stream() -> Iterator[tuple[str, torch.Tensor]]:
             def tap() -> Iterator[tuple[str, torch.Tensor]]:
@@ -207,6 +237,7 @@ class WeightSyncExtension:
                 initialize_layerwise_reload(model)
                 loaded = model.load_weights(stream())
                 finalize_layerwise_reload(model, vllm_config.model_config)
+                retied = self._parity_retie_kernels(model, set(loaded or []))
             elif mode == "direct":
                 loaded = model.load_weights(stream())
             else:
@@ -219,6 +250,7 @@ class WeightSyncExtension:
             "loaded": sorted(loaded or []),
             "seconds": time.perf_counter() - t0,
             "running_requests": running,
+            "retied": retied,
         }
 
     def _parity_running_requests(self) -> dict[str, int]:
@@ -240,20 +272,72 @@ class WeightSyncExtension:
         model = self.model_runner.get_model()  # type: ignore[attr-defined]
         packed = _packed_mapping(model)
         modules = dict(model.named_modules())
+        canonical = _canonical_names(model, modules)
         out: dict[str, ParamChecksum] = {}
         with torch.no_grad():
-            for name, param in model.named_parameters():
+            for name, param in model.named_parameters(remove_duplicate=False):
                 module_name, _, pname = name.rpartition(".")
                 module = modules.get(module_name)
+                matmul = pname == "weight" and _is_matmul_layer(module)
+                tied_to = canonical[id(param)]
+                if tied_to != name and not matmul:
+                    continue  # another name of a tensor already read
                 tensor, source = param.data, "param"
-                if pname == "weight" and module is not None and _is_matmul_layer(module):
+                if matmul and module is not None and not _head_reads_parameter(model, module):
                     tensor, source = _effective_weight(module, param), "kernel"
-                elif pname == "weight" and _is_vocab_embedding(module):
+                if pname == "weight" and _is_vocab_embedding(module):
                     # vLLM pads the vocabulary rows; the HF tensor has only the real ones.
                     tensor = tensor[: int(module.org_vocab_size)]  # type: ignore[union-attr]
                 for hf_name, part in _split_packed(name, tensor, module, packed):
                     out[hf_name] = tensor_checksum(part, source)
+                    if tied_to != name:
+                        out[hf_name]["tied_to"] = tied_to
         return out
+
+
+def retie_kernels(model: torch.nn.Module, loaded: set[str]) -> list[RetiedKernel]:
+    """Rebuild the kernel of every matmul layer whose weight is another module's Parameter and
+    which `load_weights` did not load (`loaded`: the vLLM names it reports), from that shared
+    Parameter; report each one with the kernel's distance to it before and after.
+
+    Only layers whose quant method keeps its weight tensor are rebuilt (the unquantized
+    embedding method of a ParallelLMHead: re-running it only re-creates the kernel); for any
+    other the kernel is probed and reported, not touched, so the checksums catch it.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    modules = dict(model.named_modules())
+    canonical = _canonical_names(model, modules)
+    out: list[RetiedKernel] = []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        module_name, _, pname = name.rpartition(".")
+        module = modules.get(module_name)
+        tied_to = canonical[id(param)]
+        if tied_to == name or name in loaded or pname != "weight" or module is None:
+            continue
+        if not _is_matmul_layer(module):
+            continue  # a plain alias: nothing serves it but the shared parameter itself
+        cols, before = _kernel_distance(module, param)
+        report = RetiedKernel(
+            module=module_name,
+            tied_to=tied_to,
+            probe_columns=cols,
+            max_abs_diff_before=before,
+            stale_before=before > 0,
+            rebuilt=False,
+            max_abs_diff_after=before,
+        )
+        if isinstance(module.quant_method, UnquantizedEmbeddingMethod):
+            module.quant_method.process_weights_after_loading(module)
+            report["rebuilt"] = True
+            report["max_abs_diff_after"] = _kernel_distance(module, param)[1]
+        else:
+            report["note"] = (
+                f"not rebuilt: quant method {type(module.quant_method).__name__} may repack "
+                "the shared weight itself"
+            )
+        out.append(report)
+    return out
 
 
 def _packed_mapping(model: torch.nn.Module) -> dict[str, list[str]]:
@@ -261,12 +345,58 @@ def _packed_mapping(model: torch.nn.Module) -> dict[str, list[str]]:
     return {k: list(v) for k, v in mapping.items()}
 
 
-def _is_matmul_layer(module: torch.nn.Module) -> bool:
+def _is_matmul_layer(module: torch.nn.Module | None) -> bool:
     """Linear layers and lm_head: their weight is what a kernel multiplies with."""
     from vllm.model_executor.layers.linear import LinearBase
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
 
     return isinstance(module, LinearBase | ParallelLMHead) and hasattr(module, "quant_method")
+
+
+def _canonical_names(
+    model: torch.nn.Module, modules: Mapping[str, torch.nn.Module]
+) -> dict[int, str]:
+    """id(Parameter) -> the name it is reported under: of all the names a shared (tied)
+    Parameter has, the first that is not a matmul layer's weight (the embedding, not the
+    head that borrows it), else its first name."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    out: dict[int, str] = {}
+    for key, group in names.items():
+        plain = [
+            n
+            for n in group
+            if not (n.endswith(".weight") and _is_matmul_layer(modules.get(n[: -len(".weight")])))
+        ]
+        out[key] = (plain or group)[0]
+    return out
+
+
+def _head_reads_parameter(model: torch.nn.Module, module: torch.nn.Module) -> bool:
+    """True when the logits are projected with the head's parameter, not its kernel: vLLM's
+    LogitsProcessor calls F.linear on `lm_head.weight` cast to a `head_dtype` that differs
+    from the model's (logits_processor.py, `_apply_head`)."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+
+    if not isinstance(module, ParallelLMHead):
+        return False
+    head_dtype = getattr(getattr(model, "logits_processor", None), "head_dtype", None)
+    return head_dtype is not None and head_dtype != module.weight.dtype
+
+
+def _kernel_distance(module: Any, param: torch.Tensor, columns: int = 8) -> tuple[int, float]:
+    """(columns probed, max |W - param|) over the first `columns` input columns of the
+    layer's weight as its kernel serves it (apply on unit vectors, as `_effective_weight`)."""
+    in_features = int(param.shape[1])
+    cols = min(columns, in_features)
+    eye = torch.zeros(cols, in_features, dtype=param.dtype, device=param.device)
+    eye[:, :cols] = torch.eye(cols, dtype=param.dtype, device=param.device)
+    with torch.no_grad():
+        out = module.quant_method.apply(module, eye, None)
+    served = (out if isinstance(out, torch.Tensor) else out[0]).t()  # (out rows, cols)
+    want = param.data[: served.shape[0], :cols]
+    return cols, float((served.float() - want.float()).abs().max())
 
 
 def _is_vocab_embedding(module: torch.nn.Module | None) -> bool:

@@ -38,6 +38,9 @@ class NotUpdatedDetail(TypedDict):
     source: str | None  # "kernel": read through the serving kernel; "param": the tensor
     # Present from the first update on: whether the engine still holds W_k-1's values.
     equals_previous_weights: NotRequired[bool]
+    # A tied layer (an output head sharing the input embedding): the parameter it shares,
+    # whose W_k it was compared with. The engine's kernel for it is what differs.
+    tied_to: NotRequired[str]
 
 
 class ChecksumReport(TypedDict):
@@ -194,6 +197,24 @@ class PrefixCacheSummary(TypedDict):
 # --- one update ----------------------------------------------------------------------------
 
 
+class RetiedKernel(TypedDict):
+    """A tied layer (an output head sharing the input embedding) that vLLM's layerwise reload
+    did not process, and what re-tying it did (`workers.weight_sync.retie_kernels`).
+
+    `max_abs_diff_*`: max |kernel - shared parameter| over the first `probe_columns` input
+    columns, read through the kernel; above 0 before means the kernel served stale values.
+    """
+
+    module: str
+    tied_to: str
+    probe_columns: int
+    max_abs_diff_before: float
+    stale_before: bool
+    rebuilt: bool
+    max_abs_diff_after: float
+    note: NotRequired[str]
+
+
 class UpdateInfo(TypedDict):
     """What pushing W_k into the engine did (the worker extension's report)."""
 
@@ -204,6 +225,8 @@ class UpdateInfo(TypedDict):
     withheld_by_extension: list[str]
     loaded_vllm_params: int
     running_requests_at_update: dict[str, int]  # request id -> output tokens so far
+    # Layerwise load only: tied layers whose kernels Parity rebuilt after vLLM's reload.
+    retied_kernels: NotRequired[list[RetiedKernel]]
     # Between batches only: what llm.reset_prefix_cache() returned (None: not called).
     reset_prefix_cache_returned: NotRequired[bool | None]
 
@@ -325,3 +348,6 @@ class ReplayReport(TypedDict):
     timings: dict[str, float]
     flags_summary: FlagsSummary
     summary: ReplaySummary
+    # What the replay found vLLM itself doing, in words with the numbers (absent in results
+    # stored before it existed).
+    engine_findings: NotRequired[list[str]]

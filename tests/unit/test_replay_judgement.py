@@ -268,6 +268,76 @@ def test_an_engine_that_took_nothing_is_none_and_names_missing_parameters() -> N
     assert only_missing["status"] == "partial" and only_missing["not_updated"] == []
 
 
+def test_parameters_the_update_did_not_change_cannot_make_a_stale_engine_partial() -> None:
+    # z is the same in W_k-1 and W_k (a frozen parameter): a stale engine matches it either
+    # way, so it is no evidence that the engine took W_k.
+    prev_expected = {"x": cs("x0"), "z": cs("z0")}
+    expected = {"x": cs("x1"), "z": cs("z0")}
+    stale = judge_checksums(dict(prev_expected), expected, prev_expected, dict(prev_expected))
+    assert stale["status"] == "none" and stale["matched"] == 1
+    assert stale["not_updated_detail"]["x"]["equals_previous_weights"] is True
+    updated = judge_checksums(dict(expected), expected, prev_expected, dict(prev_expected))
+    assert updated["status"] == "full"
+
+
+def test_a_tied_head_is_judged_against_the_parameter_it_shares() -> None:
+    from workers.replay.checksums import tied_sources
+
+    head = {**cs("h0"), "tied_to": "model.embed_tokens.weight"}
+    engine = {"model.embed_tokens.weight": cs("e1"), "lm_head.weight": head}
+    # A tied checkpoint stores only the embedding; the head's W_k is the embedding's.
+    w_k = {"model.embed_tokens.weight": object()}
+    assert tied_sources(w_k, engine) == {
+        "model.embed_tokens.weight": "model.embed_tokens.weight",
+        "lm_head.weight": "model.embed_tokens.weight",
+    }
+    expected = {"model.embed_tokens.weight": cs("e1"), "lm_head.weight": cs("e1")}
+    previous = {"model.embed_tokens.weight": cs("h0"), "lm_head.weight": cs("h0")}
+    out = judge_checksums(engine, expected, previous, None)
+    assert out["status"] == "partial" and out["not_updated"] == ["lm_head.weight"]
+    detail = out["not_updated_detail"]["lm_head.weight"]
+    assert detail["tied_to"] == "model.embed_tokens.weight"
+    assert detail["equals_previous_weights"] is True
+    # A checkpoint that stores the head as well is read under the head's own name.
+    assert (
+        tied_sources({"lm_head.weight": 1, "model.embed_tokens.weight": 2}, engine)[
+            "lm_head.weight"
+        ]
+        == "lm_head.weight"
+    )
+
+
+def test_a_stale_tied_head_is_an_engine_finding_with_its_numbers() -> None:
+    from workers.replay.report import engine_findings
+
+    def info(before: float, rebuilt: bool = True) -> Any:
+        return {
+            "retied_kernels": [
+                {
+                    "module": "lm_head",
+                    "tied_to": "model.embed_tokens.weight",
+                    "probe_columns": 8,
+                    "max_abs_diff_before": before,
+                    "stale_before": before > 0,
+                    "rebuilt": rebuilt,
+                    "max_abs_diff_after": 0.0 if rebuilt else before,
+                }
+            ]
+        }
+
+    (finding,) = engine_findings({1: info(0.028), 2: info(0.025), 3: info(0.0)}, "0.32.0")
+    assert finding.startswith(
+        "vLLM 0.32.0's layerwise reload left the tied output head lm_head serving stale "
+        "weights after updates [1, 2]"
+    )
+    assert "by up to 0.028" in finding
+    assert "Parity rebuilt the kernel" in finding and "after: 0)" in finding
+    (kept,) = engine_findings({1: info(0.03, rebuilt=False)}, None)
+    assert "the kernel was not rebuilt at updates [1]" in kept
+    assert engine_findings({1: info(0.0)}, "0.32.0") == []
+    assert engine_findings({1: {}}, "0.32.0") == []
+
+
 # --- the stored result ---------------------------------------------------------------------
 
 
@@ -433,3 +503,4 @@ def test_a_result_sums_up_its_flags_in_the_summary_and_the_text_report() -> None
     assert "update 2: vs W_k abs_diff_mean 0.04 kl_k3 0.02" in text
     assert "FLAG mismatch_spike: kl_k3 0.02 is 20.0x" in text
     assert text.endswith("prefix cache: not measured")
+    assert stored["engine_findings"] == []

@@ -20,19 +20,32 @@ if TYPE_CHECKING:
 Checksums = Mapping[str, "ParamChecksum"]
 
 
+def tied_sources(expected: Mapping[str, Any], engine: Checksums) -> dict[str, str]:
+    """Engine name -> the trainer name its W_k is read from: itself, or for a tied layer the
+    parameter it shares (`tied_to`) when W_k has no tensor of its own under that name (a tied
+    checkpoint stores only the embedding)."""
+    out = {name: name for name in expected}
+    for name, cs in engine.items():
+        tied_to = cs.get("tied_to")
+        if name not in expected and tied_to is not None and tied_to in expected:
+            out[name] = tied_to
+    return out
+
+
 def expected_checksums(expected: Mapping[str, Any], engine: Checksums) -> dict[str, ParamChecksum]:
     """The checksums of the trainer's tensors (HF name -> tensor), each cast first to the
-    dtype the engine holds that parameter in (as load_weights casts it)."""
+    dtype the engine holds that parameter in (as load_weights casts it); a tied engine entry
+    (`lm_head.weight` sharing the embedding) gets the checksum of the tensor it shares."""
     import torch
 
     from workers.weight_sync import tensor_checksum
 
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
     out: dict[str, ParamChecksum] = {}
-    for name in sorted(expected):
+    for name, source in sorted(tied_sources(expected, engine).items()):
         held = engine[name]["dtype"] if name in engine else None
-        dtype = dtypes.get(held or "", expected[name].dtype)
-        out[name] = tensor_checksum(expected[name].to(dtype))
+        dtype = dtypes.get(held or "", expected[source].dtype)
+        out[name] = tensor_checksum(expected[source].to(dtype))
     return out
 
 
@@ -51,19 +64,23 @@ def judge_checksums(
         previous_engine: the engine's checksums before the update (None at W0).
 
     Returns:
-        Counts, the names that did not take W_k (`not_updated`, with the numbers), the names
-        whose engine checksum did not change in this update (`unchanged_in_engine`) and, of
-        those, the ones W_k did not change either in the engine's dtype
-        (`unchanged_in_trainer`), names W_k has and the engine lacks, and the update status
-        "full" | "partial" | "none".
+        Counts, the names that did not take W_k (`not_updated`, with the numbers; a tied
+        layer's entry says which parameter it shares), the names whose engine checksum did
+        not change in this update (`unchanged_in_engine`) and, of those, the ones W_k did not
+        change either in the engine's dtype (`unchanged_in_trainer`), names W_k has and the
+        engine lacks, and the update status: "full" (every parameter holds W_k), "none" (no
+        parameter that the update changed took W_k: a parameter W_k shares with W_k-1
+        matches either way and says nothing) or "partial".
     """
     common = sorted(set(expected) & set(engine))
     not_updated: dict[str, NotUpdatedDetail] = {}
-    matched = 0
+    matched = took_change = 0
     for name in common:
         got, want = engine[name], expected[name]
         if want["sha256"] == got["sha256"]:
             matched += 1
+            before = previous_expected.get(name) if previous_expected is not None else None
+            took_change += before is None or before["sha256"] != want["sha256"]
             continue
         entry = NotUpdatedDetail(
             engine_sum=got["sum"],
@@ -73,6 +90,8 @@ def judge_checksums(
             expected_abs_sum=want["abs_sum"],
             source=got.get("source"),
         )
+        if got.get("tied_to") is not None:
+            entry["tied_to"] = got["tied_to"]
         if previous_expected is not None and name in previous_expected:
             entry["equals_previous_weights"] = previous_expected[name]["sha256"] == got["sha256"]
         not_updated[name] = entry
@@ -93,7 +112,7 @@ def judge_checksums(
     ]
     missing = sorted(set(expected) - set(engine))
     status: UpdateStatus = (
-        "full" if not not_updated and not missing else "none" if matched == 0 else "partial"
+        "full" if not not_updated and not missing else "none" if took_change == 0 else "partial"
     )
     return ChecksumReport(
         n_params=len(common),

@@ -6,6 +6,7 @@ a caller puts in a table row, and the CLI's text report.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from parity.reports.replay import (
     ReplayFingerprint,
     ReplayReport,
     ReplaySummary,
+    RetiedKernel,
     UpdateFlags,
     UpdateInfo,
     UpdateReport,
@@ -136,6 +138,12 @@ class ReplayResult:
             steps[u.step] = u.step_values()
         return steps
 
+    def engine_findings(self) -> list[str]:
+        """What the replay found vLLM itself doing (`engine_findings`)."""
+        return engine_findings(
+            {u.step: u.update for u in self.updates}, self.capabilities.get("vllm_version")
+        )
+
     def to_dict(self) -> ReplayReport:
         return ReplayReport(
             version=REPORT_VERSION,
@@ -152,7 +160,46 @@ class ReplayResult:
             timings=self.timings,
             flags_summary=self.flags_summary,
             summary=self.summary(),
+            engine_findings=self.engine_findings(),
         )
+
+
+def engine_findings(updates: Mapping[int, UpdateInfo], vllm_version: str | None) -> list[str]:
+    """Findings about vLLM itself, in words with their numbers, from the updates' reports.
+
+    Today one: vLLM's layerwise reload leaves a tied output head's kernel serving the old
+    weights (`workers.weight_sync`, module docstring), seen when a re-tied kernel differed
+    from the updated shared parameter before Parity rebuilt it.
+    """
+    stale: dict[tuple[str, str], list[tuple[int, RetiedKernel]]] = {}
+    for step, info in sorted(updates.items()):
+        for r in info.get("retied_kernels", []):
+            if r["stale_before"]:
+                stale.setdefault((r["module"], r["tied_to"]), []).append((step, r))
+    out = []
+    for (module, tied_to), seen in stale.items():
+        steps = [step for step, _ in seen]
+        worst = max(r["max_abs_diff_before"] for _, r in seen)
+        rebuilt = [r for _, r in seen if r["rebuilt"]]
+        if len(rebuilt) == len(seen):
+            after = max(r["max_abs_diff_after"] for r in rebuilt)
+            outcome = (
+                f"Parity rebuilt the kernel from the shared parameter after each of these "
+                f"updates (max |kernel - {tied_to}| after: {fmt(after)})"
+            )
+        else:
+            outcome = (
+                f"the kernel was not rebuilt at updates {[s for s, r in seen if not r['rebuilt']]}"
+            )
+        out.append(
+            f"vLLM {vllm_version or '?'}'s layerwise reload left the tied output head "
+            f"{module} serving stale weights after updates {steps}: it loads no weight into "
+            f"{module}, so its kernel is not rebuilt, and the kernel differed from the updated "
+            f"{tied_to} by up to {fmt(worst)} (first {seen[0][1]['probe_columns']} input "
+            f"columns); {outcome}. Any user of vLLM's reload-based weight transfer on a model "
+            f"with tied embeddings serves a stale head on this platform."
+        )
+    return out
 
 
 # --- for people ----------------------------------------------------------------------------
@@ -190,4 +237,5 @@ def text_report(r: ReplayResult) -> str:
         for name in u.fired():
             lines.append(f"    FLAG {name}: {u.flags[name].reason}")
     lines.append("  prefix cache: " + str(r.prefix_cache_summary.get("summary", "not measured")))
+    lines.extend(f"  ENGINE FINDING: {finding}" for finding in r.engine_findings())
     return "\n".join(lines)

@@ -336,7 +336,7 @@ def _separation(a: measure.Scored, b: measure.Scored) -> float | None:
 def _update_info(res: Mapping[str, Any], seconds: float) -> UpdateInfo:
     """What the worker extension's parity_update_weights reported, in counts."""
     received, sent = list(res.get("received", [])), list(res.get("sent", []))
-    return UpdateInfo(
+    info = UpdateInfo(
         rpc_seconds=seconds,
         load_seconds=res.get("seconds"),
         received=len(received),
@@ -345,6 +345,9 @@ def _update_info(res: Mapping[str, Any], seconds: float) -> UpdateInfo:
         loaded_vllm_params=len(res.get("loaded", [])),
         running_requests_at_update=res.get("running_requests", {}),
     )
+    if res.get("retied"):
+        info["retied_kernels"] = list(res["retied"])
+    return info
 
 
 def _verdict(v: str) -> Verdict:
