@@ -53,6 +53,16 @@ MAX_BATCH = 10_000  # the server's limit per request
 MAX_KEY_LEN = 128
 # Retry these: the request may succeed later. Any other 4xx is a bug in what was sent.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# The longest Retry-After honoured: a server asking for more gets asked again sooner.
+MAX_RETRY_AFTER_S = 300.0
+
+
+def _retry_after_s(value: str | None) -> float:
+    """A Retry-After in delta-seconds (ASCII digits), capped; 0 for none or anything else."""
+    value = (value or "").strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:
+        return 0.0
+    return min(float(value), MAX_RETRY_AFTER_S)
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -266,6 +276,8 @@ class Monitor:
             if self._spill.active:
                 log.warning("parity: replaying %s left by an earlier process", self._spill.path)
         self._thread: threading.Thread | None = None
+        self._retry_at = 0.0  # monotonic time before which the sender sends nothing
+        self._retry_after = 0.0  # seconds the server asked for with its last refusal
         self._http: httpx.Client | None = None
         if not self.url:
             self._disabled = "no server URL (pass url= or set PARITY_URL)"
@@ -516,6 +528,14 @@ class Monitor:
                     return
                 if self._disabled:
                     continue
+                # Back off by time, not by calls: log() wakes this thread on every point,
+                # and a retry must still wait its turn.
+                wait_s = self._retry_at - time.monotonic()
+                if wait_s > 0:
+                    if self._closing and self._deadline is not None:
+                        wait_s = min(wait_s, max(0.0, self._deadline - time.monotonic()))
+                    self._cond.wait(wait_s)
+                    continue
                 job = self._next() if self.run_id is not None else "run"
             if job is None:
                 continue
@@ -532,9 +552,9 @@ class Monitor:
                 0.5 + random.random() / 2
             )
             with self._cond:
-                if self._closing and self._deadline is not None:
-                    delay = min(delay, max(0.0, self._deadline - time.monotonic()))
-                self._cond.wait(delay)
+                # The server's Retry-After (a 503 while Postgres or Redis is down) wins.
+                self._retry_at = time.monotonic() + max(delay, self._retry_after)
+                self._retry_after = 0.0
 
     def _send(self, job: _Item | str) -> bool:
         """One request; True when it is done with (sent, or refused for good)."""
@@ -565,6 +585,7 @@ class Monitor:
             return False
         if response.status_code in RETRY_STATUSES:
             log.debug("parity: server answered %d; will retry", response.status_code)
+            self._retry_after = _retry_after_s(response.headers.get("Retry-After"))
             return False
         refused = response.status_code >= 400
         if refused:

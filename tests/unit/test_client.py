@@ -29,18 +29,22 @@ class FakeServer:
         self.status_5xx = 0  # answer this many requests with 503 first
         self.delay = 0.0
         self.run_status: str | None = None
+        self.retry_after: str | None = None  # sent with the 503s
+        self.attempts: list[float] = []  # when each request arrived, down or not
         self.lock = threading.Lock()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if self.delay:
             time.sleep(self.delay)
         with self.lock:
+            self.attempts.append(time.monotonic())
             if self.down:
                 raise httpx.ConnectError("connection refused", request=request)
             self.requests.append((request.method, request.url.path))
             if self.status_5xx:
                 self.status_5xx -= 1
-                return httpx.Response(503, json={"detail": "busy"})
+                headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+                return httpx.Response(503, json={"detail": "busy"}, headers=headers)
             path = request.url.path
             if path == "/api/runs":
                 return httpx.Response(201, json={"id": 7})
@@ -214,3 +218,34 @@ def test_refused_token_stops_sending_without_raising(tmp_path: Path) -> None:
     time.sleep(0.2)
     mon.log(1, {"reward": 1.0})  # no exception, just dropped
     assert not mon.finish(timeout=1)
+
+
+def test_during_an_outage_the_sender_backs_off_by_time_not_by_calls(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    # Issue 17 §6: once the buffer was full, every log() woke the sender, so it retried at
+    # the training loop's rate (50 failed requests per 5 s).
+    server.down = True
+    mon = monitor(server, tmp_path, batch_size=1, max_backoff=0.4, flush_interval=0.01)
+    started = time.monotonic()
+    step = 0
+    while time.monotonic() - started < 1.5:
+        mon.log(step, {"reward": float(step)})
+        step += 1
+        time.sleep(0.002)
+    tries = len(server.attempts)
+    server.down = False
+    mon.finish()
+    assert 2 <= tries <= 12, f"{tries} requests in 1.5 s of outage for {step} log() calls"
+    assert server.points == expected(step)
+
+
+def test_the_sender_waits_as_long_as_retry_after_says(server: FakeServer, tmp_path: Path) -> None:
+    # Issue 17 §7: a 503 with Retry-After (Postgres or Redis down) is honoured.
+    server.status_5xx, server.retry_after = 1, "1"
+    mon = monitor(server, tmp_path, max_backoff=0.05)
+    mon.log(0, {"reward": 0.0})
+    mon.finish()
+    first, second = server.attempts[:2]
+    assert second - first >= 0.9
+    assert server.points == expected(1)
