@@ -122,3 +122,52 @@ def test_malformed_json_is_400(client: Any, alice_token: str) -> None:
         HTTP_AUTHORIZATION=f"Bearer {alice_token}",
     )
     assert response.status_code == 400
+
+
+@pytest.mark.django_db
+def test_an_internal_error_is_json_without_a_traceback_even_in_debug(
+    client: Any, alice_token: str, monkeypatch: Any, settings: Any
+) -> None:
+    # Issue 15 §11: DEBUG=1 is the default (make demo), and a 500 sent API clients the full
+    # traceback: code, paths and settings of the server.
+    settings.DEBUG = True
+
+    def broken(request: Any) -> Any:
+        raise RuntimeError("secret internals at /srv/parity/settings.py")
+
+    monkeypatch.setattr("dashboard.core.api.runs.visible_projects", broken)
+    response = client.get("/api/projects", HTTP_AUTHORIZATION=f"Bearer {alice_token}")
+    assert response.status_code == 500
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["detail"].startswith("Internal server error")
+    assert "secret internals" not in response.content.decode()
+    assert "Traceback" not in response.content.decode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("error", "service"),
+    [
+        ("django.db.OperationalError", "Postgres"),
+        ("redis.exceptions.ConnectionError", "Redis"),
+    ],
+)
+def test_a_service_outage_is_a_503_naming_it_with_retry_after(
+    client: Any, alice_token: str, monkeypatch: Any, error: str, service: str
+) -> None:
+    # Issue 17 §7: during an outage the API answered 500 with a traceback; clients need a
+    # clear 503 that names the service and says when to retry (parity.Monitor honours it).
+    import importlib
+
+    module, _, name = error.rpartition(".")
+    exc_type = getattr(importlib.import_module(module), name)
+
+    def down(request: Any) -> Any:
+        raise exc_type("connection refused")
+
+    monkeypatch.setattr("dashboard.core.api.runs.visible_projects", down)
+    response = client.get("/api/projects", HTTP_AUTHORIZATION=f"Bearer {alice_token}")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json()["detail"].startswith(f"{service} is unavailable")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import secrets
+
+import redis.exceptions
+from django import db
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
@@ -9,6 +14,8 @@ from ninja.security import django_auth
 
 from dashboard.core.api.types import db_text
 from dashboard.core.auth import TokenAuth
+
+log = logging.getLogger(__name__)
 
 api = NinjaAPI(
     title="Parity API",
@@ -80,6 +87,34 @@ def on_auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpRespons
 @api.exception_handler(Http404)
 def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
     return api.create_response(request, {"detail": str(exc) or "Not found."}, status=404)
+
+
+# A service outage is the client's to wait out, not a server bug: a 503 that names it, with
+# the Retry-After that parity.Monitor honours.
+OUTAGES: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
+    ((db.OperationalError, db.InterfaceError), "Postgres"),
+    ((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError), "Redis"),
+)
+RETRY_AFTER_S = 5
+
+
+@api.exception_handler(Exception)
+def on_internal_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    for types, service in OUTAGES:
+        if isinstance(exc, types):
+            log.warning(
+                "API %s %s: %s is unavailable: %s", request.method, request.path, service, exc
+            )
+            detail = f"{service} is unavailable; retry in {RETRY_AFTER_S} s."
+            response = api.create_response(request, {"detail": detail}, status=503)
+            response["Retry-After"] = str(RETRY_AFTER_S)
+            return response
+    # Never a traceback to an API client, DEBUG or not (make demo runs with DEBUG): the
+    # server's log has it, under a reference the client can quote.
+    reference = secrets.token_hex(4)
+    log.error("API %s %s failed [%s]", request.method, request.path, reference, exc_info=exc)
+    detail = f"Internal server error (reference {reference}); the server log has the details."
+    return api.create_response(request, {"detail": detail}, status=500)
 
 
 from dashboard.core.api import jobs, points, runs  # noqa: E402  (routers register on `api`)
