@@ -26,7 +26,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Both tiny model variants ("base", "genconfig"), built into a session folder."""
+    """Every tiny model variant (workers.tiny_model.VARIANTS: the Llama "base" and "genconfig",
+    and one per further family, "qwen2", "qwen3"), built once into a session folder."""
     pytest.importorskip("vllm")
     from workers.tiny_model import VARIANTS, build_tiny_model
 
