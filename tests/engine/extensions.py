@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from parity.reports.replay import RetiedKernel
 from workers.weight_sync import WeightSyncExtension
 
 # The parameter the partial update leaves behind (a lost lm_head is the classic tied/untied
@@ -40,3 +41,30 @@ class StaleUpdateExtension(WeightSyncExtension):
         previous = getattr(self, "_parity_previous_weights", [])
         self._parity_previous_weights = received
         return iter(previous)
+
+
+class StaleTiedHeadExtension(WeightSyncExtension):
+    """Parity's update path without its re-tie: what vLLM's layerwise reload alone does to a
+    model with tied embeddings. The embedding takes W_k, the output head's kernel keeps the
+    weights it was built from (on vLLM's CPU backend, where the head's kernel holds a packed
+    copy; the engine tests run there)."""
+
+    def _parity_retie_kernels(self, model: torch.nn.Module, loaded: set[str]) -> list[RetiedKernel]:
+        return []
+
+
+# The parameter CorruptedNormExtension corrupts, and by how much: a norm, so the corruption
+# is read back exactly (norm weights are served as they are, no kernel) and is small.
+CORRUPTED_PARAM = "model.layers.0.input_layernorm.weight"
+CORRUPTION_SCALE = 1.02
+
+
+class CorruptedNormExtension(WeightSyncExtension):
+    """Every update loads W_k except CORRUPTED_PARAM, which arrives scaled by
+    CORRUPTION_SCALE (a conversion bug on the way in): a partial update, nothing stale."""
+
+    def _parity_filter_weights(
+        self, weights: Iterable[tuple[str, torch.Tensor]]
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, t in weights:
+            yield name, (t * CORRUPTION_SCALE).to(t.dtype) if name == CORRUPTED_PARAM else t

@@ -33,6 +33,8 @@ from workers.specs import CheckpointSource, ReplaySpec
 
 PARTIAL = "tests.engine.extensions.PartialUpdateExtension"
 STALE = "tests.engine.extensions.StaleUpdateExtension"
+STALE_TIED_HEAD = "tests.engine.extensions.StaleTiedHeadExtension"
+CORRUPTED_NORM = "tests.engine.extensions.CorruptedNormExtension"
 # Short rollouts keep each replay to seconds of sampling on a 2-core CPU.
 SAMPLING = {"temperature": 1.0, "max_tokens": 16, "logprobs_topk": 0}
 
@@ -55,6 +57,12 @@ class RecordingReporter:
 def replay_model(tiny_model: Path) -> Path:
     """W0: the session's tiny Llama (tests/engine/conftest.py)."""
     return tiny_model
+
+
+@pytest.fixture(scope="module")
+def tied_model(tiny_models: dict[str, Path]) -> Path:
+    """A model with tied input/output embeddings: the session's tiny Qwen2 (vocab 390)."""
+    return tiny_models["qwen2"]
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +272,113 @@ def test_planted_stale_update_fires_stale_weights(
         assert u.checksums["status"] == "none"
     # From update 2 on the engine holds exactly the previous update's weights.
     assert u.flags["stale_weights"].evidence["params_equal_to_previous_weights"] == 21
+
+
+@pytest.mark.engine
+def test_a_clean_replay_on_a_tied_model_keeps_the_head_tied(
+    tied_model: Path, timings: dict[str, float]
+) -> None:
+    """Issue 11 §1: vLLM's layerwise reload leaves a tied head's kernel at W0; Parity re-ties
+    it, so the gap after every update stays at the W0 level, and says what vLLM did."""
+    started = time.perf_counter()
+    result = run_replay(
+        _spec(
+            tied_model,
+            num_updates=2,
+            engine={"dtype": "float32"},
+            trainer={"dtype": "float32"},
+            measure_prefix_cache=False,
+        )
+    )
+    timings["tied_clean"] = time.perf_counter() - started
+    stored = json_safe(result.to_dict())
+    check_shape(stored, ReplayReport)
+
+    assert result.flags_summary == {
+        "stale_weights": [],
+        "partial_update": [],
+        "mismatch_spike": [],
+    }
+    assert result.verdict == "pass"
+    base = result.baseline["metrics"]["abs_diff_mean"]
+    head = result.baseline["checksums"]
+    for u in result.updates:
+        # Before the fix: 0.085 and 0.105 here against a W0 level of 1e-6.
+        assert u.metrics["abs_diff_mean"] < 3 * base + 1e-5, (u.metrics["abs_diff_mean"], base)
+        assert u.checksums["status"] == "full"
+        # The head is checked through its own kernel, as a parameter of its own.
+        assert u.checksums["n_params"] == head["n_params"]
+        (retied,) = u.update["retied_kernels"]
+        assert (retied["module"], retied["tied_to"]) == ("lm_head", "model.embed_tokens.weight")
+        # What vLLM 0.32's reload did on this CPU: the head kernel still held W0's values.
+        assert retied["stale_before"] and retied["max_abs_diff_before"] > 0
+        assert retied["rebuilt"] and retied["max_abs_diff_after"] == 0.0
+    (finding,) = stored["engine_findings"]
+    assert "layerwise reload left the tied output head lm_head serving stale weights" in finding
+    assert "after updates [1, 2]" in finding and "Parity rebuilt the kernel" in finding
+
+
+@pytest.mark.engine
+def test_a_stale_tied_head_is_caught_as_a_partial_update(
+    tied_model: Path, timings: dict[str, float]
+) -> None:
+    """Without the re-tie the checksums see the head's kernel, not the shared parameter: the
+    head is named as the parameter that did not take W_k, not just felt as a spike."""
+    started = time.perf_counter()
+    result = run_replay(
+        _spec(
+            tied_model,
+            num_updates=2,
+            extension=STALE_TIED_HEAD,
+            engine={"dtype": "float32"},
+            trainer={"dtype": "float32"},
+            measure_prefix_cache=False,
+        )
+    )
+    timings["tied_stale_head"] = time.perf_counter() - started
+    check_shape(json_safe(result.to_dict()), ReplayReport)
+
+    assert result.flags_summary["partial_update"] == [1, 2]
+    assert result.flags_summary["stale_weights"] == []
+    for u in result.updates:
+        assert "partial_update" in u.fired() and "stale_weights" not in u.fired()
+        assert u.checksums["not_updated"] == ["lm_head.weight"]
+        detail = u.checksums["not_updated_detail"]["lm_head.weight"]
+        assert detail["tied_to"] == "model.embed_tokens.weight"
+        assert detail["source"] == "kernel"
+        assert "lm_head.weight" in u.flags["partial_update"].reason
+        assert "retied_kernels" not in u.update
+    # The kernel keeps W0: W_k-1 at update 1, not any more at update 2.
+    first, second = (u.checksums["not_updated_detail"]["lm_head.weight"] for u in result.updates)
+    assert first["equals_previous_weights"] and not second["equals_previous_weights"]
+    assert result.verdict == "fail"
+
+
+@pytest.mark.engine
+def test_a_corrupted_norm_is_a_partial_update_and_nothing_stale(
+    replay_model: Path, timings: dict[str, float]
+) -> None:
+    """Issue 11 §4: one norm arrives scaled by 1.02; only partial_update names that cause."""
+    from tests.engine.extensions import CORRUPTED_PARAM, CORRUPTION_SCALE
+
+    started = time.perf_counter()
+    result = run_replay(
+        _spec(replay_model, num_updates=3, extension=CORRUPTED_NORM, measure_prefix_cache=False)
+    )
+    timings["corrupted_norm"] = time.perf_counter() - started
+
+    assert result.flags_summary["partial_update"] == [1, 2, 3]
+    assert result.flags_summary["stale_weights"] == []
+    for u in result.updates:
+        assert u.checksums["not_updated"] == [CORRUPTED_PARAM]
+        detail = u.checksums["not_updated_detail"][CORRUPTED_PARAM]
+        assert detail["equals_previous_weights"] is False
+        assert detail["engine_sum"] == pytest.approx(
+            CORRUPTION_SCALE * detail["expected_sum"], rel=1e-2
+        )
+        stale = u.flags["stale_weights"]
+        assert stale.evidence["checksum_status"] == "partial"
+        assert "a partial update, not stale weights" in stale.reason
 
 
 @pytest.mark.engine
