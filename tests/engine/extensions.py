@@ -30,6 +30,20 @@ class PartialUpdateExtension(WeightSyncExtension):
         return ((name, t) for name, t in weights if name != SKIPPED_PARAM)
 
 
+# A parameter every family's checkpoint has (a tied model has no lm_head.weight to lose), not
+# a shard of a fused parameter either (see SKIPPED_PARAM).
+SKIPPED_MLP_PARAM = "model.layers.1.mlp.down_proj.weight"
+
+
+class PartialMlpUpdateExtension(WeightSyncExtension):
+    """Every update loads all weights but SKIPPED_MLP_PARAM (planted, on any family)."""
+
+    def _parity_filter_weights(
+        self, weights: Iterable[tuple[str, torch.Tensor]]
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        return ((name, t) for name, t in weights if name != SKIPPED_MLP_PARAM)
+
+
 class StaleUpdateExtension(WeightSyncExtension):
     """Every update loads the weights of the update before it: the engine keeps W_{k-1}
     (the first update loads nothing), like a sync that races one step behind."""

@@ -28,12 +28,12 @@ from typing import Any
 
 import pytest
 
-from tests.engine.extensions import SKIPPED_PARAM
+from tests.engine.extensions import SKIPPED_MLP_PARAM
 from workers.reporting import NullReporter
 
 pytestmark = pytest.mark.engine
 
-PARTIAL = "tests.engine.extensions.PartialUpdateExtension"
+PARTIAL_MLP = "tests.engine.extensions.PartialMlpUpdateExtension"
 STALE = "tests.engine.extensions.StaleUpdateExtension"
 FP32 = {"dtype": "float32", "head_dtype": "float32"}
 RAW = {**FP32, "logprobs_mode": "raw", "generation_config": "vllm"}
@@ -49,15 +49,6 @@ FAMILIES = [
     pytest.param("qwen2", id="qwen2"),
     pytest.param("qwen3", id="qwen3"),
 ]
-NOTHING_TO_WITHHOLD = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "tests/engine/extensions.py: PartialUpdateExtension withholds SKIPPED_PARAM = "
-        "'lm_head.weight', which a tied checkpoint does not have, so on qwen2 nothing is "
-        "withheld and no partial update is planted"
-    ),
-)
 
 
 @pytest.fixture(scope="module")
@@ -207,27 +198,22 @@ def test_clean_replay_raises_no_flag(
     assert outcome.verdict == "pass"
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [
-        pytest.param("base", id="llama"),
-        pytest.param("qwen2", id="qwen2", marks=NOTHING_TO_WITHHOLD),
-        pytest.param("qwen3", id="qwen3"),
-    ],
-)
+@pytest.mark.parametrize("variant", FAMILIES)
 def test_planted_partial_update_fires_partial_update(
     tiny_models: dict[str, Path], timings: dict[str, float], variant: str
 ) -> None:
     started = time.perf_counter()
-    outcome = replay(tiny_models[variant], extension=PARTIAL)
+    # An MLP weight every family has (tests/engine/test_replay.py withholds lm_head.weight,
+    # which a tied checkpoint does not have).
+    outcome = replay(tiny_models[variant], extension=PARTIAL_MLP)
     timings[f"partial[{variant}]"] = time.perf_counter() - started
     result = outcome.result
 
     for u in result["updates"]:
         # First, that the fault was planted at all on this family's checkpoint.
-        assert u["update"]["withheld_by_extension"] == [SKIPPED_PARAM]
+        assert u["update"]["withheld_by_extension"] == [SKIPPED_MLP_PARAM]
         assert u["checksums"]["status"] == "partial"
-        assert u["checksums"]["not_updated"] == [SKIPPED_PARAM]
+        assert u["checksums"]["not_updated"] == [SKIPPED_MLP_PARAM]
     assert result["flags_summary"]["partial_update"] == [1, 2]
     assert outcome.verdict == "fail"
 
