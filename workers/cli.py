@@ -178,6 +178,8 @@ def spec_from_args(
     field of a section and keeps the spec's own default for the others. UserError on
     invalid values, worded as everywhere else (`workers.specs.validation_message`)."""
     data = {k: v for k, v in spec_data(args).items() if k not in output_flags}
+    if "prompt_set" not in model.model_fields:  # a kind whose prompts have no set name
+        data.pop("prompt_set", None)
     for key, value in data.items():
         section_default = _default(model.model_fields[key]) if key in model.model_fields else None
         if isinstance(value, dict) and isinstance(section_default, BaseModel):

@@ -351,3 +351,6 @@ class ReplayReport(TypedDict):
     # What the replay found vLLM itself doing, in words with the numbers (absent in results
     # stored before it existed).
     engine_findings: NotRequired[list[str]]
+    # What the run worked around (chats as plain text, prompts too long skipped); absent
+    # in results stored before it existed.
+    notes: NotRequired[list[str]]

@@ -193,3 +193,24 @@ def test_a_reused_trainer_takes_the_new_batch_size_and_processing(tiny_model: Pa
     )
     assert reused and again is first
     assert again.settings.batch_size == 2 and again.settings.processing == "raw"
+
+
+def test_a_replay_skips_prompts_too_long_for_the_engine_with_a_note(tiny_model: Path) -> None:
+    # Issue 11 §4: prompts longer than the model's context failed the whole replay.
+    from workers.replay import run_replay_job
+
+    spec: dict[str, Any] = {
+        "model": str(tiny_model),
+        "num_updates": 1,
+        "engine": {"dtype": "float32", "max_model_len": 64},
+        "trainer": {"dtype": "float32"},
+        "sampling": {"temperature": 1.0, "max_tokens": 4, "logprobs_topk": 0},
+        "measure_prefix_cache": False,
+        "prompts": ["The capital of France is", "word " * 200, "Once upon a time"],
+    }
+    outcome = run_replay_job(spec, NullReporter())
+    notes = outcome.result["notes"]
+    assert len(notes) == 1 and notes[0].startswith("skipped 1 of 3 prompts (prompt 2)")
+    assert len(outcome.result["baseline"]["prompt_tokens"]) == 2
+    with pytest.raises(UserError, match="no prompt fits"):
+        run_replay_job({**spec, "prompts": ["word " * 200]}, NullReporter())

@@ -412,7 +412,7 @@ def test_in_flight_update_reports_what_this_vllm_did(
 def test_spec_defaults_and_validation() -> None:
     spec = ReplaySpec()
     assert spec.updates == 3 and spec.reset_prefix_cache and spec.update_mode == "between_batches"
-    assert len(spec.prompt_texts()) == 4
+    assert len(spec.prompt_items()) == 4
     with pytest.raises(ValueError, match="extension"):
         ReplaySpec(extension="os.system")
     with pytest.raises(ValueError, match="checkpoint directories"):

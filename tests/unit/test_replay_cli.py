@@ -3,6 +3,8 @@ flags generated from ReplaySpec leave the replay's own defaults alone."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from workers.replay.cli import build_parser, main, spec_from_args
@@ -79,3 +81,24 @@ def test_contradicting_flags_are_user_errors() -> None:
 def test_the_cli_exits_2_with_the_message(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--updates", "0"]) == 2
     assert "num_updates" in capsys.readouterr().err
+
+
+def test_prompts_come_from_a_jsonl_file_like_the_other_clis(tmp_path: Path) -> None:
+    # Issue 11 §4: the replay and checklist CLIs take --prompts FILE.jsonl as compare does.
+    path = tmp_path / "mine.jsonl"
+    path.write_text(
+        '{"prompt": "The capital of France is"}\n'
+        '{"messages": [{"role": "user", "content": "Hi"}]}\n',
+        encoding="utf-8",
+    )
+    spec = spec_from_args(build_parser().parse_args(["--prompts", str(path)]))
+    assert spec.prompt_items() == [
+        {"prompt": "The capital of France is"},
+        {"messages": [{"role": "user", "content": "Hi"}]},
+    ]
+    texts = spec_from_args(build_parser().parse_args(["--prompt", "a", "--prompt", "b"]))
+    assert texts.prompt_items() == [{"prompt": "a"}, {"prompt": "b"}]
+    with pytest.raises(UserError, match="not both"):
+        spec_from_args(build_parser().parse_args(["--prompt", "a", "--prompts", str(path)]))
+    with pytest.raises(ValueError, match="prompt 1"):
+        ReplaySpec(prompts=[{"nope": 1}])

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         ReplaySpec,
         prog="python -m workers.replay",
         description="Replay weight updates into a running vLLM V1 engine and check each one.",
-        skip=("num_updates", "prompts"),
+        skip=("num_updates",),
     )
     parser.add_argument(
         "--updates",
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="prompts",
         action="append",
         metavar="TEXT",
-        help=_help(ReplaySpec, "prompts"),
+        help="a prompt instead of the built-in ones (repeatable; or --prompts FILE.jsonl)",
     )
     dtypes = typing.get_args(EngineSettings.model_fields["dtype"].annotation)
     parser.add_argument(
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 def spec_from_args(args: argparse.Namespace) -> ReplaySpec:
     """The ReplaySpec the parsed flags describe (UserError on invalid values)."""
     given = vars(args)
+    if "prompts" in given and "prompts_file" in given:
+        raise UserError("give prompts with --prompt TEXT or --prompts FILE.jsonl, not both")
     extra: dict[str, Any] = {}
     if "dtype" in given:
         extra["engine"], extra["trainer"] = {"dtype": given["dtype"]}, {"dtype": given["dtype"]}

@@ -7,7 +7,7 @@ a caller puts in a table row, and the CLI's text report.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from parity.metrics import scalar_values
@@ -100,6 +100,7 @@ class ReplayResult:
     verdict: Verdict
     seconds: float
     timings: dict[str, float]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def flags_summary(self) -> FlagsSummary:
@@ -161,6 +162,7 @@ class ReplayResult:
             flags_summary=self.flags_summary,
             summary=self.summary(),
             engine_findings=self.engine_findings(),
+            notes=self.notes,
         )
 
 
@@ -238,4 +240,5 @@ def text_report(r: ReplayResult) -> str:
             lines.append(f"    FLAG {name}: {u.flags[name].reason}")
     lines.append("  prefix cache: " + str(r.prefix_cache_summary.get("summary", "not measured")))
     lines.extend(f"  ENGINE FINDING: {finding}" for finding in r.engine_findings())
+    lines.extend(f"  note: {note}" for note in r.notes)
     return "\n".join(lines)

@@ -115,12 +115,27 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
     reporter.stage("loading W0 and the trainer", 0.0)
     w0 = read_checkpoint(model)
     trainer, _ = trainer_mod.get_trainer(model, spec.trainer)
-    prompt_ids = prompt_sets.render([{"prompt": p} for p in spec.prompt_texts()], trainer.tokenizer)
+    # Rendered before the engine starts, so a prompt problem fails the job in a second.
+    rendered = prompt_sets.render_set(spec.prompt_items(), trainer.tokenizer)
+    notes = rendered.notes()
 
     reporter.stage("starting the engine on W0", 0.02)
     t = time.perf_counter()
     engine = build_engine(model, spec.engine, spec.extension)
     timings["engine_start"] = time.perf_counter() - t
+    prompt_ids = rendered.ids
+    skipped = prompt_sets.too_long(prompt_ids, engine.max_model_len)
+    if skipped:
+        if len(skipped) == len(prompt_ids):
+            shutdown_replay_engine(engine)
+            raise UserError(
+                f"no prompt fits the engine's max_model_len={engine.max_model_len}: "
+                "shorten the prompts or raise max_model_len"
+            )
+        notes.append(prompt_sets.skipped_note(prompt_ids, skipped, engine.max_model_len))
+        prompt_ids = [p for i, p in enumerate(prompt_ids) if i not in set(skipped)]
+    for note in notes:
+        reporter.stage(note, 0.02)
     engine_settings = engine.effective_settings()
     r = _Replay(spec, engine, trainer, prompt_ids, Thresholds.from_dict(spec.thresholds))
     updates: list[UpdateResult] = []
@@ -218,6 +233,7 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
         verdict=overall,
         seconds=time.perf_counter() - started,
         timings=timings,
+        notes=notes,
     )
     reporter.stage("replay done: " + headline(result), 1.0)
     return result

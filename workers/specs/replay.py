@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from workers import prompts as prompt_sets
 from workers.specs.common import (
     EngineSettings,
     ModelRef,
@@ -164,9 +165,12 @@ class ReplaySpec(Settings):
             "re-processed); 'direct' = bare model.load_weights() as older RL frameworks do."
         ),
     )
-    prompts: list[str] | None = Field(
+    prompts: list[str | dict[str, Any]] | None = Field(
         None,
-        description="Prompts (empty: a long shared prefix + short questions, built in).",
+        description=(
+            'Prompts: texts, or items as elsewhere ({"prompt": "..."} or {"messages": [...]}); '
+            "empty: a long shared prefix + short questions, built in."
+        ),
     )
     measure_prefix_cache: bool = Field(
         True, description="Run each update's batch with and without a prefix-cache reset."
@@ -179,10 +183,17 @@ class ReplaySpec(Settings):
 
     @field_validator("prompts")
     @classmethod
-    def _prompts_not_empty(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and (not v or any(not p for p in v)):
-            raise ValueError("prompts must be non-empty strings; leave unset for the built-in set")
-        return v
+    def _prompts_not_empty(
+        cls, v: list[str | dict[str, Any]] | None
+    ) -> list[str | dict[str, Any]] | None:
+        if v is None:
+            return v
+        if not v or any(not p for p in v):
+            raise ValueError("prompts must be non-empty; leave unset for the built-in set")
+        return [
+            p if isinstance(p, str) else prompt_sets.check_item(p, f"prompt {i + 1}")
+            for i, p in enumerate(v)
+        ]
 
     @field_validator("extension")
     @classmethod
@@ -212,7 +223,8 @@ class ReplaySpec(Settings):
         assert self.num_updates is not None
         return self.num_updates
 
-    def prompt_texts(self) -> list[str]:
+    def prompt_items(self) -> list[dict[str, Any]]:
+        """The prompts as prompt-set items (workers.prompts), the built-in ones by default."""
         if self.prompts:
-            return list(self.prompts)
-        return [SHARED_PREFIX + q for q in DEFAULT_QUESTIONS]
+            return [{"prompt": p} if isinstance(p, str) else p for p in self.prompts]
+        return [{"prompt": SHARED_PREFIX + q} for q in DEFAULT_QUESTIONS]
