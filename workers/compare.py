@@ -220,8 +220,15 @@ def _worst_sequences(
     assert rank is not None
     offsets = np.concatenate([[0], np.cumsum(scored.seq_lens)])
     per_seq = metrics.per_sequence
+    # METRICS.md: truncation-boundary tokens (finite lr, lt = -inf) are listed in the worst
+    # sequences even though they are left out of |d|: their sequences follow the worst ones.
+    at_boundary = np.isneginf(lt) & np.isfinite(lr)
+    seq_of = np.repeat(np.arange(len(scored.seq_lens)), scored.seq_lens)
+    boundary_seqs = np.flatnonzero(np.bincount(seq_of[at_boundary]))
+    worst = worst_sequences(metrics, WORST_K)
+    worst += [int(s) for s in boundary_seqs if s not in worst][:WORST_K]
     out: list[WorstSequence] = []
-    for s in worst_sequences(metrics, WORST_K):
+    for s in worst:
         lo, hi = int(offsets[s]), int(offsets[s + 1])
         ids = ro.token_ids[s]
         texts = [tokenizer.decode([t]) for t in ids]
@@ -245,6 +252,7 @@ def _worst_sequences(
                 "max_abs_d": per_seq["max_abs_diff"][s],
                 "n_tokens": int(hi - lo),
                 "finish_reason": ro.finish_reasons[s],
+                "truncation_boundary": int(at_boundary[lo:hi].sum()),
                 "tokens": tokens,
             }
         )

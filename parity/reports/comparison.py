@@ -62,6 +62,8 @@ class WorstSequence(TypedDict):
     max_abs_d: float | None
     n_tokens: int
     finish_reason: str | None
+    # Tokens outside the trainer's own support (lt = -inf); absent in older results.
+    truncation_boundary: NotRequired[int]
     tokens: list[WorstToken]
 
 

@@ -126,6 +126,9 @@ def test_top_p_with_processed_logprobs_on_both_sides_is_small(comparison: Any) -
     assert "truncation_log_s" not in names(out)
     if v["truncation_boundary"]:
         assert "truncation_boundary" in names(out)
+        # Listed in the worst sequences (METRICS.md), though left out of |d|.
+        listed = sum(seq["truncation_boundary"] for seq in out.result["worst_sequences"])
+        assert listed == v["truncation_boundary"]
 
 
 def test_trainer_on_the_full_vocabulary_is_diagnosed_as_log_s(comparison: Any) -> None:

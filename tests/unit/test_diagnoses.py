@@ -62,3 +62,33 @@ def test_a_clean_configuration_has_no_diagnosis() -> None:
         None,
     )
     assert out == []
+
+
+def test_truncation_boundary_sequences_are_listed_among_the_worst() -> None:
+    # METRICS.md: boundary tokens are "listed in the worst sequences", though left out of |d|.
+    import math
+
+    import numpy as np
+
+    from parity.metrics import compute_metrics
+    from workers.compare import _worst_sequences
+    from workers.measure import Scored
+
+    # Sequence 1 is a single boundary token: it has no finite |d| at all.
+    lens = np.array([2, 1, 2])
+    lt = np.array([-1.0, -1.5, -math.inf, -0.2, -0.2])
+    lr = np.array([-1.0, -1.0, -3.0, -0.2, -0.2])
+    ids = np.arange(5)
+    scored = Scored(lt, lr, lens, ids, ids, rank=np.ones(5, dtype=np.int64))
+    metrics = compute_metrics(lt, lr, lens)
+    ro = SimpleNamespace(
+        token_ids=[[0, 1], [2], [3, 4]], prompt_index=[0, 0, 0], finish_reasons=["length"] * 3
+    )
+    tokenizer = SimpleNamespace(decode=lambda token: "t")
+    worst = {
+        w["sequence"]: w
+        for w in _worst_sequences(metrics, ro, scored, [{"prompt": "p"}], tokenizer)
+    }
+    assert worst[1]["truncation_boundary"] == 1
+    assert worst[1]["tokens"][0]["lt"] is None  # drawn as non-finite on the page
+    assert worst[0]["truncation_boundary"] == 0
