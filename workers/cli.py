@@ -33,6 +33,8 @@ S = TypeVar("S", bound=BaseModel)
 
 # Sections whose fields also get a flag without the section prefix (`--temperature`).
 SHORT_SECTIONS = ("sampling",)
+# `--dtype`: the engine's and the trainer's dtype at once (each section's own flag wins).
+_BOTH_DTYPES = "dtype_of_engine_and_trainer"
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
@@ -122,6 +124,15 @@ def spec_parser(
         else:
             _add_field(parser, [f"--{name.replace('_', '-')}"], name, info, _default(info))
     taken = {a.dest for a in parser._actions}
+    nested_of = dict(sections)
+    if "engine" in nested_of and "trainer" in nested_of:
+        dtypes = typing.get_args(nested_of["engine"].model_fields["dtype"].annotation)
+        parser.add_argument(
+            "--dtype",
+            dest=_BOTH_DTYPES,
+            choices=dtypes,
+            help="engine and trainer dtype together (--engine-dtype / --trainer-dtype win)",
+        )
     for section, nested in sections:
         group = parser.add_argument_group(f"{section} settings", nested.__doc__)
         # The spec's own default of the section (e.g. a replay samples at T=1 by default).
@@ -139,6 +150,8 @@ def spec_data(args: argparse.Namespace) -> dict[str, Any]:
     thresholds parsed. UserError for an unreadable file or a malformed KEY=VALUE."""
     data: dict[str, Any] = {}
     for key, value in vars(args).items():
+        if key == _BOTH_DTYPES:
+            continue
         if "." in key:
             section, name = key.split(".", 1)
             data.setdefault(section, {})[name] = value
@@ -163,6 +176,9 @@ def spec_data(args: argparse.Namespace) -> dict[str, Any]:
             data["thresholds"] = thresholds
         else:
             data[key] = value
+    if _BOTH_DTYPES in args:
+        for section in ("engine", "trainer"):
+            data.setdefault(section, {}).setdefault("dtype", getattr(args, _BOTH_DTYPES))
     return data
 
 

@@ -98,3 +98,11 @@ def test_help_shows_the_checklists_sampling_defaults() -> None:
     assert "--dtype" in text and "--no-replay" in text and "--checks" in text
     temperature = next(a for a in build_parser()._actions if a.dest == "sampling.temperature")
     assert temperature.help is not None and "(default: 0.7)" in temperature.help
+
+
+def test_every_cli_takes_dtype_for_both_sides_and_a_section_flag_wins() -> None:
+    from workers.compare import build_parser as compare_parser
+    from workers.compare import spec_from_args as compare_spec
+
+    s = compare_spec(compare_parser().parse_args(["--dtype", "float32", "--trainer-dtype", "auto"]))
+    assert (s.engine.dtype, s.trainer.dtype) == ("float32", "auto")

@@ -1,11 +1,10 @@
 """`python -m workers.replay`: the replay's command line, generated from `ReplaySpec`
-(workers.cli) plus the flags the spec cannot spell by itself:
+(workers.cli, which also gives every CLI `--dtype` for the engine and trainer together) plus
+the flags the spec cannot spell by itself:
 
     --updates N                  num_updates (also --num-updates)
     --checkpoints DIR [DIR ...]  the checkpoint source, W_1 first
     --seed, --step-size          the synthetic source (the sampling seed is --sampling-seed)
-    --dtype                      engine and trainer dtype together (--engine-dtype and
-                                 --trainer-dtype win over it)
     --prompt TEXT                a prompt instead of the built-in ones (repeatable)
     --json                       print the stored result as JSON; stdout has nothing else
 """
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import typing
 from typing import Any
 
 from pydantic import BaseModel
@@ -23,11 +21,10 @@ from workers import cli as spec_cli
 from workers.replay.report import text_report
 from workers.replay.run import run_replay
 from workers.reporting import PrintReporter, UserError, json_safe
-from workers.specs import EngineSettings
 from workers.specs.replay import CheckpointSource, ReplaySpec, SyntheticSource
 
 # Flags of this CLI that are not spec fields: read here, then dropped from the spec data.
-_OWN_FLAGS = ("json", "dtype", "checkpoints", "source_seed", "step_size")
+_OWN_FLAGS = ("json", "checkpoints", "source_seed", "step_size")
 
 
 def _help(model: type[BaseModel], name: str) -> str:
@@ -60,12 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="a prompt instead of the built-in ones (repeatable; or --prompts FILE.jsonl)",
     )
-    dtypes = typing.get_args(EngineSettings.model_fields["dtype"].annotation)
-    parser.add_argument(
-        "--dtype",
-        choices=dtypes,
-        help="engine and trainer dtype together (--engine-dtype / --trainer-dtype win over it)",
-    )
     source = parser.add_argument_group(
         "weight source", "W_1..W_N: a seeded synthetic trajectory (default) or checkpoints."
     )
@@ -91,8 +82,6 @@ def spec_from_args(args: argparse.Namespace) -> ReplaySpec:
     if "prompts" in given and "prompts_file" in given:
         raise UserError("give prompts with --prompt TEXT or --prompts FILE.jsonl, not both")
     extra: dict[str, Any] = {}
-    if "dtype" in given:
-        extra["engine"], extra["trainer"] = {"dtype": given["dtype"]}, {"dtype": given["dtype"]}
     synthetic = {
         key: given[flag]
         for flag, key in (("source_seed", "seed"), ("step_size", "step_size"))
