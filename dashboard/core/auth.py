@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode
 
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from ninja.security import HttpBearer
+from ninja.security import session as ninja_session
 
 from dashboard.core.models import ApiToken, Project, Run
 
@@ -39,21 +41,36 @@ class LoginRequiredMiddleware:
         return redirect(f"{PUBLIC_PREFIXES[0]}?{urlencode({'next': request.get_full_path()})}")
 
 
+# Why a request was not authenticated, for the 401's detail (the API's error handler).
+NOT_AUTHENTICATED_BECAUSE = "parity_not_authenticated_because"
+
+
 class TokenAuth(HttpBearer):
     """`Authorization: Bearer pty_…`: the token's user, scoped to the token's project."""
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
         api_token = ApiToken.authenticate(token)
         if api_token is None:
+            setattr(
+                request,
+                NOT_AUTHENTICATED_BECAUSE,
+                "The bearer token is not valid: unknown, revoked, or its user is inactive.",
+            )
             return None
         request.user = api_token.user
         request.api_token = api_token  # type: ignore[attr-defined]
         return api_token
 
 
-def session_auth(request: HttpRequest) -> bool | None:
-    """Logged-in browser sessions may use the API too (the pages' own fetches)."""
-    return True if request.user.is_authenticated else None
+class SessionAuth(ninja_session.SessionAuth):
+    """Logged-in browser sessions may use the API too (the pages' own fetches), with
+    Django's CSRF check. Only a request that has a session is checked: without one, a
+    missing or bad token is a 401 with its reason, not a CSRF 403."""
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if not request.user.is_authenticated:
+            return None
+        return super().__call__(request)
 
 
 def visible_projects(request: HttpRequest) -> QuerySet[Project]:

@@ -99,3 +99,46 @@ def test_revoke_from_the_page(alice_client: Any, alice_token: str) -> None:
     alice_client.post(f"/p/proj-a/tokens/{token.pk}/revoke")
     token.refresh_from_db()
     assert token.revoked_at is not None
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (None, "Authentication required"),
+        ("Bearer pty_not-a-token", "token is not valid"),
+        ("Basic YWxpY2U6eA==", "Authentication required"),
+    ],
+)
+def test_a_write_without_a_valid_token_is_401_with_the_reason_not_a_csrf_403(
+    header: str | None, reason: str
+) -> None:
+    # Issue 15 §9: a missing, invalid or revoked token on POST/PATCH answered 403 "CSRF check
+    # Failed" (the session authenticator's CSRF check), hiding the real reason.
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    extra = {"HTTP_AUTHORIZATION": header} if header else {}
+    for method, path in (("post", "/api/runs"), ("patch", "/api/runs/1")):
+        response = getattr(client, method)(
+            path, data={"project": "proj-a", "name": "r"}, content_type="application/json", **extra
+        )
+        assert response.status_code == 401, (method, response.content[:300])
+        assert reason in response.json()["detail"]
+
+
+def test_a_revoked_token_is_401_saying_so(alice_token: str) -> None:
+    from django.test import Client
+
+    from dashboard.core.models import ApiToken
+
+    for token in ApiToken.objects.all():
+        token.revoke()
+    client = Client(enforce_csrf_checks=True)
+    response = client.post(
+        "/api/runs",
+        data={"project": "proj-a", "name": "r"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {alice_token}",
+    )
+    assert response.status_code == 401
+    assert "not valid" in response.json()["detail"]

@@ -10,10 +10,9 @@ from django import db
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
-from ninja.security import django_auth
 
 from dashboard.core.api.types import db_text
-from dashboard.core.auth import TokenAuth
+from dashboard.core.auth import NOT_AUTHENTICATED_BECAUSE, SessionAuth, TokenAuth
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +20,7 @@ api = NinjaAPI(
     title="Parity API",
     version="1",
     description="Runs, metric points, comparisons and replays of the trainer-vs-vLLM mismatch.",
-    auth=[TokenAuth(), django_auth],
+    auth=[TokenAuth(), SessionAuth()],
     openapi_url="/schema",
     docs_url="/docs",
     urls_namespace="api",
@@ -80,7 +79,9 @@ def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespo
 
 @api.exception_handler(AuthenticationError)
 def on_auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    detail = "Authentication required: send 'Authorization: Bearer <token>'."
+    detail = getattr(request, NOT_AUTHENTICATED_BECAUSE, None) or (
+        "Authentication required: send 'Authorization: Bearer <token>'."
+    )
     return api.create_response(request, {"detail": detail}, status=401)
 
 
