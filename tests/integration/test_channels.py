@@ -100,3 +100,23 @@ async def test_an_idle_socket_stays_open_for_a_minute(
     message = await communicator.receive_json_from(timeout=5)
     assert message["kind"] == "status"
     await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [b"http://localhost:3000", b"https://127.0.0.1", b"http://127.0.0.1:8001", b"null"],
+)
+async def test_an_origin_on_another_port_or_scheme_is_refused(
+    client: Any, alice: Any, project_a: Project, origin: bytes
+) -> None:
+    # Issue 15 §7: the Origin check compared host names only, so another app on the same
+    # host (another port, or https) could read a logged-in user's live streams.
+    run = await Run.objects.acreate(project=project_a, name="live")
+    cookie = await sync_to_async(_session_cookie)(client, alice)
+    communicator = WebsocketCommunicator(
+        application,
+        f"/ws/runs/{run.pk}/",
+        headers=[(b"origin", origin), (b"host", b"127.0.0.1:8000"), (b"cookie", cookie)],
+    )
+    connected, _ = await communicator.connect()
+    assert not connected
