@@ -24,7 +24,6 @@ import numpy as np
 
 from parity.metrics import MetricsResult, Thresholds, compute_metrics
 from workers import prompts as prompt_sets
-from workers.reporting import UserError
 from workers.specs import EngineSettings, SamplingSettings, TrainerSettings
 
 if TYPE_CHECKING:
@@ -63,28 +62,19 @@ def sample(
     from workers import rollout
 
     engine, reused = rollout.get_engine(model_path, engine_settings)
-    skipped = prompt_sets.too_long(prompt_ids, engine.max_model_len)
-    if not skipped:
+    kept, notes = prompt_sets.fitting(prompt_ids, engine.max_model_len)
+    if len(kept) == len(prompt_ids):
         return Sampled(
             engine, reused, rollout.generate(engine, prompt_ids, sampling, progress=progress)
         )
-    if len(skipped) == len(prompt_ids):
-        shortest = min(len(p) for p in prompt_ids)
-        raise UserError(
-            f"none of the {len(prompt_ids)} prompts fits the engine's "
-            f"max_model_len={engine.max_model_len} (the shortest has {shortest} tokens); "
-            "shorten them or raise max_model_len"
-        )
-    out = set(skipped)
-    kept = [i for i in range(len(prompt_ids)) if i not in out]
     ro = rollout.generate(engine, [prompt_ids[i] for i in kept], sampling, progress=progress)
     ro = replace(
         ro,
         prompt_token_ids=[list(p) for p in prompt_ids],
         prompt_index=[kept[i] for i in ro.prompt_index],
     )
-    note = prompt_sets.skipped_note(prompt_ids, skipped, engine.max_model_len)
-    return Sampled(engine, reused, ro, skipped, [note])
+    skipped = sorted(set(range(len(prompt_ids))) - set(kept))
+    return Sampled(engine, reused, ro, skipped, notes)
 
 
 @dataclass

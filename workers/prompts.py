@@ -180,6 +180,22 @@ def too_long(ids: Sequence[Sequence[int]], max_model_len: int) -> list[int]:
     return [i for i, p in enumerate(ids) if len(p) >= max_model_len]
 
 
+def fitting(ids: Sequence[Sequence[int]], max_model_len: int) -> tuple[list[int], list[str]]:
+    """(indices of the prompts an engine with this context can sample from, the note on the
+    others); UserError when none fits. Every job kind skips prompts this one way."""
+    skipped = too_long(ids, max_model_len)
+    if not skipped:
+        return list(range(len(ids))), []
+    if len(skipped) == len(ids):
+        shortest = min(len(p) for p in ids)
+        raise UserError(
+            f"none of the {len(ids)} prompts fits the engine's max_model_len={max_model_len} "
+            f"(the shortest has {shortest} tokens); shorten them or raise max_model_len"
+        )
+    out = set(skipped)
+    return [i for i in range(len(ids)) if i not in out], [skipped_note(ids, skipped, max_model_len)]
+
+
 def skipped_note(ids: Sequence[Sequence[int]], skipped: Sequence[int], max_model_len: int) -> str:
     """What a report says about the prompts `too_long` left out."""
     shortest = min(len(ids[i]) for i in skipped)

@@ -212,5 +212,5 @@ def test_a_replay_skips_prompts_too_long_for_the_engine_with_a_note(tiny_model: 
     notes = outcome.result["notes"]
     assert len(notes) == 1 and notes[0].startswith("skipped 1 of 3 prompts (prompt 2)")
     assert len(outcome.result["baseline"]["prompt_tokens"]) == 2
-    with pytest.raises(UserError, match="no prompt fits"):
+    with pytest.raises(UserError, match="none of the 1 prompts fits"):
         run_replay_job({**spec, "prompts": ["word " * 200]}, NullReporter())

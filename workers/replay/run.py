@@ -123,17 +123,13 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
     t = time.perf_counter()
     engine = build_engine(model, spec.engine, spec.extension)
     timings["engine_start"] = time.perf_counter() - t
-    prompt_ids = rendered.ids
-    skipped = prompt_sets.too_long(prompt_ids, engine.max_model_len)
-    if skipped:
-        if len(skipped) == len(prompt_ids):
-            shutdown_replay_engine(engine)
-            raise UserError(
-                f"no prompt fits the engine's max_model_len={engine.max_model_len}: "
-                "shorten the prompts or raise max_model_len"
-            )
-        notes.append(prompt_sets.skipped_note(prompt_ids, skipped, engine.max_model_len))
-        prompt_ids = [p for i, p in enumerate(prompt_ids) if i not in set(skipped)]
+    try:
+        kept, skipped_notes = prompt_sets.fitting(rendered.ids, engine.max_model_len)
+    except UserError:
+        shutdown_replay_engine(engine)
+        raise
+    prompt_ids = [rendered.ids[i] for i in kept]
+    notes += skipped_notes
     for note in notes:
         reporter.stage(note, 0.02)
     engine_settings = engine.effective_settings()
