@@ -244,10 +244,25 @@ class Job(models.Model):
         return f"job.{self.pk}"
 
     def enqueue(self) -> None:
-        """Send this job to its queue once the surrounding transaction commits."""
+        """Send this job to its queue once the surrounding transaction commits.
+
+        If the broker refuses the message, the job and its run are deleted again and the
+        error is raised: from the client's side creation is all or nothing, so a retry
+        never leaves a second job queued with no message behind it.
+        """
         from dashboard.core.tasks import run_job
 
-        run_job.delay_on_commit(self.pk)
+        def send() -> None:
+            try:
+                run_job.apply_async((self.pk,))
+            except Exception:
+                with transaction.atomic():
+                    Job.objects.filter(pk=self.pk).delete()
+                    if self.run_id is not None:
+                        Run.objects.filter(pk=self.run_id).delete()
+                raise
+
+        transaction.on_commit(send)
 
     # --- lifecycle, driven by dashboard.core.tasks ---------------------------------------
 

@@ -171,3 +171,26 @@ def test_a_service_outage_is_a_503_naming_it_with_retry_after(
     assert response.status_code == 503
     assert response["Retry-After"] == "5"
     assert response.json()["detail"].startswith(f"{service} is unavailable")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_creation_during_a_broker_outage_is_a_503_and_saves_nothing(
+    client: Any, alice_token: str, monkeypatch: Any
+) -> None:
+    # Issue 17 §2: POST /api/jobs while Redis was down answered 500 *and* saved the job and
+    # its run, so a client's retry left a second job stuck "queued" forever.
+    import kombu.exceptions
+
+    def broker_down(*args: Any, **kwargs: Any) -> Any:
+        raise kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr("dashboard.core.tasks.run_job.apply_async", broker_down)
+    response = client.post(
+        "/api/jobs",
+        data={"project": "proj-a", "kind": "comparison", "spec": {}},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {alice_token}",
+    )
+    assert response.status_code == 503, response.content[:300]
+    assert response.json()["detail"].startswith("Redis is unavailable")
+    assert not Job.objects.exists() and not Run.objects.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 
+import kombu.exceptions
 import redis.exceptions
 from django import db
 from django.http import Http404, HttpRequest, HttpResponse
@@ -94,7 +95,14 @@ def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 # the Retry-After that parity.Monitor honours.
 OUTAGES: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
     ((db.OperationalError, db.InterfaceError), "Postgres"),
-    ((redis.exceptions.ConnectionError, redis.exceptions.TimeoutError), "Redis"),
+    (
+        (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            kombu.exceptions.OperationalError,  # the Celery broker (Redis) refused a message
+        ),
+        "Redis",
+    ),
 )
 RETRY_AFTER_S = 5
 
