@@ -142,3 +142,16 @@ def test_a_revoked_token_is_401_saying_so(alice_token: str) -> None:
     )
     assert response.status_code == 401
     assert "not valid" in response.json()["detail"]
+
+
+def test_the_login_page_locks_out_a_password_guesser(alice: Any) -> None:
+    # Issue 15 §10: 20 wrong passwords in 10 s, then the right one worked.
+    from django.test import Client
+
+    client = Client()
+    for _ in range(20):
+        client.post("/accounts/login/", {"username": "alice", "password": "wrong"})
+    response = client.post("/accounts/login/", {"username": "alice", "password": "pw-alice"})
+    assert response.status_code == 429
+    assert b"locked" in response.content.lower()
+    assert "_auth_user_id" not in client.session
