@@ -55,17 +55,31 @@ def sample(
     progress: Progress | None = None,
 ) -> Sampled:
     """Engine -> generate: the warm engine for these settings (built if needed), sampling
-    `sampling` on every prompt that fits its max_model_len.
-
-    The others are skipped and `notes` says which; UserError when none fits.
-    """
+    `sampling` on every prompt that fits its max_model_len (`sample_on`)."""
     from workers import rollout
 
     engine, reused = rollout.get_engine(model_path, engine_settings)
+    return sample_on(engine, reused, prompt_ids, sampling, progress=progress)
+
+
+def sample_on(
+    engine: Engine,
+    engine_reused: bool,
+    prompt_ids: Sequence[Sequence[int]],
+    sampling: SamplingSettings,
+    *,
+    progress: Progress | None = None,
+) -> Sampled:
+    """Generate on an engine the caller already holds, on every prompt that fits its
+    max_model_len; the others are skipped and `notes` says which (UserError when none fits)."""
+    from workers import rollout
+
     kept, notes = prompt_sets.fitting(prompt_ids, engine.max_model_len)
     if len(kept) == len(prompt_ids):
         return Sampled(
-            engine, reused, rollout.generate(engine, prompt_ids, sampling, progress=progress)
+            engine,
+            engine_reused,
+            rollout.generate(engine, prompt_ids, sampling, progress=progress),
         )
     ro = rollout.generate(engine, [prompt_ids[i] for i in kept], sampling, progress=progress)
     ro = replace(
@@ -74,7 +88,7 @@ def sample(
         prompt_index=[kept[i] for i in ro.prompt_index],
     )
     skipped = sorted(set(range(len(prompt_ids))) - set(kept))
-    return Sampled(engine, reused, ro, skipped, notes)
+    return Sampled(engine, engine_reused, ro, skipped, notes)
 
 
 @dataclass

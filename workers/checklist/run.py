@@ -241,7 +241,7 @@ class _Variants:
             ro = self.rollouts[m.rollout_of][0]
         else:
             self.progress.say(i, v.label, "generating", 0.3)
-            sampled = measure.sample(self.model_path, v.engine, self.prompt_ids, sampling)
+            sampled = measure.sample_on(engine, reused, self.prompt_ids, sampling)
             ro = sampled.rollout
             m.seconds["generate_s"] = ro.seconds
             for note in sampled.notes:
