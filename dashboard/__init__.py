@@ -1,4 +1,4 @@
-# Load the Celery app with Django so that tasks bind to it (and get delay_on_commit).
+# Load the Celery app with Django so that tasks bind to it.
 from dashboard.celery import app as celery_app
 
 __all__ = ["celery_app"]

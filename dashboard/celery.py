@@ -12,8 +12,9 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 
-# DjangoTask gives tasks delay_on_commit: jobs are queued only once their row is committed.
-app = Celery("parity", task_cls="celery.contrib.django.task:DjangoTask")
+# Jobs are queued once their row is committed by Job.enqueue (transaction.on_commit), which
+# also undoes the job when the broker refuses it.
+app = Celery("parity")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 # Task names predate the move to dashboard/ and stay: queued messages name them.
