@@ -131,6 +131,9 @@ class Run(models.Model):
     # Verdict of a comparison-like run (pass / warn / fail), empty for training runs.
     verdict = models.CharField(max_length=4, blank=True)
     last_step = models.BigIntegerField(null=True, blank=True)
+    # Bumped by every committed batch of points: caches of the run's series compare against
+    # it, so no cache can outlive the points it copies (the cache's Redis may restart).
+    series_version = models.BigIntegerField(default=0, editable=False)
     created = models.DateTimeField(default=timezone.now)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)

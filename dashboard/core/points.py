@@ -81,8 +81,8 @@ class _BinaryArrayDumper(Dumper):
 @cache
 def _store_sql(after_store: tuple[hooks.AfterStore, ...]) -> str:
     """One statement for a whole batch: the run (if the caller may write to it), the upsert,
-    the run's last_step, and for each after-store hook whether it applies (for alerts: does
-    an enabled rule of the run's project watch a key of the batch).
+    the run's last_step and series version, and for each after-store hook whether it
+    applies (for alerts: does an enabled rule of the run's project watch a key of the batch).
 
     Four round trips folded into one. `{run}` is the caller's run query, filled in per call.
     """
@@ -105,11 +105,12 @@ ins AS (
     RETURNING 1
 ),
 upd AS (
-    UPDATE {run_table} SET last_step = GREATEST(COALESCE(last_step, %b), %b)
+    UPDATE {run_table} SET last_step = GREATEST(COALESCE(last_step, %b), %b),
+                           series_version = series_version + 1
     WHERE id IN (SELECT id FROM r)
-    RETURNING 1
+    RETURNING series_version
 )
-SELECT (SELECT count(*) FROM r){when}
+SELECT (SELECT count(*) FROM r), (SELECT series_version FROM upd){when}
 """
 
 
@@ -192,7 +193,7 @@ def _store(
         with psycopg.Cursor(connection.connection) as cursor:
             cursor.adapters.register_dumper(_BinaryArray, _BinaryArrayDumper)
             cursor.execute(sql, params)
-            found, *applies = cursor.fetchone()  # type: ignore[misc]
+            found, series_version, *applies = cursor.fetchone()  # type: ignore[misc]
         if not found:
             return None
         # The hooks ride the same transaction (alerts: incidents and their webhook outbox
@@ -217,7 +218,7 @@ def _store(
             )
         )
         min_step = int(step_array.min())
-        transaction.on_commit(lambda: series_cache.changed(run_id, min_step))
+        transaction.on_commit(lambda: series_cache.changed(run_id, series_version, min_step))
     return len(rows)
 
 

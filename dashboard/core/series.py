@@ -1,5 +1,5 @@
 """One key's series for the charts: read from Postgres by binary COPY, kept in a per-process
-cache that Redis keeps fresh, downsampled so that spikes survive.
+cache labelled with the run's series version, downsampled so that spikes survive.
 
 The point writer (`dashboard.core.points`) tells the cache which steps each batch touched.
 """
@@ -115,32 +115,32 @@ def read_series(
 
 
 class SeriesCache:
-    """Whole series of (run, key) kept as numpy arrays in this process, kept fresh by Redis.
+    """Whole series of (run, key) kept as numpy arrays in this process.
 
     Reading a million points back from Postgres takes seconds; a chart re-reads the same
-    series on every refresh. Every committed batch bumps a per-run version in Redis and
-    records the lowest step it touched; a reader whose copy is older re-fetches only the
-    steps from there on (a live run appends, so that is the tail). Postgres stays the truth:
-    with Redis unreachable, or the change log trimmed past a copy, reads go to Postgres.
+    series on every refresh. Each copy is labelled with the run's `series_version`, which
+    Postgres bumps in the transaction of every batch, so a copy is trusted only while that
+    version stands: a Redis restart cannot make a stale copy look fresh. Redis only helps to
+    patch a copy cheaply: every committed batch records there the lowest step it touched,
+    and a copy whose every later version is on record re-fetches only from that step on (a
+    live run appends, so that is the tail). Any gap in the record — Redis restarted, down
+    when a batch committed, or the record trimmed — means a whole re-read from Postgres.
     """
 
     # Change records kept per run; a copy older than that is re-read whole.
     KEEP_CHANGES = 2000
 
-    _BUMP = """
-    local v = redis.call('INCR', KEYS[1])
-    redis.call('ZADD', KEYS[2], v, v .. ':' .. ARGV[1])
-    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[2]) - 1)
-    redis.call('EXPIRE', KEYS[1], ARGV[3])
-    redis.call('EXPIRE', KEYS[2], ARGV[3])
-    return v
+    _RECORD = """
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1] .. ':' .. ARGV[2])
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[3]) - 1)
+    redis.call('EXPIRE', KEYS[1], ARGV[4])
     """
 
     def __init__(self, max_bytes: int = 512 * 1024 * 1024, ttl_s: int = 30 * 86400) -> None:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
-        # (run_id, key) -> (version, steps, values); LRU order.
+        # (run_id, key) -> (series version, steps, values); LRU order.
         self._entries: OrderedDict[tuple[int, str], tuple[int, np.ndarray, np.ndarray]] = (
             OrderedDict()
         )
@@ -156,67 +156,64 @@ class SeriesCache:
             )
         return self._redis
 
-    def _keys(self, run_id: int) -> tuple[str, str]:
-        base = f"parity:series:{settings.DATABASES['default']['NAME']}:{run_id}"
-        return base + ":version", base + ":changes"
+    def _changes_key(self, run_id: int) -> str:
+        return f"parity:series:{settings.DATABASES['default']['NAME']}:{run_id}:changes"
 
-    def changed(self, run_id: int, min_step: int) -> None:
-        """Record, after commit, that steps >= min_step of `run_id` may have changed."""
+    def changed(self, run_id: int, version: int, min_step: int) -> None:
+        """Record, after commit, that batch `version` of `run_id` touched steps >= min_step."""
         try:
             self._client().eval(
-                self._BUMP, 2, *self._keys(run_id), min_step, self.KEEP_CHANGES, self.ttl_s
+                self._RECORD,
+                1,
+                self._changes_key(run_id),
+                version,
+                min_step,
+                self.KEEP_CHANGES,
+                self.ttl_s,
             )
         except Exception:  # noqa: BLE001 - a cache must not fail a committed write
+            # The gap in the record makes every copy of this run re-read whole: slower, right.
             log.warning("series cache: could not record a change of run %s", run_id, exc_info=True)
-            # Without the record, copies of this run could go stale: drop them here, and
-            # let other processes find out from the version they can no longer trust.
-            self.forget(run_id)
 
-    def forget(self, run_id: int) -> None:
+    def forget_all(self) -> None:
         with self._lock:
-            for entry_key in [k for k in self._entries if k[0] == run_id]:
-                self._drop(entry_key)
+            self._entries.clear()
+            self._bytes = 0
 
     def _drop(self, entry_key: tuple[int, str]) -> None:
         _, steps, values = self._entries.pop(entry_key)
         self._bytes -= steps.nbytes + values.nbytes
 
-    def _since(self, run_id: int, version: int) -> tuple[int, int | None] | None:
-        """(current version, lowest step changed after `version`); None: Redis unusable."""
-        version_key, changes_key = self._keys(run_id)
+    def _lowest_change(self, run_id: int, version: int, current: int) -> int | None:
+        """Lowest step touched by versions (version, current], if every one is on record."""
         try:
-            pipe = self._client().pipeline(transaction=True)
-            pipe.get(version_key)
-            pipe.zrangebyscore(changes_key, f"({version}", "+inf", withscores=True)
-            pipe.zrange(changes_key, 0, 0, withscores=True)
-            current_raw, changes, oldest = pipe.execute()
-        except Exception:  # noqa: BLE001 - fall back to Postgres
+            changes = self._client().zrangebyscore(self._changes_key(run_id), version + 1, current)
+        except Exception:  # noqa: BLE001 - re-read from Postgres
             log.warning("series cache: Redis unreachable, reading from Postgres", exc_info=True)
             return None
-        current = int(current_raw or 0)
-        if current <= version or not changes:
-            return current, None
-        # A copy is only patchable when every change after it is still on record.
-        if not oldest or int(oldest[0][1]) > version + 1:
-            return current, -1
-        lowest = min(int(member.decode().split(":", 1)[1]) for member, _ in changes)
-        return current, lowest
+        recorded = {int(member.decode().split(":", 1)[0]) for member in changes}
+        if len(recorded) != current - version:
+            return None
+        return min(int(member.decode().split(":", 1)[1]) for member in changes)
 
     def get(
         self, run_id: int, key: str, start: int | None = None, end: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of one key within [start, end]."""
         entry_key = (run_id, key)
+        # The version first, then the points: a copy may hold newer points than its label
+        # says (re-fetched again later, harmless), never older ones.
+        current = (
+            Run.objects.filter(pk=run_id).values_list("series_version", flat=True).first() or 0
+        )
         with self._lock:
             entry = self._entries.get(entry_key)
-        version = entry[0] if entry else 0
-        since = self._since(run_id, version)
-        if since is None:
-            return fetch_series(run_id, key, start, end)
-        current, lowest = since
-        if entry is not None and current == version:
+        lowest = None
+        if entry is not None and entry[0] < current:
+            lowest = self._lowest_change(run_id, entry[0], current)
+        if entry is not None and entry[0] == current:
             steps, values = entry[1], entry[2]
-        elif entry is not None and lowest is not None and lowest >= 0 and current > version:
+        elif entry is not None and lowest is not None:
             tail_steps, tail_values = fetch_series(run_id, key, lowest)
             cut = int(np.searchsorted(entry[1], lowest, side="left"))
             steps = np.concatenate([entry[1][:cut], tail_steps])
