@@ -20,6 +20,7 @@ app.autodiscover_tasks()
 # Task names predate the move to dashboard/ and stay: queued messages name them.
 app.conf.beat_schedule = {
     "fail-dead-jobs": {"task": "workers.tasks.fail_dead_jobs", "schedule": 30.0},
+    "requeue-lost-jobs": {"task": "dashboard.core.tasks.requeue_lost_jobs", "schedule": 30.0},
     "sweep-webhook-deliveries": {
         "task": "dashboard.alerts.tasks.sweep_deliveries",
         "schedule": float(os.environ.get("WEBHOOK_SWEEP_EVERY_S", 30)),

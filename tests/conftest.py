@@ -108,12 +108,14 @@ class ChildProcess:
 
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    # Overrides of process_env() (e.g. a fault test's private broker).
+    extra_env: dict[str, str] = {}
 
     def spawn(self, *args: str) -> subprocess.Popen[bytes]:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", *args],
             cwd=ROOT,
-            env=process_env(),
+            env=process_env(**self.extra_env),
             stdout=open(self.log_path, "ab"),
             stderr=subprocess.STDOUT,
         )

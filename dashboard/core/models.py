@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +15,8 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from workers.specs.kinds import JOB_KINDS, SPEC_KINDS
+
+log = logging.getLogger(__name__)
 
 
 class Project(models.Model):
@@ -253,11 +257,10 @@ class Job(models.Model):
         error is raised: from the client's side creation is all or nothing, so a retry
         never leaves a second job queued with no message behind it.
         """
-        from dashboard.core.tasks import run_job
 
         def send() -> None:
             try:
-                run_job.apply_async((self.pk,))
+                self._send()
             except Exception:
                 with transaction.atomic():
                     Job.objects.filter(pk=self.pk).delete()
@@ -266,6 +269,41 @@ class Job(models.Model):
                 raise
 
         transaction.on_commit(send)
+
+    def _send(self) -> None:
+        from dashboard.core.tasks import run_job
+
+        run_job.apply_async((self.pk,), task_id=self.celery_task_id or None)
+
+    @classmethod
+    def requeue_lost(cls, older_than_s: float) -> list[int]:
+        """Send again the queued jobs whose message the broker no longer holds (lost in a
+        broker restart). Only jobs queued for `older_than_s`; nothing when the broker's
+        messages cannot be listed. A duplicate message is harmless: `claim` runs a job once.
+        """
+        from dashboard.core import broker
+
+        queued_before = timezone.now() - timedelta(seconds=older_than_s)
+        candidates = list(cls.objects.filter(status=cls.Status.QUEUED, created__lt=queued_before))
+        if not candidates:
+            return []
+        held = broker.message_ids([settings.CELERY_TASK_ROUTES["workers.tasks.run_job"]["queue"]])
+        if held is None:
+            return []
+        resent = []
+        for job in candidates:
+            if job.celery_task_id in held:
+                continue
+            new_id = str(uuid.uuid4())
+            # Still queued and not re-sent by another sweep meanwhile.
+            if cls.objects.filter(
+                pk=job.pk, status=cls.Status.QUEUED, celery_task_id=job.celery_task_id
+            ).update(celery_task_id=new_id):
+                job.celery_task_id = new_id
+                job._send()
+                log.warning("job %s: its broker message was lost; sent it again", job.pk)
+                resent.append(job.pk)
+        return resent
 
     # --- lifecycle, driven by dashboard.core.tasks ---------------------------------------
 
@@ -385,6 +423,14 @@ def start_job(
             run = Run.objects.create(
                 project=project, name=name, kind=kind, tags=tags or [], fingerprint={"spec": spec}
             )
-        job = Job.objects.create(project=project, run=run, kind=kind, spec=spec, created_by=user)
+        job = Job.objects.create(
+            project=project,
+            run=run,
+            kind=kind,
+            spec=spec,
+            created_by=user,
+            # Known before sending: the sweep finds the job's message in the broker by it.
+            celery_task_id=str(uuid.uuid4()),
+        )
         job.enqueue()
     return job

@@ -167,3 +167,8 @@ def _fail(job: Job, message: str) -> None:
 @shared_task(name="workers.tasks.fail_dead_jobs")
 def fail_dead_jobs() -> list[int]:
     return Job.fail_dead(settings.JOB_HEARTBEAT_TIMEOUT_S)
+
+
+@shared_task(name="dashboard.core.tasks.requeue_lost_jobs")
+def requeue_lost_jobs() -> list[int]:
+    return Job.requeue_lost(settings.JOB_REQUEUE_AFTER_S)

@@ -63,3 +63,18 @@ def private_redis(artifacts_dir: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def broker_on_private_redis(private_redis: PrivateRedis) -> Iterator[PrivateRedis]:
+    """This process's Celery app sends to (and lists) a private Redis the test may restart."""
+    from dashboard.celery import app
+
+    def point_at(url: str) -> None:
+        app.conf.broker_url = url
+        app._after_fork()  # drop the connection and producer pools made for the old URL
+
+    shared = app.conf.broker_url
+    point_at(private_redis.url)
+    yield private_redis
+    point_at(shared)
