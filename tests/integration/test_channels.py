@@ -47,23 +47,7 @@ async def test_group_message_from_outside_reaches_the_socket(
     await communicator.disconnect()
 
 
-async def test_anonymous_websocket_is_refused(project_a: Project) -> None:
-    run = await Run.objects.acreate(project=project_a, name="live")
-    communicator = _communicator(f"/ws/runs/{run.pk}/", None)
-    connected, code = await communicator.connect()
-    assert not connected
-    assert code == 4401
-
-
-async def test_other_projects_run_socket_is_refused(
-    client: Any, make_member: Any, project_a: Project
-) -> None:
-    run = await Run.objects.acreate(project=project_a, name="live")
-    mallory = await sync_to_async(make_member)("mallory", "proj-m")
-    cookie = await sync_to_async(_session_cookie)(client, mallory)
-    connected, code = await _communicator(f"/ws/runs/{run.pk}/", cookie).connect()
-    assert not connected
-    assert code == 4404
+# Refusals (4401, 4404) are tested against a live daphne: test_websocket_close_codes.py.
 
 
 async def test_foreign_origin_is_refused(client: Any, alice: Any, project_a: Project) -> None:
