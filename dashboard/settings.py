@@ -151,7 +151,11 @@ STORAGES = {
     },
 }
 
-# Large raw-logprob uploads (millions of tokens) go through the ingest API.
+# Request bodies over these are refused with 413 before anything reads them
+# (dashboard.core.body_limit). Large raw-logprob uploads (millions of tokens) go through
+# their own ingest routes; everything else (10,000 points, an MLflow batch, a form) is small.
+REQUEST_BODY_MAX_BYTES = int(os.environ.get("REQUEST_BODY_MAX_BYTES", 16 * 1024 * 1024))
+REQUEST_BODY_LIMITS = [(r"^/api/runs/\d+/logprobs", 256 * 1024 * 1024)]
 DATA_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024 * 1024
 
 # --- Celery -----------------------------------------------------------------------------
