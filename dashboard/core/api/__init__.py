@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 
@@ -9,13 +10,26 @@ import kombu.exceptions
 import redis.exceptions
 from django import db
 from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
+from ninja.openapi.docs import Swagger
 
 from dashboard.core.api.types import db_text
 from dashboard.core.auth import NOT_AUTHENTICATED_BECAUSE, SessionAuth, TokenAuth
 
 log = logging.getLogger(__name__)
+
+
+class VendoredSwagger(Swagger):
+    """Swagger UI from static/vendor (django-ninja's default loads it from a CDN: blank
+    offline, and a lookup to an outside host on every visit)."""
+
+    def render_page(self, request: HttpRequest, api: NinjaAPI, **kwargs: object) -> HttpResponse:
+        self.settings["url"] = self.get_openapi_url(api, kwargs)
+        context = {"swagger_settings": json.dumps(self.settings), "api": api}
+        return render(request, "api_docs.html", context)
+
 
 api = NinjaAPI(
     title="Parity API",
@@ -24,6 +38,7 @@ api = NinjaAPI(
     auth=[TokenAuth(), SessionAuth()],
     openapi_url="/schema",
     docs_url="/docs",
+    docs=VendoredSwagger(),
     urls_namespace="api",
 )
 

@@ -266,7 +266,9 @@ def get_series(
     response={200: str},
     openapi_extra={
         "responses": {
-            "200": {
+            # An int, as in `response`: a "200" string beside it printed the key twice, which
+            # the docs page refused to render ("duplicated mapping key").
+            200: {
                 "description": "key,step,value,time rows",
                 "content": {"text/csv": {"schema": {"type": "string"}}},
             }
