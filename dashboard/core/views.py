@@ -7,7 +7,7 @@ job or comparison answers 404 (never 403: ids reveal nothing).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -18,9 +18,10 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from pydantic import TypeAdapter, ValidationError
 
 from dashboard.core import hooks
-from dashboard.core.api.types import plain_id
+from dashboard.core.api.types import RunName, Tag, plain_id
 from dashboard.core.auth import visible_projects
 from dashboard.core.forms import RunFilterForm, SpecForm
 from dashboard.core.models import ApiToken, Job, Project, Run, start_job
@@ -395,10 +396,9 @@ def new_job(request: HttpRequest, slug: str, kind: str) -> HttpResponse:
     preset = request.GET.get("preset") if kind == Job.Kind.COMPARISON else None
     initial = _initial_spec(kind) | (RECOMMENDED_RL if preset == "rl" else {})
     form = SpecForm(JOB_KINDS[kind].spec, data=data, initial=initial)
-    if data is not None and form.is_valid():
+    run_name, tags, run_errors = _run_fields(request.POST)
+    if data is not None and form.is_valid() and not run_errors:
         spec = form.spec.model_dump(mode="json")
-        run_name = request.POST.get("run_name", "").strip()[:200]
-        tags = [t.strip() for t in request.POST.get("tags", "").split(",") if t.strip()]
         job = start_job(project, kind, spec, user=request.user, run_name=run_name, tags=tags)
         return redirect(reverse("job", args=[job.pk]))
     return _page(
@@ -410,5 +410,27 @@ def new_job(request: HttpRequest, slug: str, kind: str) -> HttpResponse:
         preset=preset,
         run_name=request.POST.get("run_name", ""),
         tags=request.POST.get("tags", ""),
+        run_errors=run_errors,
         status=400 if data is not None else 200,
     )
+
+
+_RUN_NAME = TypeAdapter(RunName)
+_TAGS = TypeAdapter(list[Tag])
+
+
+def _run_fields(post: Mapping[str, str]) -> tuple[str, list[str], dict[str, str]]:
+    """The form's run name and comma-separated tags, checked by the API's own rules (the
+    form used to cut what the API refuses)."""
+    run_name = post.get("run_name", "").strip()
+    tags = [t.strip() for t in post.get("tags", "").split(",") if t.strip()]
+    errors = {}
+    for field, adapter, value in (("run_name", _RUN_NAME, run_name), ("tags", _TAGS, tags)):
+        if value:
+            try:
+                adapter.validate_python(value)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = f"“{error['input']}”: " if field == "tags" else ""
+                errors[field] = where + error["msg"].replace("String should have", "must have")
+    return run_name, tags, errors

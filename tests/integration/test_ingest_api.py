@@ -140,6 +140,8 @@ BAD_BATCHES = [
     ("negative step", [{"key": "k", "step": -1, "value": 1.0}], 422, "points.0.step"),
     ("fractional step", [{"key": "k", "step": 1.5, "value": 1.0}], 422, "points.0.step"),
     ("string step", [{"key": "k", "step": "3", "value": 1.0}], 422, "points.0.step"),
+    # One rule for both numbers: JSON numbers only (a string "1.5" was taken as 1.5).
+    ("string value", [{"key": "k", "step": 1, "value": "1.5"}], 422, "points.0.value"),
     ("step past bigint", [{"key": "k", "step": 2**63, "value": 1.0}], 422, "points.0.step"),
     ("empty key", [{"key": "", "step": 1, "value": 1.0}], 422, "points.0.key"),
     ("long key", [{"key": "k" * 129, "step": 1, "value": 1.0}], 422, "points.0.key"),

@@ -455,3 +455,28 @@ def test_compare_ignores_run_ids_that_are_not_plain_numbers(
     plain = alice_client.get(url + "?run=abc")
     response = alice_client.get(f"{url}?run={raw}")
     assert response.status_code == plain.status_code < 500
+
+
+def test_new_job_form_refuses_a_tag_or_run_name_the_api_would_refuse(
+    alice_client: Any, project_a: Any, monkeypatch: Any
+) -> None:
+    # A 65-character tag was cut to 64 by the form, where the API refuses it.
+    from dashboard.core import forms
+    from dashboard.core.models import Job
+
+    if forms.spec_model("comparison") is None:
+        pytest.skip("workers.specs is not installed")
+    monkeypatch.setattr("dashboard.core.models.Job.enqueue", lambda self: None)
+    url = reverse("new_job", args=["proj-a", "comparison"])
+    form = forms.SpecForm(forms.spec_model("comparison"))
+    data = {f.name: f.html_value for f in form.fields if f.kind != "bool"}
+    data.update({f.name: "on" for f in form.fields if f.kind == "bool" and f.checked})
+    response = alice_client.post(url, dict(data, tags="ok, " + "t" * 65))
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "at most 64 characters" in page
+    assert "t" * 65 in page  # what the user typed is kept
+    response = alice_client.post(url, dict(data, run_name="r" * 201))
+    assert response.status_code == 400
+    assert "at most 200 characters" in response.content.decode()
+    assert not Job.objects.exists()

@@ -33,7 +33,8 @@ MAX_STEP = 2**63 - 1
 
 # Strict: a step of 1.5, "3" or true is a client bug, not something to round.
 Step = Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# Strict like the step: JSON numbers only, never a numeric string.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 
 
 class PointIn(BaseModel):
