@@ -308,3 +308,54 @@ def test_keys_and_csv_export(api: Api, run: Run) -> None:
         ("kl_k3", 2, 1.0),
     ]
     assert datetime.fromisoformat(rows[0][3]).tzinfo is not None
+
+
+# --- hostile and mixed times (#15 §1, §2) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "9999-12-31T23:59:59-14:00",  # year 10000 in UTC
+        "0001-01-01T00:00:00+14:00",  # year 0 in UTC
+        "1969-12-31T23:59:59Z",
+        "3000-01-01T00:00:00Z",
+    ],
+)
+def test_a_time_outside_the_accepted_range_is_refused_on_its_field(
+    api: Api, run: Run, project_a: Any, when: str
+) -> None:
+    from dashboard.alerts.models import AlertRule
+
+    AlertRule.objects.create(project=project_a, name="kl", metric_key="kl_k3", threshold=0.5)
+    bad = {"points": [{"key": "kl_k3", "step": 1, "value": 0.9, "time": when}]}
+    response = api.post(f"/runs/{run.pk}/points", bad)
+    assert response.status_code == 422, response.content
+    error = next(e for e in response.json()["errors"] if e["field"] == "points.0.time")
+    assert "between 1970-01-01 and 3000-01-01" in error["reason"]
+    # Nothing poisoned: the project's next batches, and its pages, keep working.
+    ok = {"points": [{"key": "kl_k3", "step": s, "value": 0.9} for s in (2, 3)]}
+    assert api.post(f"/runs/{run.pk}/points", ok).status_code == 200
+    assert api.client.get(f"/runs/{run.pk}/", **api.auth).status_code in (200, 302)
+
+
+def test_naive_and_aware_times_in_one_batch_are_all_taken_as_utc(
+    api: Api, run: Run, project_a: Any
+) -> None:
+    from dashboard.alerts.models import AlertRule
+
+    AlertRule.objects.create(
+        project=project_a, name="kl", metric_key="kl_k3", threshold=0.5, for_steps=3
+    )
+    batch = {
+        "points": [
+            {"key": "kl_k3", "step": 1, "value": 0.9, "time": "2026-01-01T00:00:00+02:00"},
+            {"key": "kl_k3", "step": 2, "value": 0.9, "time": "2026-01-01T00:00:01"},
+        ]
+    }
+    assert api.post(f"/runs/{run.pk}/points", batch).status_code == 200
+    later = {"points": [{"key": "kl_k3", "step": 3, "value": 0.9, "time": "2026-01-01T00:00:02"}]}
+    assert api.post(f"/runs/{run.pk}/points", later).status_code == 200
+    times = dict(MetricPoint.objects.filter(run=run).values_list("step", "wall_time"))
+    assert times[1].isoformat() == "2025-12-31T22:00:00+00:00"
+    assert times[2].isoformat() == "2026-01-01T00:00:01+00:00"

@@ -7,7 +7,6 @@ the runs router (points are a sub-resource of a run: /runs/{id}/points).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgpack
@@ -18,7 +17,7 @@ from ninja import Field, Query, Router, Schema
 from pydantic import BaseModel, StrictInt
 
 from dashboard.core.api import ApiError, ingest_operation_id, query_text
-from dashboard.core.api.types import MetricKey
+from dashboard.core.api.types import MetricKey, WallTime
 from dashboard.core.auth import visible_runs
 from dashboard.core.models import Run
 from dashboard.core.points import Point as StoredPoint
@@ -43,7 +42,10 @@ class PointIn(BaseModel):
     key: MetricKey
     step: Step
     value: FiniteFloat
-    time: datetime | None = Field(default=None, description="Wall time; default: arrival.")
+    time: WallTime | None = Field(
+        default=None,
+        description="Wall time (ISO 8601; no offset means UTC), 1970-2999; default: arrival.",
+    )
 
 
 class PointsIn(Schema):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
@@ -59,3 +60,29 @@ def db_json(value: Any, path: str = "") -> Any:
 
 
 JsonObject = Annotated[dict[str, Any], AfterValidator(db_json)]
+
+
+# Wall times a metric point may carry, in UTC. Far inside what both Python (years 1-9999,
+# in any offset) and Postgres can hold: one hostile time must not poison what is derived
+# from it (alert state, incidents, pages) with a value that later fails to load.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(3000, 1, 1, tzinfo=UTC)
+
+
+def wall_time(value: datetime) -> datetime:
+    """An aware UTC time within [EARLIEST_TIME, LATEST_TIME); a naive time is taken as UTC
+    (mixing naive and aware times in one batch must not make them incomparable)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST_TIME <= utc < LATEST_TIME:
+        raise ValueError(
+            f"must be between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d} (UTC)"
+        )
+    return utc
+
+
+WallTime = Annotated[datetime, AfterValidator(wall_time)]
