@@ -179,6 +179,8 @@ CELERY_TASK_ROUTES = {"workers.tasks.run_job": {"queue": "gpu"}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A job whose heartbeat is older than this is considered dead (worker killed, OOM).
 JOB_HEARTBEAT_TIMEOUT_S = int(os.environ.get("JOB_HEARTBEAT_TIMEOUT_S", 120))
+# A job's writes (progress, result) ride out a Postgres outage this long before it fails.
+JOB_DB_RETRY_S = float(os.environ.get("JOB_DB_RETRY_S", 60))
 # A job queued this long whose message the broker no longer holds is sent again.
 JOB_REQUEUE_AFTER_S = float(os.environ.get("JOB_REQUEUE_AFTER_S", 60))
 

@@ -14,13 +14,14 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 
 from dashboard.core.models import Job, Run
 from dashboard.core.points import store_step_values
@@ -32,6 +33,36 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 10.0
 
 
+T = TypeVar("T")
+
+
+class DatabaseUnreachable(Exception):
+    """Postgres stayed unreachable past the job's retry window."""
+
+
+def with_db_retry(write: Callable[[], T], what: str, patience: float = 1.0) -> T:
+    """Run one database write of a job, riding out a short Postgres outage: on a lost
+    connection, drop it and try again (backing off up to 5 s) for JOB_DB_RETRY_S (times
+    `patience`)."""
+    window_s = settings.JOB_DB_RETRY_S * patience
+    deadline = time.monotonic() + window_s
+    delay = 0.5
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DatabaseUnreachable(
+                    f"Postgres was unreachable for over {window_s:.0f} s "
+                    f"while {what}: {str(exc).strip()}"
+                ) from exc
+            log.warning("database unreachable while %s; retrying", what)
+            connection.close()  # the next query opens a fresh connection
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+
+
 class JobReporter:
     """Reporter that writes progress to the Job row and streams it to the browser."""
 
@@ -39,11 +70,12 @@ class JobReporter:
         self.job = job
 
     def stage(self, message: str, progress: float | None = None) -> None:
-        self.job.report(message, progress)
+        with_db_retry(lambda: self.job.report(message, progress), "saving progress")
 
     def step_values(self, step: int, values: Mapping[str, float]) -> None:
         if self.job.run is not None:
-            store_step_values(self.job.run, step, values)
+            run = self.job.run
+            with_db_retry(lambda: store_step_values(run, step, values), "saving step values")
 
 
 def _runner(kind: str) -> Callable[[Mapping[str, Any], Reporter], JobOutcome]:
@@ -123,6 +155,9 @@ def run_job(self: Any, job_id: int) -> None:
             outcome = _runner(job.kind)(job.spec, JobReporter(job))
     except UserError as exc:
         _fail(job, str(exc))
+    except DatabaseUnreachable as exc:
+        log.error("job %s: %s", job_id, exc)
+        _fail(job, f"The job stopped because {exc}. Re-run it once Postgres is back.")
     except SoftTimeLimitExceeded:
         _fail(
             job, f"The job ran past its time limit ({settings.JOB_SOFT_LIMIT_S} s) and was stopped."
@@ -132,10 +167,10 @@ def run_job(self: Any, job_id: int) -> None:
         _fail(job, f"Internal error: {type(exc).__name__}: {exc}")
     else:
         try:
-            _succeed(job, outcome)
+            with_db_retry(lambda: _succeed(job, outcome), "saving the result")
         except Exception as exc:  # noqa: BLE001 - a result that cannot be saved fails the job now
             log.exception("job %s: saving its result failed", job_id)
-            job.refresh_from_db()  # drop the unsaved result held in memory
+            with_db_retry(job.refresh_from_db, "reloading the job")  # drop the unsaved result
             _fail(job, f"The job's result could not be saved: {type(exc).__name__}: {exc}")
     finally:
         heartbeat.stopped.set()
@@ -158,10 +193,14 @@ def _succeed(job: Job, outcome: JobOutcome) -> None:
 
 
 def _fail(job: Job, message: str) -> None:
-    with transaction.atomic():
-        if job.run is not None:
-            job.run.set_status(Run.Status.FAILED)
-        job.finish(Job.Status.FAILED, error=message)
+    def write() -> None:
+        with transaction.atomic():
+            if job.run is not None:
+                job.run.set_status(Run.Status.FAILED)
+            job.finish(Job.Status.FAILED, error=message)
+
+    # More patient than progress writes: this one is what tells the user why.
+    with_db_retry(write, "saving the job's failure", patience=5)
 
 
 @shared_task(name="workers.tasks.fail_dead_jobs")
