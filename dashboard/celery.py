@@ -23,6 +23,6 @@ app.conf.beat_schedule = {
     "requeue-lost-jobs": {"task": "dashboard.core.tasks.requeue_lost_jobs", "schedule": 30.0},
     "sweep-webhook-deliveries": {
         "task": "dashboard.alerts.tasks.sweep_deliveries",
-        "schedule": float(os.environ.get("WEBHOOK_SWEEP_EVERY_S", 30)),
+        "schedule": float(os.environ.get("WEBHOOK_SWEEP_EVERY_S", 10)),
     },
 }

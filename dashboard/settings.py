@@ -222,7 +222,7 @@ WEBHOOK_RETRY_FOR_S = float(os.environ.get("WEBHOOK_RETRY_FOR_S", 24 * 3600))
 WEBHOOK_ETA_MAX_S = float(os.environ.get("WEBHOOK_ETA_MAX_S", 300))
 # A delivery "sending" for longer than this lost its worker (must exceed the total timeout).
 WEBHOOK_SENDING_STALE_S = float(os.environ.get("WEBHOOK_SENDING_STALE_S", 60))
-WEBHOOK_SWEEP_EVERY_S = float(os.environ.get("WEBHOOK_SWEEP_EVERY_S", 30))
+WEBHOOK_SWEEP_EVERY_S = float(os.environ.get("WEBHOOK_SWEEP_EVERY_S", 10))
 WEBHOOK_EXCERPT_CHARS = int(os.environ.get("WEBHOOK_EXCERPT_CHARS", 1000))
 # The Celery queue deliveries go to ("default"; tests use their own so parallel suites and
 # their workers never take each other's deliveries).

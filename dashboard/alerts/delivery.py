@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from django.utils import timezone
 
 from dashboard.alerts.models import Delivery, DeliveryAttempt, Incident, WebhookEndpoint
 from dashboard.alerts.transports import Event, TransportError, transport_for
+from dashboard.core import broker
 
 if TYPE_CHECKING:
     from dashboard.alerts import ssrf
@@ -48,6 +50,18 @@ def notify(incident: Incident, event: str) -> list[Delivery]:
     return deliveries
 
 
+_TASK_PREFIX = "delivery-"
+
+
+def _with_messages(queue: str) -> set[int] | None:
+    """Deliveries the broker holds a message for (waiting, or held by a worker until its
+    countdown); None when the broker's messages cannot be listed."""
+    ids = broker.message_ids([queue])
+    if ids is None:
+        return None
+    return {int(i.split("-")[1]) for i in ids if i.startswith(_TASK_PREFIX) and i.count("-") == 2}
+
+
 def enqueue_on_commit(delivery_id: int, countdown: float | None = None) -> None:
     transaction.on_commit(lambda: enqueue(delivery_id, countdown))
 
@@ -58,7 +72,13 @@ def enqueue(delivery_id: int, countdown: float | None = None) -> None:
     from dashboard.alerts.tasks import deliver
 
     try:
-        deliver.apply_async((delivery_id,), countdown=countdown, queue=settings.WEBHOOK_QUEUE)
+        deliver.apply_async(
+            (delivery_id,),
+            countdown=countdown,
+            queue=settings.WEBHOOK_QUEUE,
+            # Named after the delivery: the sweep finds which ones the broker holds.
+            task_id=f"{_TASK_PREFIX}{delivery_id}-{uuid.uuid4().hex[:12]}",
+        )
     except Exception:  # noqa: BLE001 - see docstring
         log.warning("could not enqueue delivery %s; the sweep will", delivery_id, exc_info=True)
 
@@ -217,19 +237,27 @@ def sweep(limit: int = 500) -> dict[str, int]:
             reclaimed = Delivery.objects.filter(pk__in=stale).update(
                 status=Delivery.Status.PENDING, next_attempt_at=now, claimed_at=None
             )
-    # Only retries overdue by a whole stale window: one merely due now has its countdown
-    # task on the way, and re-enqueueing every backlogged row each sweep would pile up
-    # duplicate messages behind a busy worker (harmless — the claim dedupes — but wasteful).
-    overdue = list(
-        Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=stale_before)
+    # Due deliveries with no message in the broker (never sent: the broker was down; or
+    # lost in its restart) go now. When the broker cannot be listed, only those overdue by a
+    # whole stale window: one merely due has its countdown task on the way, and re-sending
+    # every backlogged row each sweep would pile up duplicates behind a busy worker.
+    held = _with_messages(settings.WEBHOOK_QUEUE)
+    due_before = now if held is not None else stale_before
+    overdue = [
+        pk
+        for pk in Delivery.objects.filter(
+            status=Delivery.Status.PENDING, next_attempt_at__lte=due_before
+        )
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:limit]
-    )
-    for pk in [*stale, *overdue]:
+        if held is None or pk not in held
+    ]
+    resend = list(dict.fromkeys([*stale, *overdue]))
+    for pk in resend:
         enqueue(pk)
     return {
         "reclaimed": reclaimed,
-        "enqueued": len(stale) + len(overdue),
+        "enqueued": len(resend),
         "repeated": renotify(now),
     }
 
