@@ -10,6 +10,7 @@ model (and model files) and the same engine settings; anything else shuts it dow
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import re
@@ -135,6 +136,8 @@ class Engine:
             "generation_config": mc.generation_config,
             "enable_prefix_caching": bool(cfg.cache_config.enable_prefix_caching),
             "max_num_seqs": cfg.scheduler_config.max_num_seqs,
+            "chunked_prefill": bool(cfg.scheduler_config.enable_chunked_prefill),
+            "max_num_batched_tokens": cfg.scheduler_config.max_num_batched_tokens,
             "max_model_len": mc.max_model_len,
             "enforce_eager": bool(mc.enforce_eager),
             "seed": mc.seed,
@@ -221,6 +224,34 @@ def engine_kwargs(model: str, settings: EngineSettings) -> dict[str, Any]:
     return kwargs
 
 
+def platform_kwargs(model: str, settings: EngineSettings) -> dict[str, Any]:
+    """Arguments the platform needs beyond the user's settings (effective_settings shows them).
+
+    On the CPU, prompts are prefilled whole: vLLM discards the sample of a partial (chunked)
+    prefill and rewinds that request's seeded generator, which CPU generators refuse ("CPU
+    Generator does not use offset"), so a seeded run whose prompts overflow one step's token
+    budget (e.g. n=32) failed. Without chunking the budget must hold the longest prompt.
+    """
+    from vllm.platforms import current_platform
+
+    longest = settings.max_model_len or _configured_max_len(model)
+    if not current_platform.is_cpu() or longest is None:
+        return {}
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(4096, longest)}
+
+
+def _configured_max_len(model: str) -> int | None:
+    """max_position_embeddings from a local model's config.json (None when unknown)."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = config.get("max_position_embeddings") or config.get("text_config", {}).get(
+        "max_position_embeddings"
+    )
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 def build_engine(
     model: str, settings: EngineSettings, key: tuple[str, str, str], **extra: Any
 ) -> Engine:
@@ -231,8 +262,9 @@ def build_engine(
     from vllm import LLM
 
     started = time.perf_counter()
+    kwargs = engine_kwargs(model, settings) | platform_kwargs(model, settings)
     try:
-        llm = LLM(**engine_kwargs(model, settings), **extra, disable_log_stats=True)
+        llm = LLM(**kwargs, **extra, disable_log_stats=True)
     except (OSError, ValueError) as exc:
         # vLLM reports unusable models and settings (unknown architecture, unsupported
         # dtype or head size, too little memory) as these; anything else is a crash.

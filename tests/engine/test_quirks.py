@@ -214,3 +214,14 @@ def test_a_replay_skips_prompts_too_long_for_the_engine_with_a_note(tiny_model: 
     assert len(outcome.result["baseline"]["prompt_tokens"]) == 2
     with pytest.raises(UserError, match="none of the 1 prompts fits"):
         run_replay_job({**spec, "prompts": ["word " * 200]}, NullReporter())
+
+
+def test_a_seeded_comparison_with_many_samples_runs_on_the_cpu_engine(
+    comparison: Callable[..., Any],
+) -> None:
+    # #17 §10: vLLM rewinds a seeded request's generator when it discards the sample of a
+    # partial (chunked) prefill, and CPU generators refuse ("CPU Generator does not use
+    # offset"). 32 prompts x n=32 overflow one step's token budget, so prompts get chunked.
+    outcome = comparison(num_prompts=None, sampling={"n": 32, "seed": 1, "max_tokens": 8})
+    assert outcome.result["counts"]["sequences"] >= 32 * 32
+    assert outcome.result["fingerprint"]["engine"]["chunked_prefill"] is False
