@@ -252,12 +252,12 @@ WITH RECURSIVE k(key) AS (
             WHERE p.run_id = %(run)s AND p.key > k.key ORDER BY p.key LIMIT 1)
     FROM k WHERE k.key IS NOT NULL
 )
-SELECT k.key, f.step, l.step, l.value FROM k
+SELECT k.key, f.step, l.step, l.value, l.wall_time FROM k
 CROSS JOIN LATERAL (
     SELECT step FROM {_POINTS} WHERE run_id = %(run)s AND key = k.key ORDER BY step LIMIT 1
 ) f
 CROSS JOIN LATERAL (
-    SELECT step, value FROM {_POINTS} WHERE run_id = %(run)s AND key = k.key
+    SELECT step, value, wall_time FROM {_POINTS} WHERE run_id = %(run)s AND key = k.key
     ORDER BY step DESC LIMIT 1
 ) l
 WHERE k.key IS NOT NULL
@@ -265,7 +265,7 @@ WHERE k.key IS NOT NULL
 
 
 def list_keys(run: Run | int) -> list[dict[str, Any]]:
-    """The keys of a run with their first and last step and the last value.
+    """The keys of a run with their first and last step, the last value and its time.
 
     A skip scan over the (run, key, step) index: one probe per key, not a pass over
     every point, so a run with millions of points answers in milliseconds.
@@ -274,8 +274,14 @@ def list_keys(run: Run | int) -> list[dict[str, Any]]:
     with connection.cursor() as cursor:
         cursor.execute(_KEYS, {"run": run_id})
         return [
-            {"key": key, "first_step": first, "last_step": last, "last_value": value}
-            for key, first, last, value in cursor.fetchall()
+            {
+                "key": key,
+                "first_step": first,
+                "last_step": last,
+                "last_value": value,
+                "last_time": time,
+            }
+            for key, first, last, value, time in cursor.fetchall()
         ]
 
 
