@@ -8,17 +8,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import mlflow  # the `mlflow` extra (mlflow-skinny), which make install installs
 import pytest
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from websockets.sync.client import connect
 
 from dashboard.alerts.models import AlertRule, Delivery, Incident, WebhookEndpoint
 from dashboard.core.models import MetricPoint, MlflowExperiment, Run
 from tests.conftest import Server
-
-mlflow = pytest.importorskip("mlflow", reason="the mlflow test extra: pip install -e '.[mlflow]'")
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
