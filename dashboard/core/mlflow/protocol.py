@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from dashboard.core.api.types import db_text
@@ -87,12 +88,28 @@ def text(data: dict[str, Any], field: str, max_length: int, path: str = "") -> s
 
 
 def checked_text(where: str, value: str, max_length: int) -> str:
+    problem = _text_problem(value, max_length)
+    if problem:
+        raise invalid(where, problem)
+    return value
+
+
+# A batch repeats its few keys and timestamps a thousand times: each is checked once (the
+# checks were a third of a log-batch request's time).
+@lru_cache(maxsize=4096)
+def _text_problem(value: str, max_length: int) -> str | None:
     if len(value) > max_length:
-        raise invalid(where, f"is {len(value)} characters long; at most {max_length}")
+        return f"is {len(value)} characters long; at most {max_length}"
     try:
-        return db_text(value)
+        db_text(value)
     except ValueError as exc:
-        raise invalid(where, str(exc)) from exc
+        return str(exc)
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def optional_text(data: dict[str, Any], field: str, max_length: int, path: str = "") -> str:
@@ -122,8 +139,7 @@ def integer(value: Any, where: str, low: int, high: int) -> int:
 
 def timestamp(value: Any, where: str) -> datetime:
     """Milliseconds since the epoch, bounded so that a hostile number is a 400, not a 500."""
-    ms = integer(value, where, 0, MAX_TIMESTAMP_MS)
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return _from_ms(integer(value, where, 0, MAX_TIMESTAMP_MS))
 
 
 def at(path: str, field: str) -> str:
