@@ -7,6 +7,7 @@ key's series for the charts is in `dashboard.core.series`.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -210,7 +211,9 @@ def _store(
                 "points",
                 {
                     "points": [
-                        {"key": k, "step": s, "value": v}
+                        # JSON has no NaN: a non-finite value (an MLflow client may send one)
+                        # goes out as null, which the charts draw as a gap.
+                        {"key": k, "step": s, "value": v if math.isfinite(v) else None}
                         for k, s, v in zip(keys, steps, values, strict=True)
                     ]
                 },

@@ -32,7 +32,7 @@ def test_a_metric_takes_protobufs_json_forms_of_int64() -> None:
         ({"value": 1.0, "timestamp": 0}, "metrics[2].key"),
         ({"key": "", "value": 1.0, "timestamp": 0}, "metrics[2].key"),
         ({"key": "k", "value": True, "timestamp": 0}, "metrics[2].value"),
-        ({"key": "k", "value": "Infinity", "timestamp": 0}, "metrics[2].value"),
+        ({"key": "k", "value": "a lot", "timestamp": 0}, "metrics[2].value"),
         ({"key": "k", "value": 1.0}, "metrics[2].timestamp"),
         ({"key": "k", "value": 1.0, "timestamp": 2**70}, "metrics[2].timestamp"),
         ({"key": "k", "value": 1.0, "timestamp": "9" * 400}, "metrics[2].timestamp"),
@@ -46,6 +46,14 @@ def test_a_metric_takes_protobufs_json_forms_of_int64() -> None:
 def test_a_bad_metric_is_refused_by_its_field(data: Any, field: str) -> None:
     error = refused(protocol.metric, data, "metrics[2]")
     assert error.field == field and error.message.startswith(field + ": ")
+
+
+def test_nan_and_infinities_are_taken_as_mlflow_takes_them() -> None:
+    for sent in ("NaN", "Infinity", "-Infinity"):
+        value = protocol.metric({"key": "loss", "value": sent, "timestamp": 0}).value
+        assert str(value) == str(float(sent))
+        assert protocol.double(value) == sent  # and written back as protobuf's JSON does
+    assert protocol.double(0.25) == 0.25
 
 
 def test_the_latest_timestamp_is_the_last_millisecond_of_year_9999() -> None:

@@ -2,13 +2,12 @@
 field of a request. Pure (no ORM): the views turn what this returns into rows.
 
 Limits and lengths are MLflow's own (mlflow/utils/validation.py), except where a Parity column
-is narrower (a metric key: 128 characters) or Parity's rules are stricter (a metric value is
-finite, a step is >= 0, as in the native ingest).
+is narrower (a metric key: 128 characters) or Parity's rules are stricter (a step is >= 0, as
+in the native ingest).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -154,16 +153,13 @@ def metric(data: Any, path: str = "") -> Metric:
     key = text(data, "key", MAX_METRIC_KEY_LENGTH, at(path, "key"))
     raw = data.get("value")
     # protobuf's JSON writes NaN and infinities as the strings "NaN", "Infinity", "-Infinity".
+    # They are stored as sent, as MLflow does: a loop that logs a NaN loss must keep running
+    # (charts show a gap, alert rules skip it; Parity's own client skips them before sending).
     if isinstance(raw, str) and raw in ("NaN", "Infinity", "-Infinity"):
         raw = float(raw)
     if not isinstance(raw, int | float) or isinstance(raw, bool):
         raise invalid(at(path, "value"), f"must be a number (metric {key!r})")
     value = float(raw)
-    if not math.isfinite(value):
-        raise invalid(
-            at(path, "value"),
-            f"metric {key!r} is {value}; Parity stores finite values only (as its own ingest)",
-        )
     if "timestamp" not in data:
         raise invalid(at(path, "timestamp"), f"is required (metric {key!r})")
     when = timestamp(data["timestamp"], at(path, "timestamp"))
@@ -227,6 +223,16 @@ def batch(body: dict[str, Any]) -> Batch:
         params=parsed_params,
         tags=dict(key_value(item, f"tags[{i}]", MAX_TAG_VAL_LENGTH) for i, item in enumerate(tags)),
     )
+
+
+def double(value: float) -> float | str:
+    """A double as protobuf's JSON writes it (and MLflow's client parses it): NaN and the
+    infinities as strings."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
 
 
 def millis(when: datetime | None) -> int | None:

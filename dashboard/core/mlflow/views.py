@@ -273,7 +273,7 @@ def _run_json(run: Run, mlflow: MlflowRun) -> dict[str, Any]:
     metrics = [
         {
             "key": k["key"],
-            "value": k["last_value"],
+            "value": protocol.double(k["last_value"]),
             "timestamp": millis(k["last_time"]),
             "step": k["last_step"],
         }
@@ -437,7 +437,7 @@ def get_metric_history(call: Call) -> dict[str, Any]:
     rows = run.points.filter(key=key).order_by("step").values_list("step", "value", "wall_time")
     return {
         "metrics": [
-            {"key": key, "value": value, "timestamp": millis(time), "step": step}
+            {"key": key, "value": protocol.double(value), "timestamp": millis(time), "step": step}
             for step, value, time in rows
         ]
     }
