@@ -89,6 +89,7 @@ def test_a_training_run_logged_with_the_mlflow_client_reads_back_whole(
     }
     assert got.data.tags["framework"] == "verl" and got.data.tags["weight_sync"] == "nccl"
     assert got.data.tags["mlflow.runName"] == "grpo-mlflow"
+    assert got.info.start_time <= got.info.end_time
     history = MlflowClient().get_metric_history(run_id, "reward")
     assert [(m.step, m.value) for m in history] == [(0, 0.0), (1, 0.1), (2, 0.2)]
 
@@ -284,3 +285,42 @@ def test_runs_and_experiments_stay_in_the_tokens_project(
     response = post(tracking, "runs/log-batch", bob_token, {"run_id": run_id, "metrics": metrics})
     assert response.status_code == 404
     assert not MetricPoint.objects.filter(run_id=int(run_id)).exists()
+
+
+def test_a_resumed_run_is_running_again_and_ends_again(tracking: str) -> None:
+    mlflow.set_experiment("resume")
+    with mlflow.start_run() as first:
+        mlflow.log_metric("reward", 0.1, step=0)
+    with mlflow.start_run(run_id=first.info.run_id):
+        assert Run.objects.get(pk=int(first.info.run_id)).status == "running"
+        assert MlflowClient().get_run(first.info.run_id).info.end_time is None
+        mlflow.log_metric("reward", 0.2, step=1)
+    run = Run.objects.get(pk=int(first.info.run_id))
+    assert run.status == "finished" and run.last_step == 1
+
+
+def test_unknown_ids_and_a_nul_in_the_query_are_mlflow_shaped(
+    tracking: str, alice_token: str
+) -> None:
+    response = post(tracking, "runs/create", alice_token, {"experiment_id": "999999"})
+    assert response.status_code == 404
+    assert response.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    response = post(tracking, "runs/log-batch", alice_token, {"run_id": "not-a-parity-id"})
+    assert response.status_code == 404
+    assert "No run with id 'not-a-parity-id'" in response.json()["message"]
+    response = post(tracking, "runs/log-batch", alice_token, {"metrics": []})
+    assert response.status_code == 400 and response.json()["field"] == "run_id"
+    response = httpx.post(
+        f"{tracking}/api/2.0/mlflow/runs/create",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {alice_token}"},
+    )
+    assert response.status_code == 400 and response.json()["error_code"] == "MALFORMED_REQUEST"
+    response = httpx.get(
+        f"{tracking}/api/2.0/mlflow/experiments/get-by-name",
+        params={"experiment_name": "a\x00b"},
+        headers={"Authorization": f"Bearer {alice_token}"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "NUL" in response.json()["message"]

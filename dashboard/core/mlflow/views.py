@@ -361,6 +361,10 @@ def update_run(call: Call) -> dict[str, Any]:
             mlflow.tags["mlflow.runName"] = new_name
             mlflow.save(update_fields=["tags"])
         if status is not None:
+            if status == "RUNNING" and run.finished is not None:
+                # mlflow.start_run(run_id=...) resumes an ended run: it is no longer ended.
+                run.finished = None
+                run.save(update_fields=["finished"])
             run.set_status(protocol.STATUS_TO_PARITY[status])
         if finished is not None and run.finished is not None:
             run.finished = finished
