@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import mlflow  # the `mlflow` extra (mlflow-skinny), which make install installs
 import pytest
+import requests
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -232,6 +233,11 @@ def test_unsupported_routes_name_what_parity_does_not_serve(
         mlflow.search_runs(experiment_names=["unsupported"])
     assert raised.value.error_code == "ENDPOINT_NOT_FOUND"
     assert "does not support POST /api/2.0/mlflow/runs/search" in raised.value.message
+    # An artifact upload reaches Parity and is refused by name, not written somewhere local.
+    # (MLflow's artifact client raises the HTTP error itself, with the body in its message.)
+    with mlflow.start_run(), pytest.raises(requests.HTTPError) as failed:
+        mlflow.log_text("notes", "notes.txt")
+    assert "does not support PUT /api/2.0/mlflow-artifacts/artifacts/" in str(failed.value)
     for method, path in [
         ("GET", "/api/2.0/mlflow-artifacts/artifacts/x.txt"),
         ("POST", "/api/3.0/mlflow/traces"),

@@ -144,7 +144,10 @@ def _experiment_json(experiment: MlflowExperiment, mlflow_id: str | None = None)
     return {
         "experiment_id": mlflow_id or str(experiment.pk),
         "name": experiment.name,
-        "artifact_location": "",
+        # Artifacts are not stored; this scheme sends the client's uploads to this server,
+        # which refuses them by name (an empty location would have the client write them to
+        # its own working directory, a silent drop from Parity's side).
+        "artifact_location": f"mlflow-artifacts:/{mlflow_id or experiment.pk}",
         "lifecycle_stage": "active",
         "creation_time": created,
         "last_update_time": created,
@@ -254,7 +257,7 @@ def _run_info(run: Run, mlflow: MlflowRun) -> dict[str, Any]:
         "user_id": mlflow.user_id,
         "status": protocol.STATUS_TO_MLFLOW.get(run.status, "RUNNING"),
         "start_time": millis(run.started or run.created),
-        "artifact_uri": "",
+        "artifact_uri": f"mlflow-artifacts:/{experiment_id}/{run.pk}/artifacts",
         "lifecycle_stage": "active",
     }
     if run.finished is not None:
