@@ -54,7 +54,7 @@ def now_ms() -> int:
 
 
 def test_a_training_run_logged_with_the_mlflow_client_reads_back_whole(
-    tracking: str, alice_token: str, project_a: Any
+    tracking: str, alice_token: str, project_a: Any, alice_client: Any
 ) -> None:
     experiment = mlflow.set_experiment("grpo-qwen")
     with mlflow.start_run(run_name="grpo-mlflow") as active:
@@ -101,6 +101,10 @@ def test_a_training_run_logged_with_the_mlflow_client_reads_back_whole(
         headers={"Authorization": f"Bearer {alice_token}"},
     ).json()
     assert series["steps"] == [0, 1, 2] and series["values"] == pytest.approx([0.0, 0.1, 0.2])
+
+    # The params are the run's config: the run page's fingerprint table shows them.
+    page = alice_client.get(f"/runs/{run_id}/").content.decode()
+    assert "tiny-llama" in page and "bfloat16" in page
 
     # set_experiment again finds the same experiment; a second run of the same name is kept
     # apart (MLflow allows it; Parity names are unique per project).
