@@ -40,10 +40,19 @@ lint: install
 	$(VENV)/bin/mypy parity workers
 	$(VENV)/bin/lint-imports
 
-bench: install services
+MLFLOW_SERVER := var/mlflow-server
+
+bench: install services $(MLFLOW_SERVER)/.installed
 	$(PY) bench/bench_metrics.py
-	$(PY) bench/bench_ingest.py
+	$(PY) bench/bench_ingest.py --mlflow-venv $(MLFLOW_SERVER)
 	$(PY) bench/bench_compare.py
+	$(PY) bench/bench_mlflow.py --mlflow-venv $(MLFLOW_SERVER)
+
+# The MLflow tracking server the benchmarks compare against, in its own venv (see the file).
+$(MLFLOW_SERVER)/.installed: requirements/mlflow-server.txt
+	[ -x $(MLFLOW_SERVER)/bin/python ] || python3 -m venv $(MLFLOW_SERVER)
+	$(MLFLOW_SERVER)/bin/python -m pip install -q -r requirements/mlflow-server.txt
+	@touch $@
 
 lock: install
 	(echo "# Exact versions for the CPU install (make install). Regenerate: make lock"; \

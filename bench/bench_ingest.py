@@ -114,12 +114,12 @@ def throughput(n_batches: int, concurrency: int, send: Callable[[int], None]) ->
 
 
 class Parity:
-    def __init__(self, log_dir: Path) -> None:
-        recreate_db(BENCH_DB)
+    def __init__(self, log_dir: Path, db: str = BENCH_DB) -> None:
+        recreate_db(db)
         self.env = dict(
             os.environ,
             DJANGO_SETTINGS_MODULE="dashboard.settings",
-            DATABASE_URL=f"{PG}/{BENCH_DB}",
+            DATABASE_URL=f"{PG}/{db}",
             REDIS_URL="redis://127.0.0.1:6379/13",
             CHANNELS_PREFIX="parity-bench",
             DEBUG="0",
@@ -203,8 +203,8 @@ class Parity:
 
 
 class MLflow:
-    def __init__(self, venv: Path, log_dir: Path) -> None:
-        recreate_db(MLFLOW_DB)
+    def __init__(self, venv: Path, log_dir: Path, db: str = MLFLOW_DB) -> None:
+        recreate_db(db)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / "mlflow-bench.log"
@@ -218,7 +218,7 @@ class MLflow:
                 "--port",
                 str(self.port),
                 "--backend-store-uri",
-                f"postgresql+psycopg2://postgres@127.0.0.1:5432/{MLFLOW_DB}",
+                f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
                 "--default-artifact-root",
                 artifacts,
                 # One process, like the daphne on the Parity side (and uvicorn's multi-worker

@@ -23,6 +23,10 @@ class RefuseUnstorableText:
         if where is None:
             return self.get_response(request)
         message = f"{where} contains a NUL character, which cannot be stored"
+        if request.path.startswith("/api/2.0/mlflow/"):  # MLflow's clients read its shape
+            return JsonResponse(
+                {"error_code": "INVALID_PARAMETER_VALUE", "message": message}, status=400
+            )
         if request.path.startswith("/api/"):
             return JsonResponse({"detail": message}, status=400)
         return HttpResponseBadRequest(message, content_type="text/plain; charset=utf-8")

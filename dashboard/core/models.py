@@ -179,6 +179,43 @@ class MetricPoint(models.Model):
         constraints = [models.UniqueConstraint(fields=["run", "key", "step"], name="unique_point")]
 
 
+class MlflowExperiment(models.Model):
+    """An MLflow experiment (the MLflow-compatible tracking API): a named group of a project's
+    runs. Its MLflow id is its primary key as a string; "0", MLflow's default experiment, is
+    the project's experiment named "Default"."""
+
+    DEFAULT_NAME = "Default"
+
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="mlflow_experiments"
+    )
+    name = models.CharField(max_length=500)
+    tags = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="unique_mlflow_experiment")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class MlflowRun(models.Model):
+    """What MLflow knows about a run that Parity's Run does not: its experiment, its tags
+    (key/value, unlike Run.tags) and user. The MLflow run id is the Run's id as a string;
+    MLflow params are the run's fingerprint (the config a parity.Monitor sends too)."""
+
+    run = models.OneToOneField(
+        Run, on_delete=models.CASCADE, primary_key=True, related_name="mlflow"
+    )
+    experiment = models.ForeignKey(MlflowExperiment, on_delete=models.CASCADE, related_name="runs")
+    tags = models.JSONField(default=dict, blank=True)
+    user_id = models.CharField(max_length=250, blank=True)
+
+
 class PromptSet(models.Model):
     """A named list of prompts; each item is {"prompt": str} or {"messages": [...]}."""
 

@@ -7,6 +7,7 @@ key's series for the charts is in `dashboard.core.series`.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -211,7 +212,9 @@ def _store(
                 "points",
                 {
                     "points": [
-                        {"key": k, "step": s, "value": v}
+                        # JSON has no NaN: a non-finite value (an MLflow client may send one)
+                        # goes out as null, which the charts draw as a gap.
+                        {"key": k, "step": s, "value": v if math.isfinite(v) else None}
                         for k, s, v in zip(keys, steps, values, strict=True)
                     ]
                 },
@@ -253,12 +256,12 @@ WITH RECURSIVE k(key) AS (
             WHERE p.run_id = %(run)s AND p.key > k.key ORDER BY p.key LIMIT 1)
     FROM k WHERE k.key IS NOT NULL
 )
-SELECT k.key, f.step, l.step, l.value FROM k
+SELECT k.key, f.step, l.step, l.value, l.wall_time FROM k
 CROSS JOIN LATERAL (
     SELECT step FROM {_POINTS} WHERE run_id = %(run)s AND key = k.key ORDER BY step LIMIT 1
 ) f
 CROSS JOIN LATERAL (
-    SELECT step, value FROM {_POINTS} WHERE run_id = %(run)s AND key = k.key
+    SELECT step, value, wall_time FROM {_POINTS} WHERE run_id = %(run)s AND key = k.key
     ORDER BY step DESC LIMIT 1
 ) l
 WHERE k.key IS NOT NULL
@@ -266,7 +269,7 @@ WHERE k.key IS NOT NULL
 
 
 def list_keys(run: Run | int) -> list[dict[str, Any]]:
-    """The keys of a run with their first and last step and the last value.
+    """The keys of a run with their first and last step, the last value and its time.
 
     A skip scan over the (run, key, step) index: one probe per key, not a pass over
     every point, so a run with millions of points answers in milliseconds.
@@ -275,8 +278,14 @@ def list_keys(run: Run | int) -> list[dict[str, Any]]:
     with connection.cursor() as cursor:
         cursor.execute(_KEYS, {"run": run_id})
         return [
-            {"key": key, "first_step": first, "last_step": last, "last_value": value}
-            for key, first, last, value in cursor.fetchall()
+            {
+                "key": key,
+                "first_step": first,
+                "last_step": last,
+                "last_value": value,
+                "last_time": time,
+            }
+            for key, first, last, value, time in cursor.fetchall()
         ]
 
 
