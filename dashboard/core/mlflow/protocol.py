@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from dashboard.core.api.types import db_text
+from dashboard.core.api.types import LATEST_TIME, db_text
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
@@ -23,9 +23,9 @@ MAX_METRIC_KEY_LENGTH = 128  # MetricPoint.key
 MAX_PARAM_VAL_LENGTH = 6000
 MAX_TAG_VAL_LENGTH = 8000
 MAX_STEP = 2**63 - 1
-# Milliseconds since the epoch up to the last millisecond of year 9999: the latest time a
-# Python datetime holds (Postgres would go further; a larger number is a unit mistake).
-MAX_TIMESTAMP_MS = 253_402_300_799_999
+# Milliseconds since the epoch, within the wall times the native ingest accepts (a larger
+# number is a unit mistake, or hostile).
+MAX_TIMESTAMP_MS = int(LATEST_TIME.timestamp() * 1000) - 1
 
 # MLflow run status <-> Parity run status.
 STATUS_TO_PARITY = {
