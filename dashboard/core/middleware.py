@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+
+from dashboard.core.outages import RETRY_AFTER_S, service_down
+
+log = logging.getLogger(__name__)
 
 NUL = "\x00"
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -43,3 +48,30 @@ def _nul_in(request: HttpRequest) -> str | None:
             if NUL in key or any(NUL in v for v in values):
                 return f"The {kind} {key.replace(NUL, '␀')!r}"
     return None
+
+
+class OutagePage:
+    """A page whose request met a Postgres or Redis outage answers 503 naming the service
+    (the API has its own handler, in JSON). Plain text: rendering the site's templates would
+    need the database that may be the one down. Writes are one transaction (and a job whose
+    message the broker refused is deleted again), so nothing was saved."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
+        service = service_down(exc)
+        if service is None:
+            return None
+        log.warning("%s %s: %s is unavailable: %s", request.method, request.path, service, exc)
+        saved = "; nothing was saved" if request.method == "POST" else ""
+        response = HttpResponse(
+            f"{service} is unavailable{saved}. Try again in {RETRY_AFTER_S} seconds.",
+            status=503,
+            content_type="text/plain; charset=utf-8",
+        )
+        response["Retry-After"] = str(RETRY_AFTER_S)
+        return response

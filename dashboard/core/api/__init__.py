@@ -6,9 +6,6 @@ import json
 import logging
 import secrets
 
-import kombu.exceptions
-import redis.exceptions
-from django import db
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from ninja import NinjaAPI
@@ -17,6 +14,7 @@ from ninja.openapi.docs import Swagger
 
 from dashboard.core.api.types import db_text
 from dashboard.core.auth import NOT_AUTHENTICATED_BECAUSE, SessionAuth, TokenAuth
+from dashboard.core.outages import RETRY_AFTER_S, service_down
 
 log = logging.getLogger(__name__)
 
@@ -106,33 +104,15 @@ def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
     return api.create_response(request, {"detail": str(exc) or "Not found."}, status=404)
 
 
-# A service outage is the client's to wait out, not a server bug: a 503 that names it, with
-# the Retry-After that parity.Monitor honours.
-OUTAGES: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
-    ((db.OperationalError, db.InterfaceError), "Postgres"),
-    (
-        (
-            redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
-            kombu.exceptions.OperationalError,  # the Celery broker (Redis) refused a message
-        ),
-        "Redis",
-    ),
-)
-RETRY_AFTER_S = 5
-
-
 @api.exception_handler(Exception)
 def on_internal_error(request: HttpRequest, exc: Exception) -> HttpResponse:
-    for types, service in OUTAGES:
-        if isinstance(exc, types):
-            log.warning(
-                "API %s %s: %s is unavailable: %s", request.method, request.path, service, exc
-            )
-            detail = f"{service} is unavailable; retry in {RETRY_AFTER_S} s."
-            response = api.create_response(request, {"detail": detail}, status=503)
-            response["Retry-After"] = str(RETRY_AFTER_S)
-            return response
+    service = service_down(exc)
+    if service is not None:
+        log.warning("API %s %s: %s is unavailable: %s", request.method, request.path, service, exc)
+        detail = f"{service} is unavailable; retry in {RETRY_AFTER_S} s."
+        response = api.create_response(request, {"detail": detail}, status=503)
+        response["Retry-After"] = str(RETRY_AFTER_S)
+        return response
     # Never a traceback to an API client, DEBUG or not (make demo runs with DEBUG): the
     # server's log has it, under a reference the client can quote.
     reference = secrets.token_hex(4)

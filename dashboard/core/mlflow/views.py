@@ -20,12 +20,12 @@ from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from dashboard.core.api import OUTAGES, RETRY_AFTER_S
 from dashboard.core.api.types import plain_id
 from dashboard.core.auth import NOT_AUTHENTICATED_BECAUSE, TokenAuth, visible_projects
 from dashboard.core.mlflow import protocol
 from dashboard.core.mlflow.protocol import MlflowError, invalid, millis, not_found
 from dashboard.core.models import MlflowExperiment, MlflowRun, Project, Run
+from dashboard.core.outages import RETRY_AFTER_S, service_down
 from dashboard.core.points import Point, list_keys, store_points, store_visible_points
 
 log = logging.getLogger(__name__)
@@ -111,20 +111,20 @@ def _body(request: HttpRequest) -> dict[str, Any]:
 
 
 def _server_error(request: HttpRequest, exc: Exception) -> JsonResponse:
-    for types, service in OUTAGES:
-        if isinstance(exc, types):
-            log.warning(
-                "MLflow %s %s: %s is unavailable: %s", request.method, request.path, service, exc
-            )
-            response = JsonResponse(
-                {
-                    "error_code": "TEMPORARILY_UNAVAILABLE",
-                    "message": f"{service} is unavailable; retry in {RETRY_AFTER_S} s.",
-                },
-                status=503,
-            )
-            response["Retry-After"] = str(RETRY_AFTER_S)
-            return response
+    service = service_down(exc)
+    if service is not None:
+        log.warning(
+            "MLflow %s %s: %s is unavailable: %s", request.method, request.path, service, exc
+        )
+        response = JsonResponse(
+            {
+                "error_code": "TEMPORARILY_UNAVAILABLE",
+                "message": f"{service} is unavailable; retry in {RETRY_AFTER_S} s.",
+            },
+            status=503,
+        )
+        response["Retry-After"] = str(RETRY_AFTER_S)
+        return response
     reference = secrets.token_hex(4)
     log.error("MLflow %s %s failed [%s]", request.method, request.path, reference, exc_info=exc)
     return JsonResponse(
