@@ -33,6 +33,12 @@ _NAMED_RANGES: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] =
     (ipaddress.ip_network("0.0.0.0/8"), "an unspecified address"),
     (ipaddress.ip_network("192.0.0.0/24"), "an IETF protocol address"),
     (ipaddress.ip_network("198.18.0.0/15"), "a benchmarking address"),
+    # Reserved for examples in documentation (RFC 5737, RFC 3849): Python calls them
+    # "private", which they are not.
+    (ipaddress.ip_network("192.0.2.0/24"), "a documentation (TEST-NET-1) address"),
+    (ipaddress.ip_network("198.51.100.0/24"), "a documentation (TEST-NET-2) address"),
+    (ipaddress.ip_network("203.0.113.0/24"), "a documentation (TEST-NET-3) address"),
+    (ipaddress.ip_network("2001:db8::/32"), "a documentation address"),
     (ipaddress.ip_network("fec0::/10"), "a site-local address"),
 ]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")

@@ -119,6 +119,11 @@ REFUSED = [
     ("http://[fd00::1]/", "private"),
     ("http://224.0.0.1/", "multicast"),
     ("http://[64:ff9b::a00:1]/", "private"),
+    # #16 §14: documentation ranges are not "private" (RFC 5737, RFC 3849).
+    ("http://192.0.2.1/", r"documentation \(TEST-NET-1\)"),
+    ("http://198.51.100.7/", r"documentation \(TEST-NET-2\)"),
+    ("http://203.0.113.9/", r"documentation \(TEST-NET-3\)"),
+    ("http://[2001:db8::1]/", "documentation address"),
 ]
 
 
