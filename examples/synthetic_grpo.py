@@ -14,6 +14,7 @@ so the dashboard's clip-rate and KL charts and any alert rule have something to 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -40,7 +41,22 @@ def rollout_batch(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="The server and token come from --url/--token, else from the environment "
+        "variables PARITY_URL and PARITY_TOKEN. Create a token on the project's Tokens page "
+        "(e.g. http://127.0.0.1:8000/p/demo/tokens/).",
+    )
+    ap.add_argument(
+        "--url",
+        default=os.environ.get("PARITY_URL", "http://127.0.0.1:8000"),
+        help="the Parity server (default: $PARITY_URL, else %(default)s)",
+    )
+    ap.add_argument(
+        "--token",
+        default=os.environ.get("PARITY_TOKEN"),
+        help="an API token of the project (default: $PARITY_TOKEN)",
+    )
     ap.add_argument("--project", default="demo")
     ap.add_argument("--run", default=f"synthetic-grpo-{int(time.time())}")
     ap.add_argument("--steps", type=int, default=200)
@@ -50,9 +66,13 @@ def main() -> None:
     ap.add_argument("--sleep", type=float, default=0.2, help="seconds per step (the 'training')")
     ap.add_argument("--upload-raw", action="store_true", help="send arrays; the server computes")
     args = ap.parse_args()
+    if not args.token:
+        ap.error("no API token: pass --token or set PARITY_TOKEN (see --help)")
 
     rng = np.random.default_rng(0)
     mon = parity.Monitor(
+        args.url,
+        args.token,
         project=args.project,
         run=args.run,
         config={
