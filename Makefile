@@ -22,7 +22,7 @@ models: install
 
 demo: migrate models
 	$(PY) manage.py demo_setup
-	bash scripts/run-all.sh
+	DEMO=1 bash scripts/run-all.sh
 
 run: migrate
 	bash scripts/run-all.sh

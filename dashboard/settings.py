@@ -212,6 +212,9 @@ LOGGING = {
 # Hosts (names, IPs or networks such as 10.1.0.0/16) that webhooks may reach even though they
 # resolve to non-public addresses: on-prem receivers, and the tests' local receiver.
 WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS", "")
+# `make demo` runs a webhook receiver on this local port (allow-listed for the demo only).
+DEMO_RECEIVER_PORT = int(os.environ.get("DEMO_RECEIVER_PORT", 8001))
+DEMO_RECEIVER_SECRET_FILE = BASE_DIR / "var" / "demo-receiver-secret"
 WEBHOOK_CONNECT_TIMEOUT_S = float(os.environ.get("WEBHOOK_CONNECT_TIMEOUT_S", 3))
 WEBHOOK_TOTAL_TIMEOUT_S = float(os.environ.get("WEBHOOK_TOTAL_TIMEOUT_S", 10))
 # Retries: base * 2^(n-1) with jitter, capped, for at least WEBHOOK_RETRY_FOR_S.

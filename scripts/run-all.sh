@@ -19,6 +19,14 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+if [ "${DEMO:-0}" = 1 ] && [ -f var/demo-receiver-secret ]; then
+  # The demo's alert endpoint: a local receiver that checks each delivery's signature.
+  export WEBHOOK_ALLOWED_HOSTS=${WEBHOOK_ALLOWED_HOSTS:-127.0.0.1}
+  RECEIVER_PORT=${DEMO_RECEIVER_PORT:-8001}
+  "$PY" -m dashboard.demo.receiver --port "$RECEIVER_PORT" \
+    --secret "$(cat var/demo-receiver-secret)" >var/log/webhook-receiver.log 2>&1 &
+  pids+=($!)
+fi
 "$PY" -m daphne -b "$HOST" -p "$PORT" dashboard.asgi:application >var/log/web.log 2>&1 &
 pids+=($!)
 "$PY" -m celery -A dashboard worker -Q gpu --pool solo --concurrency 1 -n gpu@%h \
@@ -34,6 +42,10 @@ for _ in $(seq 60); do
 done
 echo
 echo "  Parity is running at http://$HOST:$PORT/   (logs in var/log/, Ctrl-C to stop)"
+if [ "${DEMO:-0}" = 1 ]; then
+  echo "  Demo alerts go to a local receiver: deliveries on http://$HOST:$PORT/p/demo/alerts/,"
+  echo "  what it received in var/log/webhook-receiver.log"
+fi
 echo
 wait -n "${pids[@]}"
 echo "a process exited; see var/log/"

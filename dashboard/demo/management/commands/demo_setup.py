@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -9,7 +10,7 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from dashboard.alerts.models import AlertRule
+from dashboard.alerts.models import AlertRule, WebhookEndpoint
 from dashboard.core.api.jobs import validate_spec
 from dashboard.core.models import Job, Membership, Project, Run, start_job
 from dashboard.demo.seed import seed_training_run
@@ -37,8 +38,9 @@ class Command(BaseCommand):
         Membership.objects.get_or_create(user=user, project=project, defaults={"role": "owner"})
 
         # The rule exists before the points arrive, so the drift episode opens (and
-        # closes) a real incident through the normal ingest path.
-        AlertRule.objects.get_or_create(
+        # closes) a real incident through the normal ingest path, and its webhooks go to the
+        # demo's own receiver: a signed delivery and its attempts, end to end.
+        rule, _ = AlertRule.objects.get_or_create(
             project=project,
             name="kl_k3 drift",
             defaults={
@@ -49,6 +51,7 @@ class Command(BaseCommand):
                 "severity": AlertRule.Severity.WARNING,
             },
         )
+        rule.endpoints.add(self._receiver_endpoint(project))
         if not Run.objects.filter(project=project, name="grpo-demo-drift").exists():
             self.stdout.write("seeding the synthetic training run (1,000 steps)…")
             seed_training_run(project)
@@ -58,6 +61,21 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(f"Demo login: user '{DEMO_USER}', password '{DEMO_PASSWORD}'")
         )
+
+    def _receiver_endpoint(self, project: Project) -> WebhookEndpoint:
+        port = int(settings.DEMO_RECEIVER_PORT)
+        endpoint, _ = WebhookEndpoint.objects.update_or_create(
+            project=project,
+            name="demo receiver",
+            defaults={"url": f"http://127.0.0.1:{port}/alerts"},
+        )
+        # The receiver (dashboard.demo.receiver, started by `make demo`) checks signatures
+        # with the endpoint's secret.
+        secret_file = Path(settings.DEMO_RECEIVER_SECRET_FILE)
+        secret_file.parent.mkdir(parents=True, exist_ok=True)
+        secret_file.write_text(endpoint.secret)
+        secret_file.chmod(0o600)
+        return endpoint
 
     def _queue_engine_jobs(self, project: Project, user: Any) -> None:
         model = str(settings.PARITY_MODELS_DIR / "tiny-llama")
