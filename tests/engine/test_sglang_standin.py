@@ -79,7 +79,14 @@ def test_standin_refuses_what_the_kernel_refuses() -> None:
     with pytest.raises(ValueError, match="out_cache_loc has 1 entries but offsets require 2"):
         op(torch.tensor([0]), rtt, torch.tensor([0]), torch.tensor([2]), torch.tensor([5]), 4)
     with pytest.raises(TypeError, match="req_to_token int32"):
-        op(torch.tensor([0]), rtt.long(), torch.tensor([0]), torch.tensor([1]), torch.tensor([5]), 4)
+        op(
+            torch.tensor([0]),
+            rtt.long(),
+            torch.tensor([0]),
+            torch.tensor([1]),
+            torch.tensor([5]),
+            4,
+        )
 
 
 def test_names_sglang_only_imports_fail_loudly_when_called() -> None:

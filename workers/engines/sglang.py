@@ -113,7 +113,9 @@ class SGLangClient:
         try:
             response = self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:
-            raise SGLangError(f"SGLang server at {self.base_url} unreachable ({path}): {exc}")
+            raise SGLangError(
+                f"SGLang server at {self.base_url} unreachable ({path}): {exc}"
+            ) from exc
         if response.status_code >= 400:
             raise SGLangError(
                 f"SGLang {path} answered {response.status_code}: {response.text.strip()[:500]}"
@@ -165,7 +167,9 @@ class SGLangClient:
             raise SGLangError(f"SGLang /generate returned {type(out).__name__}, not {len(batch)}")
         return [_sequence(i // sampling.n, item, prompt_logprobs) for i, item in enumerate(out)]
 
-    def update_weights_from_disk(self, model_path: str, *, weight_version: str | None = None) -> str:
+    def update_weights_from_disk(
+        self, model_path: str, *, weight_version: str | None = None
+    ) -> str:
         """Load new weights from a checkpoint directory into the running server.
 
         Bracketed by /begin_weight_update and /end_weight_update, as SGLang 0.5.23 requires
@@ -205,7 +209,9 @@ class SGLangClient:
         if info.get("dtype") == "auto":
             unknown["dtype"] = "launched with --dtype auto; the dtype it resolved is not reported"
         if not info.get("enable_deterministic_inference"):
-            unknown["seed"] = "per-request seeds are ignored without --enable-deterministic-inference"
+            unknown["seed"] = (
+                "per-request seeds are ignored without --enable-deterministic-inference"
+            )
         return ServerInfo(
             engine="sglang",
             version=str(info.get("version", "unknown")),
