@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextmanager
 def start_server(model: Path, log_path: Path) -> Iterator[str]:
-    """Run an SGLang server on `model` (float32, seed 0) until the generator is closed; yields
-    its base URL once /health answers. A server that dies early fails with its log's tail."""
+    """Run an SGLang server on `model` (float32, seed 0) for the `with` block; yields its base
+    URL once /health answers. A server that dies early fails with its log's tail."""
     from workers.engines.sglang import SGLangClient, SGLangError
 
     sglang_python()

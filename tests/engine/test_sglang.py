@@ -32,7 +32,7 @@ def model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sglang(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SGLangClient]:
     sglang_python()
     log = tmp_path_factory.mktemp("sglang") / "server.log"
-    for url in start_server(tiny_model, log):
+    with start_server(tiny_model, log) as url:
         with SGLangClient(url) as client:
             yield client
 
@@ -115,6 +115,23 @@ def test_pause_resume_and_flush_cache(sglang: SGLangClient) -> None:
     sglang.flush_cache()
 
     assert len(sglang.generate(PROMPTS[:2], SamplingSettings(max_tokens=3))) == 2
+
+
+def test_a_tied_head_qwen2_matches_the_trainer(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Qwen2: tied embeddings (no lm_head in the checkpoint), q/k/v biases, GQA, a vocabulary
+    of 390 that SGLang pads: its own server, the same agreement as the Llama."""
+    sglang_python()
+    model = tiny_models["qwen2"]
+    with start_server(model, tmp_path / "server.log") as url:
+        with SGLangClient(url) as client:
+            samples = client.generate(PROMPTS, SamplingSettings(temperature=1.0, max_tokens=8))
+    lr = np.concatenate([s.logprobs for s in samples])
+
+    lt = trainer_lt(model, PROMPTS, [s.token_ids for s in samples])
+
+    assert float(np.max(np.abs(lr - lt))) < LOGPROB_TOLERANCE
 
 
 def test_unreachable_server_is_a_clear_error() -> None:
