@@ -10,3 +10,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The SGLang server's own venv (tests/engine/test_sglang.py); a no-op when already built.
+bash "$(dirname "$0")/install-sglang.sh"

@@ -1,0 +1,1 @@
+"""Engine adapters: the engines Parity measures (in-process vLLM, a vLLM server, SGLang)."""
