@@ -6,6 +6,7 @@ from django.contrib import messages
 from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
@@ -19,6 +20,7 @@ from dashboard.alerts.models import (
     RuleState,
     WebhookEndpoint,
 )
+from dashboard.core.api.types import plain_id
 from dashboard.core.auth import visible_projects
 from dashboard.core.models import Project
 
@@ -119,10 +121,11 @@ def _endpoint(request: HttpRequest, slug: str, endpoint_id: int) -> WebhookEndpo
     return get_object_or_404(project.webhook_endpoints.select_related("project"), pk=endpoint_id)
 
 
-def endpoint_detail(
-    request: HttpRequest, slug: str, endpoint_id: int, test: Delivery | None = None
-) -> HttpResponse:
+def endpoint_detail(request: HttpRequest, slug: str, endpoint_id: int) -> HttpResponse:
     endpoint = _endpoint(request, slug, endpoint_id)
+    # After "Send test event": its result, named in the URL the POST redirected to.
+    test_id = plain_id(request.GET.get("test", ""))
+    test = endpoint.deliveries.filter(pk=test_id, event="test").first() if test_id else None
     deliveries = endpoint.deliveries.select_related("incident", "incident__run").prefetch_related(
         Prefetch("attempts_log", queryset=DeliveryAttempt.objects.order_by("number"))
     )[:50]
@@ -140,7 +143,9 @@ def endpoint_detail(
 def endpoint_test(request: HttpRequest, slug: str, endpoint_id: int) -> HttpResponse:
     endpoint = _endpoint(request, slug, endpoint_id)
     test = outbox.send_test(endpoint)
-    return endpoint_detail(request, slug, endpoint_id, test=test)
+    # Redirect after POST: reloading the result page must not send another test event.
+    url = reverse("alerts:endpoint", kwargs={"slug": slug, "endpoint_id": endpoint.pk})
+    return redirect(f"{url}?test={test.pk}")
 
 
 @require_POST

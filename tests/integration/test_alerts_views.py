@@ -116,7 +116,10 @@ def test_send_test_event_shows_the_receivers_answer(
 ) -> None:
     receiver.start("--responses", "202")
     endpoint = WebhookEndpoint.objects.create(project=project_a, name="ops", url=receiver.url)
-    page = alice_client.post(f"/p/proj-a/alerts/endpoints/{endpoint.pk}/test").content.decode()
+    # Redirect after the POST (#16 §11): a reload must not send a second test event.
+    response = alice_client.post(f"/p/proj-a/alerts/endpoints/{endpoint.pk}/test")
+    assert response.status_code == 302
+    page = alice_client.get(response["Location"]).content.decode()
     assert 'id="test-result"' in page and "answered <strong>202</strong>" in page
     assert "&quot;received&quot;: 0" in page  # the body excerpt
     assert receiver.requests()[0]["headers"]["webhook-id"] == Delivery.objects.get().webhook_id
@@ -173,3 +176,16 @@ def test_other_projects_alerts_are_404(alice_client: Any, make_member: Any) -> N
     assert alice_client.get("/p/proj-b/alerts/").status_code == 404
     assert alice_client.get(f"/p/proj-a/alerts/endpoints/{endpoint.pk}/").status_code == 404
     assert alice_client.post(f"/p/proj-a/alerts/endpoints/{endpoint.pk}/test").status_code == 404
+
+
+def test_rules_table_says_when_an_endpoint_is_disabled(alice_client: Any, project_a: Any) -> None:
+    # #16 §11: a rule whose only endpoint is disabled notifies nobody; the table says so.
+    endpoint = WebhookEndpoint.objects.create(project=project_a, name="ops", url="https://e.com/")
+    rule = AlertRule.objects.create(project=project_a, name="kl", metric_key="kl_k3", threshold=1)
+    rule.endpoints.add(endpoint)
+    endpoint.disable("410 Gone from the receiver")
+    page = alice_client.get("/p/proj-a/alerts/").content.decode()
+    assert (
+        'ops</a> <span class="badge warn" title="410 Gone from the receiver">disabled</span>'
+        in page
+    )
