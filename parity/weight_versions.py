@@ -29,6 +29,9 @@ MIN_RATIO = 2.0
 MIN_UPDATES = 2
 MIN_SHARE = 0.75
 
+STALE_CACHE_NAME = "Stale KV/prefix cache after weight updates"
+STALE_CACHE_FIX = "engine.reset_prefix_cache() after every weight update"
+
 
 @dataclass(frozen=True)
 class VersionGap:
@@ -140,8 +143,7 @@ class StaleCacheSignature:
         if self.shows:
             return (
                 head + ", then decayed as requests turned over: the signature of a KV/prefix "
-                "cache computed with the old weights. Call reset_prefix_cache() on the engine "
-                "after every weight update."
+                "cache computed with the old weights."
             )
         return head + f": no stale-cache signature (it needs ≥ {self.min_ratio:g}× and a decay)."
 

@@ -80,4 +80,4 @@ def test_the_stale_cache_ratio_fires_once_a_version_that_jumped_and_decayed_is_o
     store_points(run, stale_cache_steps(12, 2))
     incident = Incident.objects.get(rule=stale)
     assert incident.fired_step == 12 and incident.fired_value > 5
-    assert not MetricPoint.objects.filter(key="stale_cache_ratio").exists()  # nothing derived stored
+    assert not MetricPoint.objects.filter(key="stale_cache_ratio").exists()  # none derived
