@@ -102,3 +102,13 @@ def test_resolve_all_leaves_out_what_no_key_gives() -> None:
 def test_watched_keys_start_with_the_canonical_name() -> None:
     assert watched_keys("kl_k1") == ("kl_k1", "rollout_corr/kl", "vllm_kl")
     assert watched_keys("reward") == ("reward",)
+
+
+@pytest.mark.parametrize("framework", sorted(REAL_KEYS))
+def test_each_frameworks_docs_page_lists_its_keys(framework: str) -> None:
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "frameworks"
+    page = (docs / f"{framework.lower()}.md").read_text()
+    for key, canonical in REAL_KEYS[framework].items():
+        assert f"`{key}`" in page and f"`{canonical}`" in page
