@@ -136,16 +136,20 @@ class StaleCacheSignature:
     def describe(self, gap_key: str) -> str:
         """The diagnosis in words, with the numbers."""
         head = (
-            f"{gap_key} right after {self.jumped} of {self.judged} weight updates was "
-            f"{self.median_ratio:.3g}× the rest of its version (median; "
-            f"{self.after_update_mean:.3g} after the update vs {self.rest_mean:.3g})"
+            f"right after a weight update, {gap_key} was {self.median_ratio:.3g}× the rest of "
+            f"that version (median of {self.judged} updates; {self.after_update_mean:.3g} "
+            f"vs {self.rest_mean:.3g})"
         )
         if self.shows:
             return (
-                head + ", then decayed as requests turned over: the signature of a KV/prefix "
-                "cache computed with the old weights."
+                head[0].upper() + head[1:] + f", and it decayed as requests turned over after "
+                f"{self.jumped} of {self.judged} updates: the signature of a KV/prefix cache "
+                "computed with the old weights."
             )
-        return head + f": no stale-cache signature (it needs ≥ {self.min_ratio:g}× and a decay)."
+        return (
+            head[0].upper() + head[1:] + f"; it jumped ≥ {self.min_ratio:g}× and decayed after "
+            f"{self.jumped} of {self.judged}: no stale-cache signature."
+        )
 
 
 def stale_cache_signature(

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
 from dashboard.core.models import Run
 from dashboard.core.points import latest_values, tails
 from dashboard.core.presenters import fmt
@@ -48,6 +51,11 @@ PANEL_KEYS = (
 )
 
 
+def breakable(label: str) -> SafeString:
+    """A source label that may wrap after each "/" of the key (long keys on a phone)."""
+    return mark_safe("/<wbr>".join(escape(part) for part in label.split("/")))  # noqa: S308
+
+
 def all_keys(canonicals: Iterable[str]) -> list[str]:
     """Every stored key that may give one of `canonicals`."""
     return [key for canonical in canonicals for key in watched_keys(canonical)]
@@ -67,7 +75,7 @@ def panel(latest: dict[str, tuple[int, float]]) -> list[dict[str, Any]]:
                 "canonical": canonical,
                 "value": fmt(value),
                 "step": step,
-                "source": resolved.label,
+                "source": breakable(resolved.label),
                 "from_framework": resolved.source is not None,
                 "note": resolved.note,
             }
@@ -114,7 +122,7 @@ def summaries(
             row.append(
                 {
                     "value": fmt(value),
-                    "source": resolved.label if resolved and resolved.source else "",
+                    "source": breakable(resolved.label) if resolved and resolved.source else "",
                 }
             )
         cells[run_id] = row

@@ -142,6 +142,7 @@ async function main() {
   // Handles for tests and for debugging from the console.
   window.parityLive = live;
   window.parityStore = store;
+  window.parityCharts = charts;
   await load([...chartedKeys()]);
   loaded = true;
   const early = buffer; buffer = [];

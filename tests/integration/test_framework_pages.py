@@ -38,7 +38,9 @@ def test_runs_list_shows_the_canonical_numbers_and_where_they_came_from(
     alice_client: Any, project_a: Any
 ) -> None:
     verl_run(project_a)
-    page = html.unescape(alice_client.get(reverse("project", args=["proj-a"])).content.decode())
+    response = alice_client.get(reverse("project", args=["proj-a"]))
+    # Keys may wrap after each "/" (<wbr>); the text is the key.
+    page = html.unescape(response.content.decode()).replace("<wbr>", "")
     assert "0.01" in page  # kl_k3 from verl's key at step 4: 0.002 * 5
     assert "verl rollout_corr/k3_kl" in page
     assert "TRL sampling/sampling_logp_difference/mean" in page
@@ -50,7 +52,7 @@ def test_run_page_has_the_canonical_panel_with_sources_and_caveats(
 ) -> None:
     run = verl_run(project_a)
     response = alice_client.get(reverse("run", args=[run.pk]))
-    page = html.unescape(response.content.decode())
+    page = html.unescape(response.content.decode()).replace("<wbr>", "")
     assert 'id="canonical-panel"' in page
     for canonical, source in (
         ("kl_k3", "verl rollout_corr/k3_kl"),
@@ -97,7 +99,8 @@ def test_run_page_names_the_stale_cache_signature_with_its_numbers(
     page = html.unescape(response.content.decode())
     assert 'id="stale-cache"' in page
     assert "Stale KV/prefix cache after weight updates" in page
-    assert "abs_diff_mean right after 3 of 3 weight updates" in page
+    assert "Right after a weight update, abs_diff_mean was" in page
+    assert "after 3 of 3 updates" in page
     assert "reset_prefix_cache()" in page
     assert 'id="version-gaps"' in page and "v1" in page and "10–19" in page
     config = response.context["chart_config"]

@@ -40,7 +40,8 @@ def test_a_jump_that_decays_after_each_update_is_the_signature() -> None:
     sig = stale_cache_signature(gaps)
     assert sig is not None and sig.shows and (sig.jumped, sig.judged) == (3, 3)
     text = sig.describe("abs_diff_mean")
-    assert "3 of 3 weight updates" in text and "old weights" in text
+    assert text.startswith("Right after a weight update, abs_diff_mean was")
+    assert "after 3 of 3 updates" in text and "old weights" in text
 
 
 def test_a_flat_gap_is_no_signature() -> None:
