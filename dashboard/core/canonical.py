@@ -53,7 +53,7 @@ PANEL_KEYS = (
 
 def breakable(label: str) -> SafeString:
     """A source label that may wrap after each "/" of the key (long keys on a phone)."""
-    return mark_safe("/<wbr>".join(escape(part) for part in label.split("/")))  # noqa: S308
+    return mark_safe("/<wbr>".join(escape(part) for part in label.split("/")))
 
 
 def all_keys(canonicals: Iterable[str]) -> list[str]:
