@@ -17,7 +17,7 @@ from dashboard.core.models import Run
 from dashboard.core.points import latest_values, tails
 from dashboard.core.presenters import fmt
 from dashboard.core.series import series_cache
-from parity.frameworks import Resolved, resolve_all, watched_keys
+from parity.frameworks import FRAMEWORK_KEYS, Resolved, resolve_all, watched_keys
 from parity.weight_versions import (
     GAP_KEYS,
     MIN_RATIO,
@@ -49,6 +49,10 @@ PANEL_KEYS = (
     "is_std",
     "token_mult_prob_error",
 )
+
+
+# For the run page's script: a framework's key -> (its canonical name, where it came from).
+ALIASES = {k.key: (k.canonical, k.label) for k in FRAMEWORK_KEYS}
 
 
 def breakable(label: str) -> SafeString:

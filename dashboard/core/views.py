@@ -270,6 +270,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
             "live": run.status in (Run.Status.PENDING, Run.Status.RUNNING)
             or run.kind == "training",
             "labels": {k: canonical.chart_label(r) for k, r in replaced.items()},
+            "aliases": canonical.ALIASES,
             "versions": versions["marks"] if versions else [],
             "version": (
                 {"step": latest["weight_version"][0], "value": latest["weight_version"][1]}

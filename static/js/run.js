@@ -61,7 +61,7 @@ function addChart(keys, { removable = false } = {}) {
   panel.dataset.keys = keys.join(",");
   const chart = new MetricChart(panel, {
     keys, store, run: config.run, thresholds: config.thresholds, incidents: config.incidents,
-    log: logToggle.checked, names, versions,
+    log: logToggle.checked, names: [...names], versions,
   });
   charts.push(chart);
   wirePanel(panel, chart, () => charts.splice(charts.indexOf(chart), 1));
@@ -80,6 +80,7 @@ function onPoints(points) {
   if (!loaded) { buffer.push(...points); return; }
   document.getElementById("charts-empty")?.remove();
   for (const p of points) knownKey(p.key);
+  adoptFrameworkKeys(points);
   markVersions(points);
   store.add(points);
   const last = Math.max(...points.map((p) => Number(p.step)));
@@ -87,6 +88,25 @@ function onPoints(points) {
   if (el && (!el.dataset.step || last > Number(el.dataset.step))) {
     el.dataset.step = String(last);
     el.textContent = String(last);
+  }
+}
+
+// A run that sends its framework's keys to a page opened before any point: a canonical chart
+// still empty takes the framework's key for it ("kl_k3 ← verl rollout_corr/k3_kl").
+function adoptFrameworkKeys(points) {
+  const aliases = config.aliases || {};
+  for (const key of new Set(points.map((p) => p.key))) {
+    const alias = aliases[key];
+    if (!alias || chartedKeys().has(key)) continue;
+    const [canonical, label] = alias;
+    const chart = charts.find((c) => c.keys.includes(canonical) && store.count(canonical) === 0);
+    if (!chart || points.some((p) => p.key === canonical)) continue;
+    const i = chart.keys.indexOf(canonical);
+    chart.keys[i] = key;
+    chart.names[i] = labels[key] = `${canonical} ← ${label}`;
+    chart.el.dataset.keys = chart.keys.join(",");
+    chart.el.querySelector("h3").textContent = chart.names.join(" / ");
+    chart.build();
   }
 }
 

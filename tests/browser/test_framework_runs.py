@@ -86,3 +86,26 @@ def test_framework_keys_and_weight_updates_on_the_run_page_and_the_runs_list(
     page.reload()
     shot(page, artifacts_dir, "runs-framework-keys-desktop")
     assert not page.js_errors, page.js_errors
+
+
+def test_an_open_empty_run_page_charts_a_frameworks_keys_as_they_arrive(
+    live_server_proc: Any, alice_token: str, project_a: Any, page: Any
+) -> None:
+    from dashboard.core.models import Run
+
+    run = Run.objects.create(project=project_a, name="verl-fresh", status="running")
+    login(page, live_server_proc.url)
+    page.goto(f"{live_server_proc.url}/runs/{run.pk}/")
+    page.wait_for_selector("#charts[data-ready='1']")
+    page.wait_for_selector("#live-state[data-state='live']")
+    assert page.locator('.chart-panel[data-keys="kl_k3"]').count() == 1
+    post(live_server_proc, alice_token, run.pk, version_points(0))
+    panel = page.locator('.chart-panel[data-keys="rollout_corr/k3_kl"]')
+    panel.wait_for()
+    page.wait_for_function(
+        "document.querySelector('.chart-panel[data-keys=\"rollout_corr/k3_kl\"]')"
+        ".dataset.points === '8'"
+    )
+    assert panel.locator("h3").text_content() == "kl_k3 ← verl rollout_corr/k3_kl"
+    assert page.locator('.chart-panel[data-keys="kl_k3"]').count() == 0
+    assert not page.js_errors, page.js_errors
