@@ -120,3 +120,18 @@ def test_run_page_shows_the_gaps_but_names_nothing_when_the_gap_is_flat(
     page = html.unescape(alice_client.get(reverse("run", args=[run.pk])).content.decode())
     assert 'id="stale-cache"' not in page and 'id="stale-cache-none"' in page
     assert "no stale-cache signature" in page and 'id="version-gaps"' in page
+
+
+def test_the_demos_verl_run_names_the_stale_cache_and_fires_its_rule(
+    alice_client: Any, project_a: Any
+) -> None:
+    from dashboard.alerts.models import AlertRule, Incident
+    from dashboard.demo.seed import seed_verl_stale_cache_run
+
+    rule = AlertRule.objects.create(
+        project=project_a, name="stale", metric_key="stale_cache_ratio", threshold=2.0
+    )
+    run = seed_verl_stale_cache_run(project_a, updates=4, steps_per_version=12)
+    page = html.unescape(alice_client.get(reverse("run", args=[run.pk])).content.decode())
+    assert 'id="stale-cache"' in page and "kl_k3 (verl rollout_corr/k3_kl)" in page
+    assert Incident.objects.filter(rule=rule, run=run).exists()
