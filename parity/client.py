@@ -44,6 +44,7 @@ import httpx
 import numpy as np
 
 from parity.metrics import MetricsResult, Thresholds, compute_metrics, scalar_values
+from parity.weight_versions import WEIGHT_VERSION_KEY
 
 __all__ = ["Monitor", "scalar_values", "to_numpy"]
 
@@ -311,6 +312,7 @@ class Monitor:
         seq_lens: Any = None,
         entropy: Any = None,
         upload_raw: bool = False,
+        weight_version: float | None = None,
     ) -> dict[str, Any]:
         """Compute every METRICS.md metric of this step's response tokens, queue them, and
         return them (metric key -> value, None where it cannot be computed).
@@ -318,9 +320,15 @@ class Monitor:
         `trainer_logprobs` (lt) and `rollout_logprobs` (lr) are flat arrays of response tokens
         with `seq_lens` per sequence, or padded [batch, time] arrays with a response `mask`
         of the same shape. `upload_raw=True` sends the arrays and lets the server compute
-        (same function, same values) instead of sending the values.
+        (same function, same values) instead of sending the values. `weight_version` (the
+        policy version that served this step's rollouts) goes with the step as the
+        `weight_version` key: the run page marks where it changes and judges the gap after
+        each update (parity.weight_versions).
         """
         step = _check_step(step)
+        version = None if weight_version is None else float(weight_version)
+        if version is not None and not math.isfinite(version):
+            raise ValueError(f"weight_version must be a finite number, got {weight_version!r}")
         lt = to_numpy(trainer_logprobs)
         lr = to_numpy(rollout_logprobs)
         ent = to_numpy(entropy) if entropy is not None else None
@@ -328,6 +336,9 @@ class Monitor:
         result = self.compute(lt, lr, lens, entropy=ent)
         values = dict(result.values)
         points = self._points(step, scalar_values(values))
+        if version is not None:
+            # Its own point, so that a raw upload (which carries only the arrays) keeps it.
+            self._enqueue(self._points(step, {WEIGHT_VERSION_KEY: version}))
         if upload_raw and not self._disabled:
             content_type, body = _pack_raw(step, lt, lr, lens, ent)
             with self._cond:

@@ -22,20 +22,43 @@ from dashboard.alerts.delivery import notify
 from dashboard.alerts.models import AlertRule, Delivery, Incident, RuleState, Transition
 from dashboard.core import live
 from dashboard.core.models import MetricPoint, Run
+from dashboard.core.points import list_keys
+from dashboard.core.series import fetch_series
+from parity.frameworks import FRAMEWORK_KEYS, resolve_all, watched_keys
+from parity.weight_versions import (
+    GAP_KEYS,
+    STALE_CACHE_KEY,
+    WEIGHT_VERSION_KEY,
+    version_gaps,
+    version_starts,
+)
 
 if TYPE_CHECKING:
     from dashboard.core.points import Point
 
 
+# (stored key, a name a rule may watch it under): a framework's key stands for its
+# canonical metric (parity.frameworks); a weight version change brings a stale-cache ratio.
+WATCHED_AS: tuple[tuple[str, str], ...] = (
+    *((k.key, k.canonical) for k in FRAMEWORK_KEYS),
+    (WEIGHT_VERSION_KEY, STALE_CACHE_KEY),
+)
+
+
 def evaluate_points(run: Run, points: Sequence[Point]) -> None:
-    """Advance every matching rule of `run`'s project with the stored `points`."""
+    """Advance every matching rule of `run`'s project with the stored `points`.
+
+    A rule on a canonical name (kl_k3) watches whichever key gives it (verl's
+    rollout_corr/k3_kl, prime-rl's mismatch_kl/all/mean, ...); Parity's own key first.
+    """
     by_key: dict[str, list[Point]] = {}
     for point in points:
         by_key.setdefault(point.key, []).append(point)
+    names = set(by_key) | {name for key, name in WATCHED_AS if key in by_key}
     rules = [
         rule
         for rule in AlertRule.objects.filter(
-            project_id=run.project_id, enabled=True, metric_key__in=list(by_key)
+            project_id=run.project_id, enabled=True, metric_key__in=list(names)
         )
         if rule.matches_run(run)
     ]
@@ -43,17 +66,32 @@ def evaluate_points(run: Run, points: Sequence[Point]) -> None:
         return
     now = timezone.now()
     for rule in rules:
-        batch = sorted(by_key[rule.metric_key], key=lambda p: p.step)
-        evaluate_rule(rule, run, batch, now)
+        if rule.metric_key == STALE_CACHE_KEY and rule.metric_key not in by_key:
+            evaluate_rule(rule, run, [], now, signals=stale_cache_signals(run, by_key, now))
+            continue
+        key = next(k for k in watched_keys(rule.metric_key) if k in by_key)
+        batch = sorted(by_key[key], key=lambda p: p.step)
+        evaluate_rule(rule, run, batch, now, key=key)
 
 
-def evaluate_rule(rule: AlertRule, run: Run, batch: Sequence[Point], now: datetime) -> None:
+def evaluate_rule(
+    rule: AlertRule,
+    run: Run,
+    batch: Sequence[Point],
+    now: datetime,
+    key: str | None = None,
+    signals: list[tuple[int, float, datetime]] | None = None,
+) -> None:
+    """Advance one rule with `batch` (points of `key`, default the rule's own) or with
+    precomputed `signals` (step, value the rule compares, time)."""
+    if signals is None:
+        signals = rule_signals(rule, run, batch, now, key=key)
     state = _locked_state(rule, run)
     incident = state.incident
     if incident is not None:
         incident.rule = rule
         incident.run = run
-    for step, signal, at in signals(rule, run, batch, now):
+    for step, signal, at in signals:
         # A re-sent or late batch is stored but not replayed: alerts move forward in steps.
         if state.last_step is not None and step <= state.last_step:
             continue
@@ -136,13 +174,14 @@ def _locked_state(rule: AlertRule, run: Run) -> RuleState:
     )
 
 
-def signals(
-    rule: AlertRule, run: Run, batch: Sequence[Point], now: datetime
+def rule_signals(
+    rule: AlertRule, run: Run, batch: Sequence[Point], now: datetime, key: str | None = None
 ) -> list[tuple[int, float, datetime]]:
     """(step, value the rule compares, point time) for each point, in step order.
 
     For "above"/"below" that is the value itself; for "rise", the percent change against
-    the earliest point of the trailing window of `window_steps` steps.
+    the earliest point of the trailing window of `window_steps` steps (of `key`, the stored
+    key the rule watches through; default its own).
     """
     finite = [p for p in batch if math.isfinite(p.value)]
     if rule.condition != AlertRule.Condition.RISE:
@@ -153,7 +192,7 @@ def signals(
     history = list(
         MetricPoint.objects.filter(
             run=run,
-            key=rule.metric_key,
+            key=key or rule.metric_key,
             step__gte=finite[0].step - window,
             step__lte=finite[-1].step,
         )
@@ -184,3 +223,31 @@ def rise_pct(
     if base == 0 or not math.isfinite(base):
         return None
     return (value - base) / abs(base) * 100.0
+
+
+def stale_cache_signals(
+    run: Run, by_key: dict[str, list[Point]], now: datetime
+) -> list[tuple[int, float, datetime]]:
+    """The stale-cache ratio of each weight version that this batch ended, at the step where
+    the next version began: the gap right after that version's update over the rest of it
+    (parity.weight_versions). A version is judged once it is over, so the ratio is final.
+    """
+    new_versions = by_key.get(WEIGHT_VERSION_KEY, [])
+    if not new_versions:
+        return []
+    first, last = min(p.step for p in new_versions), max(p.step for p in new_versions)
+    keys = [k["key"] for k in list_keys(run)]
+    gap = next(iter(resolve_all(GAP_KEYS, keys).values()), None)
+    if gap is None:
+        return []
+    v_steps, v_values = fetch_series(run.pk, WEIGHT_VERSION_KEY, end=last)
+    g_steps, g_values = fetch_series(run.pk, gap.key, end=last)
+    gaps = version_gaps(v_steps.tolist(), v_values.tolist(), g_steps.tolist(), g_values.tolist())
+    starts = [step for step, _ in version_starts(v_steps.tolist(), v_values.tolist())]
+    out = []
+    for g in gaps:
+        later = [s for s in starts if s > g.first_step]
+        ratio = g.ratio
+        if later and first <= later[0] <= last and ratio is not None and math.isfinite(ratio):
+            out.append((later[0], ratio, now))
+    return out

@@ -37,6 +37,12 @@ class AlertRuleForm(forms.ModelForm):
             "for_seconds": "For (seconds)",
         }
         widgets = {"endpoints": forms.CheckboxSelectMultiple}
+        # The form's own words (a model help_text change would need a migration).
+        help_texts = {
+            "metric_key": "A key as sent (reward), or a canonical name (kl_k3, abs_diff_mean, "
+            "...), which also watches each framework's key for it (verl rollout_corr/k3_kl, "
+            "...); stale_cache_ratio watches the gap after each weight update.",
+        }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

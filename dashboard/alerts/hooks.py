@@ -8,18 +8,31 @@ from collections.abc import Sequence
 
 from django.db.models import Count
 
-from dashboard.alerts.evaluate import evaluate_points
+from dashboard.alerts.evaluate import WATCHED_AS, evaluate_points
 from dashboard.alerts.models import AlertRule, Incident
 from dashboard.core import hooks
 from dashboard.core.models import Run
 
 
 def watches_sql() -> str:
-    """Does an enabled rule of the run's project watch a key of the batch: exactly when
-    evaluate_points would do something, so every other batch skips it without a query."""
+    """Does an enabled rule of the run's project watch a key of the batch, under its own name
+    or a name it stands for (a framework's key for its canonical metric; weight_version for
+    the stale-cache ratio): exactly when evaluate_points would do something, so every other
+    batch skips it without a query."""
+    pairs = []
+    for key, name in WATCHED_AS:
+        # Constants of our own table, inlined: the hook's SQL takes no parameters.
+        if "'" in key + name or "%" in key + name:
+            raise ValueError(f"unexpected character in {key!r} -> {name!r}")
+        pairs.append(f"('{key}', '{name}')")
+    names = (
+        f"SELECT m.name FROM (VALUES {', '.join(pairs)}) AS m(key, name)"
+        " WHERE m.key = ANY(batch.keys)"
+    )
     return (
         f"EXISTS (SELECT 1 FROM {AlertRule._meta.db_table} a"
-        " WHERE a.project_id = r.project_id AND a.enabled AND a.metric_key = ANY(batch.keys))"
+        " WHERE a.project_id = r.project_id AND a.enabled"
+        f" AND (a.metric_key = ANY(batch.keys) OR a.metric_key IN ({names})))"
     )
 
 

@@ -20,12 +20,12 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from pydantic import TypeAdapter, ValidationError
 
-from dashboard.core import hooks
+from dashboard.core import canonical, hooks
 from dashboard.core.api.types import RunName, Tag, plain_id
 from dashboard.core.auth import visible_projects
 from dashboard.core.forms import RunFilterForm, SpecForm
 from dashboard.core.models import ApiToken, Job, Project, Run, start_job
-from dashboard.core.points import latest_values, list_keys, tails
+from dashboard.core.points import list_keys
 from dashboard.core.presenters import (
     D_BINS,
     comparison_context,
@@ -171,13 +171,13 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
     runs = form.filter(project.runs.all())
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     ids = [run.pk for run in page.object_list]
-    latest = latest_values(ids, SUMMARY_KEYS)
-    spark = tails(ids, SPARK_KEY, SPARK_POINTS)
+    # A run that sent only its framework's keys shows them under the canonical names.
+    latest, spark = canonical.summaries(ids, SUMMARY_KEYS, SPARK_KEY, SPARK_POINTS)
     incidents = _open_incidents(ids)
     rows = [
         {
             "run": run,
-            "latest": [fmt(latest[run.pk].get(key)) for key in SUMMARY_KEYS],
+            "latest": latest[run.pk],
             "spark": sparkline(spark[run.pk]),
             "incidents": incidents.get(run.pk, 0),
         }
@@ -239,11 +239,19 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     if run.kind == Run.Kind.COMPARISON and job is not None and request.GET.get("charts") != "1":
         return redirect("job", job_id=job.pk)
     latest = latest_by_key(run.pk)
-    default_keys = [k for chart in DEFAULT_CHARTS for k in chart]
-    charts = [list(chart) for chart in DEFAULT_CHARTS]
-    # A run that posts only other keys (e.g. a replay) still opens on something to see.
-    if not any(k in latest for k in default_keys) and latest:
+    # The default charts, each canonical key read from whichever key gives it on this run.
+    charts, replaced = canonical.chart_keys(DEFAULT_CHARTS, latest)
+    if not latest:
+        charts = [list(chart) for chart in DEFAULT_CHARTS]
+    elif not charts:
+        # A run that posts only other keys (e.g. a replay) still opens on something to see.
         charts = [[k] for k in sorted(latest)[:4]]
+    versions = canonical.weight_versions(run, latest)
+    annotations = _chart_annotations(run)
+    lines = annotations["thresholds"]
+    for key, resolved in replaced.items():
+        # A framework's key charted as a canonical metric gets that metric's lines.
+        lines.setdefault(key, lines.get(resolved.canonical, []))
     others = run.project.runs.exclude(pk=run.pk).only("id", "name")[:50]
     return _page(
         request,
@@ -262,8 +270,18 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
             "last_step": run.last_step,
             "live": run.status in (Run.Status.PENDING, Run.Status.RUNNING)
             or run.kind == "training",
-            **_chart_annotations(run),
+            "labels": {k: canonical.chart_label(r) for k, r in replaced.items()},
+            "aliases": canonical.ALIASES,
+            "versions": versions["marks"] if versions else [],
+            "version": (
+                {"step": latest["weight_version"][0], "value": latest["weight_version"][1]}
+                if "weight_version" in latest
+                else None
+            ),
+            **annotations,
         },
+        panel=canonical.panel(latest),
+        versions=versions,
         fingerprint=flatten(run.fingerprint),
         others=others,
     )

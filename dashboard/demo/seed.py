@@ -1,4 +1,5 @@
-"""Seed data for the demo project: a synthetic training run with a drift episode.
+"""Seed data for the demo project: a synthetic training run with a drift episode, and a
+verl-style run (verl's own keys) whose engine serves a stale prefix cache after each update.
 
 The logprobs are synthetic but the metrics are real: every step's arrays go through
 `parity.metrics.compute_metrics`, exactly as a training loop's `Monitor.log_step` would.
@@ -11,6 +12,18 @@ import numpy as np
 from dashboard.core.models import Project, Run
 from dashboard.core.points import Point, store_points
 from parity.metrics import compute_metrics
+from parity.weight_versions import WEIGHT_VERSION_KEY
+
+# verl's keys for the numbers it logs (parity.frameworks), from Parity's metrics of the step.
+VERL_KEYS = {
+    "rollout_corr/kl": "kl_k1",
+    "rollout_corr/k3_kl": "kl_k3",
+    "rollout_corr/chi2_token": "chi2_token",
+    "rollout_corr/rollout_is_eff_sample_size": "ess",
+    "rollout_corr/rollout_is_mean": "is_mean",
+    "training/rollout_probs_diff_mean": "prob_diff_mean",
+    "training/rollout_actor_probs_pearson_corr": "prob_pearson",
+}
 
 
 def synthetic_step(
@@ -69,6 +82,44 @@ def seed_training_run(
         if len(batch) >= 5000:
             store_points(run, batch)
             batch = []
+    store_points(run, batch)
+    run.set_status(Run.Status.FINISHED)
+    return run
+
+
+def seed_verl_stale_cache_run(
+    project: Project,
+    name: str = "verl-stale-prefix-cache",
+    updates: int = 8,
+    steps_per_version: int = 25,
+    seed: int = 1,
+) -> Run:
+    """A finished run as verl logs it (its keys, plus weight_version): after each weight
+    update the engine still serves KV computed with the old weights, so the gap jumps and
+    decays as cached requests turn over."""
+    run, _ = Run.objects.get_or_create(
+        project=project,
+        name=name,
+        defaults={
+            "kind": Run.Kind.TRAINING,
+            "tags": ["demo", "verl"],
+            "fingerprint": {"framework": "verl", "engine": {"enable_prefix_caching": True}},
+        },
+    )
+    run.set_status(Run.Status.RUNNING)
+    rng = np.random.default_rng(seed)
+    batch: list[Point] = []
+    for step in range(updates * steps_per_version):
+        version, k = divmod(step, steps_per_version)
+        stale = 0.12 * 0.7**k if version else 0.0  # share of requests still on old KV
+        lt, lr, seq_lens = synthetic_step(rng, 0.008 + stale)
+        values = compute_metrics(lt, lr, seq_lens).values
+        batch.extend(
+            Point(key, step, float(values[canonical]))
+            for key, canonical in VERL_KEYS.items()
+            if values.get(canonical) is not None
+        )
+        batch.append(Point(WEIGHT_VERSION_KEY, step, float(version)))
     store_points(run, batch)
     run.set_status(Run.Status.FINISHED)
     return run

@@ -112,6 +112,16 @@ function annotationsPlugin(chart) {
           ctx.moveTo(x0, top + height); ctx.lineTo(x0 - 6 * dpr, top + height - 10 * dpr);
           ctx.lineTo(x0 + 6 * dpr, top + height - 10 * dpr); ctx.closePath(); ctx.fill();
         }
+        ctx.strokeStyle = "#56B4E9"; ctx.fillStyle = "#0072B2";
+        ctx.lineWidth = 1 * dpr; ctx.setLineDash([2 * dpr, 3 * dpr]);
+        ctx.font = `${10 * dpr}px system-ui, sans-serif`;
+        for (const v of chart.versions) {
+          const x = u.valToPos(v.step, "x", true);
+          if (x < left || x > left + width) continue;
+          ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
+          ctx.fillText(v.label, x + 3 * dpr, top + 11 * dpr);
+        }
+        ctx.setLineDash([]);
         ctx.restore();
         ctx.save();
         ctx.font = `${11 * dpr}px system-ui, sans-serif`;
@@ -141,7 +151,7 @@ export class MetricChart {
   // keys: the series of this chart; store: shared SeriesStore; opts.run: run id (for refine).
   // `resolve` maps a store key to the run and metric key to fetch (overlays of several runs).
   constructor(el, { keys, store, run, thresholds = {}, incidents = [], log = false, height = 240, names = null,
-    resolve = null }) {
+    resolve = null, versions = [] }) {
     this.el = el;
     this.resolve = resolve || ((k) => ({ run, key: k }));
     this.keys = keys;
@@ -153,6 +163,8 @@ export class MetricChart {
     this.thresholds = keys.flatMap((k) => thresholds[k] || []);
     // Every chart of the run marks every incident: a drift episode is the run's, not one key's.
     this.incidents = incidents;
+    // Steps where the weight version changes ({step, label}), drawn as dotted verticals.
+    this.versions = versions;
     this.zoomed = null;
     this.refineTimer = null;
     this.pending = false;

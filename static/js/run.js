@@ -48,13 +48,20 @@ function showError(text) {
   box.hidden = false;
 }
 
+// A framework's key charted as the canonical metric it is: "kl_k3 ← verl rollout_corr/k3_kl".
+const labels = config.labels || {};
+// Where the weight version changes: shared by every chart, extended as points stream in.
+const versions = config.versions || [];
+let lastVersion = config.version ? config.version.value : null;
+let lastVersionStep = config.version ? config.version.step : -1;
+
 function addChart(keys, { removable = false } = {}) {
-  const title = keys.join(" / ");
-  const panel = chartPanel(root, { title, removable });
+  const names = keys.map((k) => labels[k] || k);
+  const panel = chartPanel(root, { title: names.join(" / "), removable });
   panel.dataset.keys = keys.join(",");
   const chart = new MetricChart(panel, {
     keys, store, run: config.run, thresholds: config.thresholds, incidents: config.incidents,
-    log: logToggle.checked,
+    log: logToggle.checked, names: [...names], versions,
   });
   charts.push(chart);
   wirePanel(panel, chart, () => charts.splice(charts.indexOf(chart), 1));
@@ -73,12 +80,44 @@ function onPoints(points) {
   if (!loaded) { buffer.push(...points); return; }
   document.getElementById("charts-empty")?.remove();
   for (const p of points) knownKey(p.key);
+  adoptFrameworkKeys(points);
+  markVersions(points);
   store.add(points);
   const last = Math.max(...points.map((p) => Number(p.step)));
   const el = document.getElementById("last-step");
   if (el && (!el.dataset.step || last > Number(el.dataset.step))) {
     el.dataset.step = String(last);
     el.textContent = String(last);
+  }
+}
+
+// A run that sends its framework's keys to a page opened before any point: a canonical chart
+// still empty takes the framework's key for it ("kl_k3 ← verl rollout_corr/k3_kl").
+function adoptFrameworkKeys(points) {
+  const aliases = config.aliases || {};
+  for (const key of new Set(points.map((p) => p.key))) {
+    const alias = aliases[key];
+    if (!alias || chartedKeys().has(key)) continue;
+    const [canonical, label] = alias;
+    const chart = charts.find((c) => c.keys.includes(canonical) && store.count(canonical) === 0);
+    if (!chart || points.some((p) => p.key === canonical)) continue;
+    const i = chart.keys.indexOf(canonical);
+    chart.keys[i] = key;
+    chart.names[i] = labels[key] = `${canonical} ← ${label}`;
+    chart.el.dataset.keys = chart.keys.join(",");
+    chart.el.querySelector("h3").textContent = chart.names.join(" / ");
+    chart.build();
+  }
+}
+
+function markVersions(points) {
+  const seen = points.filter((p) => p.key === "weight_version").sort((a, b) => a.step - b.step);
+  for (const p of seen) {
+    if (lastVersion !== null && p.value !== lastVersion && Number(p.step) > lastVersionStep) {
+      versions.push({ step: Number(p.step), label: `v${p.value}` });
+      for (const c of charts) c.schedule();
+    }
+    if (Number(p.step) >= lastVersionStep) { lastVersion = p.value; lastVersionStep = Number(p.step); }
   }
 }
 
@@ -123,6 +162,7 @@ async function main() {
   // Handles for tests and for debugging from the console.
   window.parityLive = live;
   window.parityStore = store;
+  window.parityCharts = charts;
   await load([...chartedKeys()]);
   loaded = true;
   const early = buffer; buffer = [];

@@ -249,3 +249,17 @@ def test_the_sender_waits_as_long_as_retry_after_says(server: FakeServer, tmp_pa
     first, second = server.attempts[:2]
     assert second - first >= 0.9
     assert server.points == expected(1)
+
+
+def test_a_steps_weight_version_is_sent_as_its_own_key(server: FakeServer, tmp_path: Path) -> None:
+    lr = np.linspace(-3, -0.1, 20)
+    mon = monitor(server, tmp_path)
+    values = mon.log_step(3, trainer_logprobs=lr + 0.01, rollout_logprobs=lr, weight_version=2)
+    assert "weight_version" not in values  # a label of the step, not a metric of its tokens
+    mon.log_step(4, trainer_logprobs=lr, rollout_logprobs=lr, upload_raw=True, weight_version=3)
+    with pytest.raises(ValueError, match="weight_version must be a finite number"):
+        mon.log_step(5, trainer_logprobs=lr, rollout_logprobs=lr, weight_version=float("nan"))
+    assert mon.finish(timeout=10)
+    assert server.points[("weight_version", 3)] == 2.0
+    assert server.points[("weight_version", 4)] == 3.0
+    assert ("weight_version", 5) not in server.points and ("n_tokens", 5) not in server.points

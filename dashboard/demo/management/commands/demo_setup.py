@@ -13,7 +13,7 @@ from django.db import transaction
 from dashboard.alerts.models import AlertRule, WebhookEndpoint
 from dashboard.core.api.jobs import validate_spec
 from dashboard.core.models import Job, Membership, Project, Run, start_job
-from dashboard.demo.seed import seed_training_run
+from dashboard.demo.seed import seed_training_run, seed_verl_stale_cache_run
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "parity-demo"
@@ -55,6 +55,20 @@ class Command(BaseCommand):
         if not Run.objects.filter(project=project, name="grpo-demo-drift").exists():
             self.stdout.write("seeding the synthetic training run (1,000 steps)…")
             seed_training_run(project)
+
+        # A stale-cache rule before the verl-style run arrives: it fires as its versions end.
+        AlertRule.objects.get_or_create(
+            project=project,
+            name="stale prefix cache",
+            defaults={
+                "metric_key": "stale_cache_ratio",
+                "threshold": 2.0,
+                "severity": AlertRule.Severity.WARNING,
+            },
+        )
+        if not Run.objects.filter(project=project, name="verl-stale-prefix-cache").exists():
+            self.stdout.write("seeding a verl-style run with weight updates (200 steps)…")
+            seed_verl_stale_cache_run(project)
 
         if not options["no_jobs"]:
             self._queue_engine_jobs(project, user)

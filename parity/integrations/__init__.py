@@ -1,0 +1,1 @@
+"""Integrations of the client with training frameworks; each imports its framework itself."""
