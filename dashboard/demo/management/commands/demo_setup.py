@@ -49,15 +49,18 @@ class Command(BaseCommand):
                 "recovery_threshold": 0.002,
                 "for_steps": 3,
                 "severity": AlertRule.Severity.WARNING,
+                # The GRPO run's drift episode; the verl run has its own rule below.
+                "run_name_pattern": "grpo-*",
             },
         )
-        rule.endpoints.add(self._receiver_endpoint(project))
+        receiver = self._receiver_endpoint(project)
+        rule.endpoints.add(receiver)
         if not Run.objects.filter(project=project, name="grpo-demo-drift").exists():
             self.stdout.write("seeding the synthetic training run (1,000 steps)…")
             seed_training_run(project)
 
         # A stale-cache rule before the verl-style run arrives: it fires as its versions end.
-        AlertRule.objects.get_or_create(
+        stale_rule, _ = AlertRule.objects.get_or_create(
             project=project,
             name="stale prefix cache",
             defaults={
@@ -66,6 +69,7 @@ class Command(BaseCommand):
                 "severity": AlertRule.Severity.WARNING,
             },
         )
+        stale_rule.endpoints.add(receiver)
         if not Run.objects.filter(project=project, name="verl-stale-prefix-cache").exists():
             self.stdout.write("seeding a verl-style run with weight updates (200 steps)…")
             seed_verl_stale_cache_run(project)
