@@ -40,6 +40,7 @@ class RuleIn(Schema):
     endpoints: list[int] = []
     cooldown_s: Count = 0
     repeat_interval_s: Count = 0
+    run_kinds: AlertRule.RunKinds = AlertRule.RunKinds.TRAINING
     run_name_pattern: Pattern = ""
     run_tag: Tag = ""
     enabled: bool = True
@@ -59,6 +60,7 @@ class RuleOut(Schema):
     endpoints: list[int]
     cooldown_s: int
     repeat_interval_s: int
+    run_kinds: str
     run_name_pattern: str
     run_tag: str
     enabled: bool
@@ -91,6 +93,9 @@ class IncidentOut(Schema):
     resolved_step: int | None
     resolved_value: float | None
     resolved_at: datetime | None
+    resolved_reason: str = Field(
+        description="Empty when the metric recovered; else why the incident ended."
+    )
     acknowledged_at: datetime | None
 
     @staticmethod

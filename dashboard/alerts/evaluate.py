@@ -145,6 +145,30 @@ def evaluate_rule(
     state.save()
 
 
+def end_with_run(run: Run) -> None:
+    """The run ended (finished, failed, crashed): its firing incidents end too, saying why,
+    and its pending rules stop waiting for points that will not come. Runs in the
+    transaction that set the run's status."""
+    now = timezone.now()
+    reason = f"the run {run.status}"
+    for incident in Incident.objects.select_related("rule").filter(
+        run=run, state=Incident.State.FIRING
+    ):
+        incident.run = run
+        incident.state = Incident.State.RESOLVED
+        incident.resolved_at = now
+        incident.resolved_step = run.last_step  # where the chart's shading stops
+        incident.resolved_reason = reason
+        incident.last_notified_at = now
+        incident.save()
+        notify(incident, Delivery.Event.RESOLVED)
+        _publish(incident)
+    for state in RuleState.objects.filter(run=run).exclude(state=RuleState.State.OK):
+        state._reset()
+        state.incident = None
+        state.save()
+
+
 def _publish(incident: Incident) -> None:
     """Tell the run's open pages (group run.<id>, kind "incident") once the change commits."""
     data = {

@@ -27,6 +27,7 @@ class AlertRuleForm(forms.ModelForm):
             "endpoints",
             "cooldown_s",
             "repeat_interval_s",
+            "run_kinds",
             "run_name_pattern",
             "run_tag",
         ]
@@ -35,6 +36,7 @@ class AlertRuleForm(forms.ModelForm):
             "repeat_interval_s": "Repeat interval (s)",
             "for_steps": "For (consecutive points)",
             "for_seconds": "For (seconds)",
+            "run_kinds": "Watches",
         }
         widgets = {"endpoints": forms.CheckboxSelectMultiple}
         # The form's own words (a model help_text change would need a migration).

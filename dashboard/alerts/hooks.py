@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from django.db.models import Count
 
-from dashboard.alerts.evaluate import WATCHED_AS, evaluate_points
+from dashboard.alerts.evaluate import WATCHED_AS, end_with_run, evaluate_points
 from dashboard.alerts.models import AlertRule, Incident
 from dashboard.core import hooks
 from dashboard.core.models import Run
@@ -74,3 +74,4 @@ def register() -> None:
     """Plug alerts into core; called once the models are loaded (table names)."""
     hooks.register_after_store(hooks.AfterStore(call=evaluate_points, when_sql=watches_sql()))
     hooks.register_run_pages(hooks.RunPages(open_incidents=open_incidents, chart_marks=chart_marks))
+    hooks.register_run_ended(end_with_run)

@@ -93,6 +93,14 @@ class AlertRule(models.Model):
         max_length=200, blank=True, help_text="Only runs whose name matches this glob (grpo-*)."
     )
     run_tag = models.CharField(max_length=64, blank=True, help_text="Only runs with this tag.")
+
+    class RunKinds(models.TextChoices):
+        TRAINING = "training", "Training runs"
+        ANY = "any", "Every run (comparisons, replays and checklists too)"
+
+    # Training runs by default: a comparison stores one point per metric, on which a rule
+    # "for 3 points" would wait forever.
+    run_kinds = models.CharField(max_length=10, choices=RunKinds.choices, default=RunKinds.TRAINING)
     condition = models.CharField(max_length=5, choices=Condition.choices, default=Condition.ABOVE)
     threshold = models.FloatField(help_text="The level, or the rise in percent for 'rise'.")
     window_steps = models.PositiveIntegerField(
@@ -152,6 +160,8 @@ class AlertRule(models.Model):
         return self.threshold if self.recovery_threshold is None else self.recovery_threshold
 
     def matches_run(self, run: Run) -> bool:
+        if self.run_kinds == self.RunKinds.TRAINING and run.kind != Run.Kind.TRAINING:
+            return False
         if self.run_name_pattern and not fnmatch.fnmatchcase(run.name, self.run_name_pattern):
             return False
         return not self.run_tag or self.run_tag in (run.tags or [])
@@ -287,6 +297,8 @@ class Incident(models.Model):
     resolved_step = models.BigIntegerField(null=True, blank=True)
     resolved_value = models.FloatField(null=True, blank=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
+    # Empty: the metric recovered; else why it ended without recovering ("the run finished").
+    resolved_reason = models.CharField(max_length=100, blank=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True

@@ -73,6 +73,8 @@ class Event:
     fingerprint: str
     url: str
     fired_value: float | None = None
+    # Why a resolved incident ended without its metric recovering ("the run finished").
+    reason: str | None = None
     fired_step: int | None = None
     resolved_value: float | None = None
     resolved_step: int | None = None
@@ -109,6 +111,7 @@ class Event:
             fired_step=incident.fired_step,
             resolved_value=incident.resolved_value,
             resolved_step=incident.resolved_step,
+            reason=(incident.resolved_reason or None) if resolved else None,
         )
 
     @classmethod
@@ -247,6 +250,8 @@ class Standard(Transport):
             "threshold": _fmt(event.threshold),
             "step": "" if event.step is None else str(event.step),
         }
+        if event.reason:
+            annotations["reason"] = event.reason
         alert = {
             "status": event.status,
             "labels": labels,
@@ -319,6 +324,8 @@ def _summary(event: Event) -> str:
         return f"Test event from Parity for project {event.project_name}"
     verb = "FIRING" if event.kind == "firing" else "RESOLVED"
     where = f" on run {event.run}" if event.run else ""
+    if event.reason:
+        return f"[{verb}] {event.rule}{where}: ended because {event.reason} (still firing then)"
     return (
         f"[{verb}] {event.rule}{where}: {event.metric} = {_fmt(event.value)} at step "
         f"{event.step} (threshold {_fmt(event.threshold)})"

@@ -1,8 +1,9 @@
 """Where apps built on core plug into it, so that core never imports them.
 
 An app registers its hooks in its `AppConfig.ready()`; core calls every registered one and
-works the same with none. Alerts registers both kinds: it evaluates its rules as points are
-stored, and marks its thresholds and incidents on the run pages.
+works the same with none. Alerts registers every kind: it evaluates its rules as points are
+stored, marks its thresholds and incidents on the run pages, and ends a run's incidents
+when the run ends.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class RunPages:
 
 _after_store: list[AfterStore] = []
 _run_pages: list[RunPages] = []
+# Called with a run that just reached a final status, in the transaction that set it.
+_run_ended: list[Callable[[Run], None]] = []
 
 
 def register_after_store(hook: AfterStore) -> None:
@@ -58,6 +61,15 @@ def register_after_store(hook: AfterStore) -> None:
 def register_run_pages(hook: RunPages) -> None:
     if hook not in _run_pages:
         _run_pages.append(hook)
+
+
+def register_run_ended(hook: Callable[[Run], None]) -> None:
+    if hook not in _run_ended:
+        _run_ended.append(hook)
+
+
+def run_ended() -> tuple[Callable[[Run], None], ...]:
+    return tuple(_run_ended)
 
 
 def after_store() -> tuple[AfterStore, ...]:

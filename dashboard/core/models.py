@@ -14,6 +14,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models, transaction
 from django.utils import timezone
 
+from dashboard.core import hooks
 from workers.specs.kinds import JOB_KINDS, SPEC_KINDS
 
 log = logging.getLogger(__name__)
@@ -154,17 +155,26 @@ class Run(models.Model):
     def group_name(self) -> str:
         return f"run.{self.pk}"
 
+    ENDED = (Status.FINISHED, Status.FAILED, Status.CRASHED)
+
     def set_status(self, status: str) -> None:
+        """Move to `status`; reaching an end (finished, failed, crashed) also tells the apps
+        that care (alerts ends the run's incidents), in the same transaction."""
         now = timezone.now()
+        ended = status in self.ENDED and self.status not in self.ENDED
         self.status = status
         fields = ["status"]
         if status == self.Status.RUNNING and self.started is None:
             self.started = now
             fields.append("started")
-        if status in (self.Status.FINISHED, self.Status.FAILED, self.Status.CRASHED):
+        if status in self.ENDED:
             self.finished = now
             fields.append("finished")
-        self.save(update_fields=fields)
+        with transaction.atomic():
+            self.save(update_fields=fields)
+            if ended:
+                for hook in hooks.run_ended():
+                    hook(self)
 
 
 class MetricPoint(models.Model):

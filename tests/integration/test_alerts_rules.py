@@ -245,3 +245,46 @@ def test_incident_changes_are_published_to_the_run_page_after_commit(
         put(run, 1, 0.9, 0.1)
     incidents = [(g, d["state"], d["step"], d["end"]) for g, k, d in published if k == "incident"]
     assert incidents == [(f"run.{run.pk}", "firing", 1, None), (f"run.{run.pk}", "resolved", 1, 2)]
+
+
+# --- what a rule watches, and incidents ending with their run (#16 §4) ---------------------
+
+
+def test_rules_watch_training_runs_unless_told_otherwise(project_a: Any) -> None:
+    # A one-point comparison run used to sit at "pending 1/3 points" forever.
+    rule = make_rule(project_a, for_steps=3)
+    comparison = Run.objects.create(project=project_a, name="preflight", kind="comparison")
+    put(comparison, 0, 0.9)
+    assert not RuleState.objects.filter(run=comparison).exists()
+    rule.run_kinds = AlertRule.RunKinds.ANY
+    rule.save()
+    put(comparison, 1, 0.9)
+    assert RuleState.objects.get(run=comparison).consecutive == 1
+
+
+@pytest.mark.parametrize("status", ["finished", "failed", "crashed"])
+def test_an_incident_ends_when_its_run_ends_and_says_why(
+    project_a: Any, run: Run, endpoints: list[WebhookEndpoint], status: str
+) -> None:
+    make_rule(project_a, endpoints, for_steps=1)
+    put(run, 1, 0.9)
+    incident = Incident.objects.get()
+    assert incident.state == "firing"
+    with transaction.atomic():
+        run.set_status(status)
+    incident.refresh_from_db()
+    assert incident.state == "resolved" and incident.resolved_at is not None
+    assert incident.resolved_reason == f"the run {status}"
+    assert incident.resolved_value is None  # no recovering point: the run ended
+    resolved = Delivery.objects.filter(incident=incident, event="resolved")
+    assert resolved.count() == len(endpoints)
+    assert f"the run {status}" in resolved.first().body
+    assert not RuleState.objects.filter(run=run).exclude(state="ok").exists()
+
+
+def test_a_pending_rule_is_cleared_when_its_run_ends(project_a: Any, run: Run) -> None:
+    make_rule(project_a, for_steps=3)
+    put(run, 1, 0.9)
+    assert RuleState.objects.get(run=run).state == "pending"
+    run.set_status("finished")
+    assert RuleState.objects.get(run=run).state == "ok"

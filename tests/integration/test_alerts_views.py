@@ -49,6 +49,7 @@ def test_create_rule_and_list_it(alice_client: Any, project_a: Any) -> None:
             "endpoints": [endpoint.pk],
             "cooldown_s": "600",
             "repeat_interval_s": "0",
+            "run_kinds": "training",
             "run_name_pattern": "grpo-*",
             "run_tag": "",
         },
@@ -57,7 +58,7 @@ def test_create_rule_and_list_it(alice_client: Any, project_a: Any) -> None:
     rule = AlertRule.objects.get()
     assert rule.for_steps == 3 and list(rule.endpoints.all()) == [endpoint]
     page = alice_client.get("/p/proj-a/alerts/").content.decode()
-    assert "kl_k3 &gt; 0.05 for 3 points" in page and "grpo-*" in page
+    assert "kl_k3 &gt; 0.05 for 3 points" in page and "training runs <code>grpo-*" in page
 
 
 def test_rule_with_recovery_on_the_wrong_side_is_refused(alice_client: Any) -> None:
