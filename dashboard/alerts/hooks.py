@@ -60,6 +60,7 @@ def chart_marks(run: Run) -> tuple[dict[str, list[hooks.Line]], list[hooks.Span]
             )
     spans = [
         {
+            "id": inc.pk,
             "step": inc.started_step,
             "end": inc.resolved_step,
             "key": inc.metric_key,

@@ -14,7 +14,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models, transaction
 from django.utils import timezone
 
-from dashboard.core import hooks
+from dashboard.core import hooks, live
 from workers.specs.kinds import JOB_KINDS, SPEC_KINDS
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,8 @@ class Run(models.Model):
             if ended:
                 for hook in hooks.run_ended():
                     hook(self)
+            # Open run pages show the new status without a reload.
+            transaction.on_commit(lambda: live.publish(f"run.{self.pk}", "run", {"status": status}))
 
 
 class MetricPoint(models.Model):

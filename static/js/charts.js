@@ -92,6 +92,9 @@ function axisSize(u, values) {
 export function tick(v) { return v === null || v === undefined ? "" : fmt(v); }
 
 // Threshold lines and incident bands, drawn over the plot area.
+// Steps are whole numbers: tick at 1, 2, 5, 10, 20, … never at 0.2 or 0.5.
+const STEP_INCRS = Array.from({ length: 13 }, (_, e) => [1, 2, 5].map((m) => m * 10 ** e)).flat();
+
 function annotationsPlugin(chart) {
   return {
     hooks: {
@@ -202,7 +205,7 @@ export class MetricChart {
       legend: { live: true },
       cursor: { drag: { x: true, y: false, setScale: true }, focus: { prox: 24 } },
       axes: [
-        { label: "step", stroke: "#5b6270", grid: { stroke: "#eceef1" } },
+        { label: "step", stroke: "#5b6270", grid: { stroke: "#eceef1" }, incrs: STEP_INCRS },
         { stroke: "#5b6270", grid: { stroke: "#eceef1" }, size: axisSize,
           values: (u, vals) => vals.map(tick) },
       ],

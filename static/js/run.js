@@ -132,6 +132,28 @@ function onJob(job) {
   }
 }
 
+// An incident fired, moved or ended: shade the charts and redraw the page's incidents
+// section from the server (the same template a reload would render).
+function onIncident(inc) {
+  const span = {
+    id: inc.id, step: inc.step, end: inc.end, key: inc.key,
+    label: `${inc.severity}: ${inc.key} (${inc.state})`,
+  };
+  const i = config.incidents.findIndex((s) => s.id === inc.id);
+  if (i >= 0) config.incidents[i] = span; else config.incidents.push(span);
+  for (const c of charts) c.schedule();
+  refreshIncidents();
+}
+
+async function refreshIncidents() {
+  const response = await fetch(location.pathname, { credentials: "same-origin" });
+  if (!response.ok) return;
+  const page = new DOMParser().parseFromString(await response.text(), "text/html");
+  const fresh = page.getElementById("run-incidents");
+  const here = document.getElementById("run-incidents");
+  if (fresh && here) here.replaceWith(fresh);
+}
+
 function onRun(run) {
   const badge = document.getElementById("run-status");
   if (badge && run.status) { badge.textContent = run.status; badge.className = `badge status-${run.status}`; }
@@ -151,11 +173,13 @@ async function main() {
       if (msg.kind === "points") onPoints(msg.data.points || []);
       else if (msg.kind === "job") onJob(msg.data);
       else if (msg.kind === "run" || msg.kind === "status") onRun(msg.data);
+      else if (msg.kind === "incident") onIncident(msg.data);
     },
     // Opened after the first load (slow socket) or again after a drop: fetch the gap.
     onOpen() { if (loaded) backfill(); },
     onState(state) {
-      liveState.textContent = { live: "● live", reconnecting: "○ reconnecting…", closed: "○ offline" }[state];
+      // The connection's state, apart from the run's (the badge): a finished run is not "live".
+      liveState.textContent = { live: "● connected", reconnecting: "○ reconnecting…", closed: "○ offline" }[state];
       liveState.dataset.state = state;
     },
   });
@@ -163,6 +187,7 @@ async function main() {
   window.parityLive = live;
   window.parityStore = store;
   window.parityCharts = charts;
+  window.parityIncidents = config.incidents;
   await load([...chartedKeys()]);
   loaded = true;
   const early = buffer; buffer = [];
