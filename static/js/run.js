@@ -167,7 +167,7 @@ async function backfill() {
 }
 
 async function main() {
-  for (const keys of config.charts) addChart(keys);
+  for (const keys of config.charts) addChart(keys).el.classList.add("is-loading");
   const live = connectLive(`/ws/runs/${config.run}/`, {
     onMessage(msg) {
       if (msg.kind === "points") onPoints(msg.data.points || []);
@@ -189,6 +189,7 @@ async function main() {
   window.parityCharts = charts;
   window.parityIncidents = config.incidents;
   await load([...chartedKeys()]);
+  for (const c of charts) c.el.classList.remove("is-loading");
   loaded = true;
   const early = buffer; buffer = [];
   if (early.length) onPoints(early);
@@ -199,7 +200,9 @@ async function main() {
     if (!key) return;
     keySelect.value = "";
     const chart = addChart([key], { removable: true });
+    chart.el.classList.add("is-loading");
     await load([key]);
+    chart.el.classList.remove("is-loading");
     chart.el.focus();
     chart.el.scrollIntoView({ block: "nearest" });
   });

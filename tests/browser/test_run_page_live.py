@@ -68,3 +68,31 @@ def test_step_axis_ticks_are_whole_steps(
     page.wait_for_selector("#charts[data-ready='1']")
     ticks = page.evaluate("window.parityCharts[0].plot.axes[0]._values")
     assert ticks and all(float(t) == int(float(t)) for t in ticks), ticks
+
+
+def test_charts_say_loading_while_their_series_load(
+    live_server_proc: Any, project_a: Any, alice_token: str, page: Any
+) -> None:
+    # #16 §3: while loading, the charts said "No points for this metric yet".
+    from dashboard.core.models import Run
+
+    run = Run.objects.create(project=project_a, name="slow", status="running")
+    points = [{"key": "kl_k3", "step": s, "value": 0.1} for s in range(3)]
+    httpx.post(
+        f"{live_server_proc.url}/api/runs/{run.pk}/points",
+        json={"points": points},
+        headers={"Authorization": f"Bearer {alice_token}"},
+    )
+    login(page, live_server_proc.url)
+    held: list[Any] = []
+    page.route("**/series?*", lambda route: held.append(route))  # answered later
+    page.goto(f"{live_server_proc.url}/runs/{run.pk}/")
+    page.wait_for_function("document.querySelectorAll('.chart-panel').length > 0")
+    panel = page.locator(".chart-panel").first
+    text = "getComputedStyle(el.querySelector('.plot'), '::before').content"
+    assert "Loading points" in panel.evaluate(f"(el) => {text}")
+    for route in held:
+        route.continue_()
+    page.unroute("**/series?*")
+    page.wait_for_selector("#charts[data-ready='1']")
+    assert panel.evaluate(f"(el) => {text}") in ("none", "normal")
