@@ -186,6 +186,7 @@ def _publish(incident: Incident) -> None:
     }
     group = incident.run.group_name
     transaction.on_commit(lambda: live.publish(group, "incident", data))
+    live.runs_changed(incident.run.project_id)
 
 
 def _locked_state(rule: AlertRule, run: Run) -> RuleState:

@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from redis.exceptions import RedisError
 
-from dashboard.core.models import Job, Run
+from dashboard.core.models import Job, Project, Run
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ class NotFoundConsumer(_OneWayConsumer):
 class _GroupConsumer(_OneWayConsumer):
     """Joins the group of one object the user may see; relays `broadcast` messages."""
 
-    model: type[Run] | type[Job]
+    model: type[Run] | type[Job] | type[Project]
     url_kwarg: str
+    member_lookup = "project__membership__user"
     group_name: str = ""
 
     async def connect(self) -> None:
@@ -101,7 +102,7 @@ class _GroupConsumer(_OneWayConsumer):
 
     @database_sync_to_async
     def _visible(self, user: Any, object_id: int) -> bool:
-        return self.model.objects.filter(pk=object_id, project__membership__user=user).exists()
+        return self.model.objects.filter(pk=object_id, **{self.member_lookup: user}).exists()
 
 
 class RunConsumer(_GroupConsumer):
@@ -116,3 +117,12 @@ class JobConsumer(_GroupConsumer):
 
     model = Job
     url_kwarg = "job_id"
+
+
+class ProjectConsumer(_GroupConsumer):
+    """`/ws/projects/<id>/`: "runs" when a run of the project starts, ends or fires (the runs
+    list re-renders itself)."""
+
+    model = Project
+    url_kwarg = "project_id"
+    member_lookup = "membership__user"

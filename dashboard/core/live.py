@@ -24,3 +24,10 @@ def publish(group: str, kind: str, data: dict[str, Any]) -> None:
         async_to_sync(layer.group_send)(group, {"type": "broadcast", "kind": kind, "data": data})
     except Exception:  # noqa: BLE001 - see docstring
         log.warning("live update to %s failed", group, exc_info=True)
+
+
+def runs_changed(project_id: int) -> None:
+    """After commit, tell the project's open runs lists that a run started, ended or fired."""
+    from django.db import transaction
+
+    transaction.on_commit(lambda: publish(f"project.{project_id}", "runs", {}))

@@ -175,8 +175,15 @@ class Run(models.Model):
             if ended:
                 for hook in hooks.run_ended():
                     hook(self)
-            # Open run pages show the new status without a reload.
+            # Open run pages and runs lists show the new status without a reload.
             transaction.on_commit(lambda: live.publish(f"run.{self.pk}", "run", {"status": status}))
+            live.runs_changed(self.project_id)
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        created = self._state.adding
+        super().save(*args, **kwargs)
+        if created:
+            live.runs_changed(self.project_id)
 
 
 class MetricPoint(models.Model):

@@ -1,8 +1,18 @@
-// Runs list: new runs and status changes appear without a reload.
-// The server renders the table; this only re-fetches it (same filters, same page) while the
-// tab is visible, and keeps the user's ticked checkboxes and focus.
+// Runs list: new runs, status changes and incidents appear without a reload.
+// The project's socket says when a run starts, ends or fires; the server renders the table
+// and this re-fetches it (same filters, same page), keeping ticked checkboxes and focus. A
+// slow poll refreshes the latest values of running runs.
+import { connectLive } from "./live.js";
+
 const box = document.getElementById("runs-live");
-const EVERY_MS = 5000;
+const EVERY_MS = 30000;
+const SETTLE_MS = 300;  // a burst of changes (a job starting its run) is one refresh
+let soon = null;
+
+function refreshSoon() {
+  clearTimeout(soon);
+  soon = setTimeout(refresh, SETTLE_MS);
+}
 
 async function refresh() {
   if (document.hidden || !box) return;
@@ -32,4 +42,9 @@ if (box) {
   box.dataset.last = "";
   setInterval(refresh, EVERY_MS);
   document.addEventListener("visibilitychange", refresh);
+  // Reopened after a drop: what changed meanwhile is fetched at once.
+  connectLive(`/ws/projects/${box.dataset.project}/`, {
+    onMessage: refreshSoon,
+    onOpen({ reconnect }) { if (reconnect) refresh(); },
+  });
 }

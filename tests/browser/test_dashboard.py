@@ -229,7 +229,12 @@ def _seed_project(project: Any) -> dict[str, Any]:
 
 
 def test_every_page_renders_and_is_screenshotted(
-    live_server_proc: Any, project_a: Any, make_member: Any, page: Any, artifacts_dir: Path
+    live_server_proc: Any,
+    project_a: Any,
+    alice_token: str,
+    make_member: Any,
+    page: Any,
+    artifacts_dir: Path,
 ) -> None:
     url = live_server_proc.url
     make_member("alice", "empty-project")
@@ -245,10 +250,14 @@ def test_every_page_renders_and_is_screenshotted(
     page.check("#runs input[name=run] >> nth=1")
     assert page.locator("svg.spark polyline").count() >= 2
     shot(page, artifacts_dir, "runs-list")
-    # A run created meanwhile appears without a reload (the table refreshes itself).
-    from dashboard.core.models import Run
-
-    Run.objects.create(project=project_a, name="arrived-later", status="running")
+    # A run created meanwhile (through the API, as a training loop does) appears without a
+    # reload: the project's socket says so and the table refreshes itself.
+    created = httpx.post(
+        f"{url}/api/runs",
+        json={"project": "proj-a", "name": "arrived-later"},
+        headers={"Authorization": f"Bearer {alice_token}"},
+    )
+    assert created.status_code == 201
     page.wait_for_selector("#runs >> text=arrived-later", timeout=15_000)
     assert page.locator("#runs input[name=run]:checked").count() == 1  # the tick survived
 
