@@ -1,0 +1,49 @@
+"""Engine adapters: where the rollout side of a measurement runs.
+
+- in-process vLLM V1, built and kept warm by the worker (`workers.rollout.Engine`);
+- a vLLM server the user runs, over HTTP (`workers.engines.vllm_server`);
+- SGLang (to come), behind the same `RolloutEngine` contract (`workers.engines.base`).
+
+`open_engine` is the one place that picks between them from a job's settings.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from workers.engines.base import UNKNOWN, ManagedEngine, RolloutEngine, Unsupported
+
+if TYPE_CHECKING:
+    from workers.specs import EngineSettings, ServerSettings
+
+__all__ = [
+    "UNKNOWN",
+    "ManagedEngine",
+    "RolloutEngine",
+    "Unsupported",
+    "open_engine",
+    "release",
+]
+
+
+def open_engine(
+    model_path: str, settings: EngineSettings, server: ServerSettings | None = None
+) -> tuple[RolloutEngine, bool]:
+    """(engine, reused): the user's server when `server.url` is set (connected and checked
+    against `model_path`, UserError otherwise), else the warm in-process vLLM for
+    `settings` (built if needed)."""
+    if server is not None and server.url:
+        from workers.engines import vllm_server
+
+        return vllm_server.connect(server, model_path, settings), False
+    from workers import rollout
+
+    return rollout.get_engine(model_path, settings)
+
+
+def release(engine: RolloutEngine) -> None:
+    """Let go of an engine a job no longer needs: a server's connections are closed; the
+    in-process engine stays warm for the next job."""
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()
