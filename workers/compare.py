@@ -384,9 +384,10 @@ def format_report(outcome: JobOutcome, worst: int = 3) -> str:
     lines += [f"  - {reason}" for reason in m.get("reasons", [])]
     fp = r["fingerprint"]
     eng = fp["engine"]
+    adapter = eng.get("adapter", "vllm")
     where = f" at {eng['url']}" if eng.get("url") else ""
     lines.append(
-        f"model {fp['model']} · {_ADAPTERS.get(eng.get('adapter', 'vllm'), eng.get('adapter'))}"
+        f"model {fp['model']} · {engines.ADAPTER_LABELS.get(adapter, adapter)}"
         f"{where} {eng['vllm_version']} · {fp['device']} · engine "
         f"{eng['dtype']}/{eng['logprobs_mode']}/generation_config={eng['generation_config']} · "
         f"trainer {fp['trainer']['dtype']}/{fp['trainer']['processing_applied']}"
@@ -433,8 +434,6 @@ def format_report(outcome: JobOutcome, worst: int = 3) -> str:
     return "\n".join(lines)
 
 
-# How reports name the engine adapter that answered (workers.engines).
-_ADAPTERS = {"vllm": "vLLM (in-process)", "vllm-server": "vLLM server"}
 _SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
 
 

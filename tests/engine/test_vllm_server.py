@@ -1,4 +1,4 @@
-"""Comparisons against a real vLLM server process (tests/engine/conftest.py: vllm_server).
+"""Comparisons against a real vLLM server process (tests/engine/fixtures.py: vllm_server).
 
 The server runs the tiny model with the default engine settings, so a comparison against it
 must measure what the in-process engine measures on the same prompts.
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine.conftest import VllmServerProcess
+from tests.engine.fixtures import VllmServerProcess
 from workers.reporting import NullReporter, UserError
 
 pytestmark = pytest.mark.engine

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.engines.base import UNKNOWN, ManagedEngine, RolloutEngine, Unsupported
+from workers.engines.base import ADAPTER_LABELS, UNKNOWN, ManagedEngine, RolloutEngine, Unsupported
 
 if TYPE_CHECKING:
     from workers.specs import EngineSettings, ServerSettings
 
 __all__ = [
+    "ADAPTER_LABELS",
     "UNKNOWN",
     "ManagedEngine",
     "RolloutEngine",

@@ -24,6 +24,8 @@ PauseMode = Literal["abort", "wait", "keep"]
 
 # The value of a setting an engine cannot report (never guessed): shown as is.
 UNKNOWN = "unknown"
+# How reports and pages name the adapter that answered.
+ADAPTER_LABELS = {"vllm": "vLLM (in-process)", "vllm-server": "vLLM server"}
 
 
 class Unsupported(Exception):
