@@ -99,9 +99,10 @@ def test_a_comparison_against_a_vllm_server_from_the_form(
     # The server runs the same tiny model (its own build, under the same directory name).
     page.fill("#id_server__url", vllm_server.url)
     page.fill("#id_server__api_key", vllm_server.api_key)
+    shot(page, artifacts_dir, "new-comparison-server")
+    # Filled after the full-page shot: a click right after one can miss the button.
     page.fill("#id_num_prompts", "3")
     page.fill("#id_sampling__max_tokens", "8")
-    shot(page, artifacts_dir, "new-comparison-server")
     page.click("#start-job")
     page.wait_for_url("**/jobs/*/")
     page.wait_for_selector("#metrics", timeout=300_000)

@@ -73,7 +73,9 @@ def vllm_server(
     )
     # The in-process engine's setting must not leak into the server's own engine process.
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    args = server_args(str(tiny_model), EngineSettings())
+    # Half the in-process engine's RAM reservation: the server runs beside it, on a machine
+    # other test runs share (vLLM refuses to start when the fraction is not free).
+    args = server_args(str(tiny_model), EngineSettings(gpu_memory_utilization=0.1))
     started = time.perf_counter()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
