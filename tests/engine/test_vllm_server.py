@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from tests.engine.fixtures import VllmServerProcess
+from workers.engines.launch import LocalServer
 from workers.reporting import NullReporter, UserError
 
 pytestmark = pytest.mark.engine
 
 
-def server_spec(server: VllmServerProcess, **extra: Any) -> dict[str, Any]:
+def server_spec(server: LocalServer, **extra: Any) -> dict[str, Any]:
     return {"server": {"url": server.url, "api_key": server.api_key, **extra}}
 
 
@@ -37,7 +37,7 @@ def run_against(model: Path, server: dict[str, Any]) -> Any:
 
 
 def test_a_comparison_against_a_vllm_server_measures_what_the_in_process_engine_does(
-    vllm_server: VllmServerProcess, comparison: Any
+    vllm_server: LocalServer, comparison: Any
 ) -> None:
     import vllm
 
@@ -68,7 +68,7 @@ def test_a_comparison_against_a_vllm_server_measures_what_the_in_process_engine_
 
 
 def test_the_cli_compares_against_a_server(
-    vllm_server: VllmServerProcess, capsys: pytest.CaptureFixture[str]
+    vllm_server: LocalServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from workers.compare import main
 
@@ -90,7 +90,7 @@ def test_an_unreachable_server_fails_with_a_clear_message(tiny_model: Path) -> N
         run_against(tiny_model, {"url": f"http://127.0.0.1:{free_port()}"})
 
 
-def test_a_wrong_api_key_fails_naming_the_setting(vllm_server: VllmServerProcess) -> None:
+def test_a_wrong_api_key_fails_naming_the_setting(vllm_server: LocalServer) -> None:
     with pytest.raises(UserError, match=r"401 Unauthorized\): set server.api_key"):
         run_against(vllm_server.model, {"url": vllm_server.url, "api_key": "wrong"})
     with pytest.raises(UserError, match="401"):
@@ -98,7 +98,7 @@ def test_a_wrong_api_key_fails_naming_the_setting(vllm_server: VllmServerProcess
 
 
 def test_a_server_serving_another_model_is_refused(
-    vllm_server: VllmServerProcess, tiny_models: dict[str, Path]
+    vllm_server: LocalServer, tiny_models: dict[str, Path]
 ) -> None:
     with pytest.raises(UserError, match="not the model .*tiny-qwen2.* the trainer reads"):
         run_against(tiny_models["qwen2"], server_spec(vllm_server)["server"])
@@ -158,7 +158,7 @@ def test_a_server_that_returns_no_logprobs_fails_clearly(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_comparison_job_against_the_server_runs_in_a_real_worker(
-    vllm_server: VllmServerProcess, celery_worker_proc: Any, project_a: Any
+    vllm_server: LocalServer, celery_worker_proc: Any, project_a: Any
 ) -> None:
     from dashboard.core.models import Job, start_job
     from tests.conftest import wait_for
@@ -182,3 +182,35 @@ def test_a_comparison_job_against_the_server_runs_in_a_real_worker(
     bad = run({"url": vllm_server.url, "api_key": "wrong"})
     assert bad.status == Job.Status.FAILED
     assert "set server.api_key" in bad.error
+
+
+# --- managing the server (what replays need) -------------------------------------------------
+
+
+def test_weights_are_updated_through_the_dev_endpoints_and_prompt_logprobs_follow(
+    vllm_server: LocalServer, tiny_model: Path, tmp_path: Path
+) -> None:
+    from workers.engines import ManagedEngine
+    from workers.engines.vllm_server import connect
+    from workers.specs import EngineSettings, ServerSettings
+    from workers.tiny_model import build_tiny_model
+
+    other = build_tiny_model(tmp_path, seed=1)  # same architecture, other weights
+    server = connect(
+        ServerSettings(url=vllm_server.url, api_key=vllm_server.api_key),
+        str(tiny_model),
+        EngineSettings(),
+    )
+    assert isinstance(server, ManagedEngine)
+    prompt = [1, 5, 6, 7, 8, 9]
+    try:
+        before = server.prompt_logprobs(prompt)
+        assert before[0] is None and all(isinstance(x, float) for x in before[1:])
+        server.update_weights_from_disk(str(other))
+        updated = server.prompt_logprobs(prompt)
+        assert updated[1:] != before[1:]
+    finally:
+        # The session's server goes back to the weights every other test expects.
+        server.update_weights_from_disk(str(tiny_model))
+    assert server.prompt_logprobs(prompt) == before
+    server.close()

@@ -284,7 +284,7 @@ class VllmServer:
             "prompt": list(prompt_token_ids),
             "max_tokens": 1,
             "temperature": 0.0,
-            "prompt_logprobs": 0,
+            "prompt_logprobs": 1,
             "return_tokens_as_token_ids": True,
         }
         steps = self._post("/v1/completions", body)["choices"][0].get("prompt_logprobs") or []
