@@ -44,6 +44,7 @@ bench: install services
 	$(PY) bench/bench_metrics.py
 	$(PY) bench/bench_ingest.py
 	$(PY) bench/bench_compare.py
+	$(PY) bench/bench_engines.py
 
 lock: install
 	(echo "# Exact versions for the CPU install (make install). Regenerate: make lock"; \
