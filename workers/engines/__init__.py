@@ -34,9 +34,12 @@ def open_engine(
     against `model_path`, UserError otherwise), else the warm in-process vLLM for
     `settings` (built if needed)."""
     if server is not None and server.url:
-        from workers.engines import vllm_server
+        import importlib
 
-        return vllm_server.connect(server, model_path, settings), False
+        # One adapter module per engine a URL may be (specs.SERVER_ENGINES), each with
+        # connect(server, model_path, assumed_settings).
+        adapter = importlib.import_module(f"workers.engines.{server.engine}_server")
+        return adapter.connect(server, model_path, settings), False
     from workers import rollout
 
     return rollout.get_engine(model_path, settings)
