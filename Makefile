@@ -47,6 +47,7 @@ bench: install services $(MLFLOW_SERVER)/.installed
 	$(PY) bench/bench_ingest.py --mlflow-venv $(MLFLOW_SERVER)
 	$(PY) bench/bench_compare.py
 	$(PY) bench/bench_mlflow.py --mlflow-venv $(MLFLOW_SERVER)
+	$(PY) bench/bench_engines.py
 
 # The MLflow tracking server the benchmarks compare against, in its own venv (see the file).
 $(MLFLOW_SERVER)/.installed: requirements/mlflow-server.txt

@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tiny models and the vLLM server process, shared by the engine and browser tests.
+pytest_plugins = ("tests.engine.fixtures",)
 ARTIFACTS = ROOT / "test-artifacts"
 
 

@@ -31,7 +31,7 @@ from parity.reports.comparison import (
     WorstToken,
 )
 from parity.reports.numbers import number
-from workers import cli, measure
+from workers import cli, engines, measure
 from workers import prompts as prompt_sets
 from workers.cli import spec_parser
 from workers.diagnoses import diagnose
@@ -111,11 +111,16 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
         spec.engine,
         prompt_ids,
         spec.sampling,
+        server=spec.server,
         progress=stages.counter("generate", "generating"),
     )
     engine, ro = sampled.engine, sampled.rollout
+    engines.release(engine)
     timings["engine_load_s"] = 0.0 if sampled.engine_reused else engine.load_seconds
     timings["generate_s"] = ro.seconds
+    # A server's own settings (what it reports, the rest as the spec assumes) decide the
+    # trainer's processing and the diagnoses; in-process they are the spec's.
+    spec = spec.model_copy(update={"engine": engine.settings})
 
     stages.say("trainer", "loading trainer")
     m = measure.measure(
@@ -274,6 +279,7 @@ def _fingerprint(
         "model": spec.model,
         "model_path": model_path,
         "engine": {
+            "adapter": engine.adapter,
             "vllm_version": ro.vllm_version,
             **engine.effective_settings(),
             "settings": spec.engine.model_dump(),
@@ -378,8 +384,11 @@ def format_report(outcome: JobOutcome, worst: int = 3) -> str:
     lines += [f"  - {reason}" for reason in m.get("reasons", [])]
     fp = r["fingerprint"]
     eng = fp["engine"]
+    adapter = eng.get("adapter", "vllm")
+    where = f" at {eng['url']}" if eng.get("url") else ""
     lines.append(
-        f"model {fp['model']} · vLLM {eng['vllm_version']} · {fp['device']} · engine "
+        f"model {fp['model']} · {engines.ADAPTER_LABELS.get(adapter, adapter)}"
+        f"{where} {eng['vllm_version']} · {fp['device']} · engine "
         f"{eng['dtype']}/{eng['logprobs_mode']}/generation_config={eng['generation_config']} · "
         f"trainer {fp['trainer']['dtype']}/{fp['trainer']['processing_applied']}"
     )

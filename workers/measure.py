@@ -24,10 +24,11 @@ import numpy as np
 
 from parity.metrics import MetricsResult, Thresholds, compute_metrics
 from workers import prompts as prompt_sets
-from workers.specs import EngineSettings, SamplingSettings, TrainerSettings
+from workers.specs import EngineSettings, SamplingSettings, ServerSettings, TrainerSettings
 
 if TYPE_CHECKING:
-    from workers.rollout import Engine, Rollout
+    from workers.engines import RolloutEngine
+    from workers.rollout import Rollout
     from workers.trainer import Processing, TrainerModel
 
 Progress = Callable[[int, int], None]
@@ -37,7 +38,7 @@ Progress = Callable[[int, int], None]
 class Sampled:
     """The engine side of a measurement: what it sampled, and on which engine."""
 
-    engine: Engine
+    engine: RolloutEngine
     engine_reused: bool
     # Sequences continue prompts by their index in the prompt set, skipped ones included.
     rollout: Rollout
@@ -52,18 +53,22 @@ def sample(
     prompt_ids: Sequence[Sequence[int]],
     sampling: SamplingSettings,
     *,
+    server: ServerSettings | None = None,
     progress: Progress | None = None,
 ) -> Sampled:
-    """Engine -> generate: the warm engine for these settings (built if needed), sampling
-    `sampling` on every prompt that fits its max_model_len (`sample_on`)."""
-    from workers import rollout
+    """Engine -> generate: the user's server when `server.url` is set, else the warm
+    in-process engine for these settings (built if needed), sampling `sampling` on every
+    prompt that fits its max_model_len (`sample_on`)."""
+    from workers import engines
 
-    engine, reused = rollout.get_engine(model_path, engine_settings)
-    return sample_on(engine, reused, prompt_ids, sampling, progress=progress)
+    engine, reused = engines.open_engine(model_path, engine_settings, server)
+    sampled = sample_on(engine, reused, prompt_ids, sampling, progress=progress)
+    sampled.notes += getattr(engine, "notes", [])
+    return sampled
 
 
 def sample_on(
-    engine: Engine,
+    engine: RolloutEngine,
     engine_reused: bool,
     prompt_ids: Sequence[Sequence[int]],
     sampling: SamplingSettings,
@@ -72,16 +77,12 @@ def sample_on(
 ) -> Sampled:
     """Generate on an engine the caller already holds, on every prompt that fits its
     max_model_len; the others are skipped and `notes` says which (UserError when none fits)."""
-    from workers import rollout
-
     kept, notes = prompt_sets.fitting(prompt_ids, engine.max_model_len)
     if len(kept) == len(prompt_ids):
         return Sampled(
-            engine,
-            engine_reused,
-            rollout.generate(engine, prompt_ids, sampling, progress=progress),
+            engine, engine_reused, engine.generate(prompt_ids, sampling, progress=progress)
         )
-    ro = rollout.generate(engine, [prompt_ids[i] for i in kept], sampling, progress=progress)
+    ro = engine.generate([prompt_ids[i] for i in kept], sampling, progress=progress)
     ro = replace(
         ro,
         prompt_token_ids=[list(p) for p in prompt_ids],

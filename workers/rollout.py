@@ -117,13 +117,31 @@ def model_files_key(model: str) -> str:
 
 @dataclass
 class Engine:
-    """A built vLLM V1 `LLM` and what it was built from."""
+    """A built vLLM V1 `LLM` and what it was built from: the in-process adapter of
+    `workers.engines.RolloutEngine`."""
 
     model: str
     settings: EngineSettings
     llm: Any
     load_seconds: float
     key: tuple[str, str, str]
+    adapter: str = "vllm"
+
+    @property
+    def version(self) -> str:
+        import vllm
+
+        return str(vllm.__version__)
+
+    def generate(
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        sampling: SamplingSettings,
+        *,
+        progress: Progress | None = None,
+    ) -> Rollout:
+        """`generate` (below) on this engine."""
+        return generate(self, prompt_token_ids, sampling, progress=progress)
 
     def effective_settings(self) -> dict[str, Any]:
         """The engine's settings as vLLM resolved them (defaults filled in)."""

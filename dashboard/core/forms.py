@@ -89,6 +89,8 @@ class FieldSpec:
     # What vLLM itself uses when the setting is not given (workers.specs.vllm_default).
     vllm_default: Any = None
     has_vllm_default: bool = False
+    # Never echoed back into the page (a server's API key).
+    secret: bool = False
 
     @property
     def vllm_note(self) -> str:
@@ -102,6 +104,8 @@ class FieldSpec:
 
     @property
     def html_value(self) -> str:
+        if self.secret:
+            return ""
         value = self.default if self.value is None else self.value
         if value is None:
             return ""
@@ -202,6 +206,7 @@ def _describe(path: tuple[str, ...], info: Any) -> FieldSpec:
         bounds=bounds,
         vllm_default=extra.get("vllm_default"),
         has_vllm_default="vllm_default" in extra,
+        secret=bool(extra.get("secret")),
     )
 
 

@@ -20,6 +20,7 @@ from parity.reports.comparison import (
     WorstSequence,
 )
 from parity.reports.numbers import number
+from workers.engines import ADAPTER_LABELS
 
 SEVERITY_CSS = {"error": "fail", "warning": "warn"}
 
@@ -243,11 +244,24 @@ def comparison_context(
         "reference": reference,
         "sampling": sampling_rows(report["sampling"]),
         "counts": report["counts"],
+        "engine": engine_answered(report),
         "notes": report.get("notes", []),
         "diagnoses": diagnoses(report),
         "strata": strata(metrics),
         "worst": worst_sequences(report),
         "plots": {"histogram": metrics["histogram"], "scatter": metrics["scatter"]},
+    }
+
+
+def engine_answered(report: ComparisonReport) -> dict[str, Any]:
+    """Which engine adapter answered, its version, where, and what it could not report."""
+    engine = report.get("fingerprint", {}).get("engine", {})
+    adapter = engine.get("adapter", "vllm")  # reports before adapters were in-process
+    return {
+        "label": ADAPTER_LABELS.get(adapter, adapter),
+        "version": engine.get("vllm_version"),
+        "url": engine.get("url"),
+        "unknown": engine.get("unknown") or [],
     }
 
 

@@ -37,7 +37,7 @@ from dashboard.core.presenters import (
     timing_rows,
 )
 from parity.metrics import METRIC_KEYS
-from workers.specs import JOB_KINDS, SPEC_KINDS
+from workers.specs import JOB_KINDS, SPEC_KINDS, redact
 from workers.specs.comparison import RECOMMENDED_RL
 
 # The headline numbers of a run, in the order the runs list shows them (METRICS.md names).
@@ -309,7 +309,7 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         **context,
         timings=timing_rows(result.get("timings")),
         fingerprint=flatten(result.get("fingerprint") or (job.run.fingerprint if job.run else {})),
-        spec=flatten(job.spec),
+        spec=flatten(redact(job.spec)),
         d_bins=D_BINS,
     )
 

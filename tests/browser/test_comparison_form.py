@@ -81,3 +81,34 @@ def test_comparison_from_the_form_shows_progress_then_the_result(
     assert page.locator("#worst .tok").count() > 0
     shot(page, artifacts_dir, "comparison-from-form")
     assert not page.js_errors, page.js_errors
+
+
+def test_a_comparison_against_a_vllm_server_from_the_form(
+    demo_model: Path,
+    vllm_server: Any,
+    live_server_proc: Any,
+    celery_worker_proc: Any,
+    project_a: Any,
+    page: Any,
+    artifacts_dir: Path,
+) -> None:
+    url = live_server_proc.url
+    login(page, url)
+    page.goto(f"{url}/p/proj-a/new/comparison/")
+    assert page.get_attribute("#id_server__api_key", "type") == "password"
+    # The server runs the same tiny model (its own build, under the same directory name).
+    page.fill("#id_server__url", vllm_server.url)
+    page.fill("#id_server__api_key", vllm_server.api_key)
+    shot(page, artifacts_dir, "new-comparison-server")
+    # Filled after the full-page shot: a click right after one can miss the button.
+    page.fill("#id_num_prompts", "3")
+    page.fill("#id_sampling__max_tokens", "8")
+    page.click("#start-job")
+    page.wait_for_url("**/jobs/*/")
+    page.wait_for_selector("#metrics", timeout=300_000)
+    answered = page.text_content("#engine-answered") or ""
+    assert "vLLM server" in answered and vllm_server.url in answered and "vLLM 0.32" in answered
+    body = page.content()
+    assert vllm_server.api_key not in body and "***" in body
+    shot(page, artifacts_dir, "comparison-against-server")
+    assert not page.js_errors, page.js_errors

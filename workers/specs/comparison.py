@@ -13,17 +13,29 @@ from workers.specs.common import (
     EngineSettings,
     PromptSpec,
     SamplingSettings,
+    ServerSettings,
     ThresholdOverrides,
     TrainerSettings,
 )
 
 
 class ComparisonSpec(PromptSpec):
-    """One comparison: sample with vLLM V1, score the same tokens with the trainer, compare."""
+    """One comparison: sample with vLLM V1 (in-process or a server), score the same tokens
+    with the trainer, compare."""
 
+    server: ServerSettings = Field(
+        default_factory=ServerSettings,
+        description=(
+            "Optional: the rollout engine as a server you already run (its URL); empty: "
+            "Parity builds vLLM in-process with the engine settings below."
+        ),
+    )
     engine: EngineSettings = Field(
         default_factory=EngineSettings,
-        description="How vLLM V1 is built (the rollout side).",
+        description=(
+            "How vLLM V1 is built (the rollout side); with a server URL, only what the server "
+            "cannot report is taken from here."
+        ),
     )
     trainer: TrainerSettings = Field(
         default_factory=TrainerSettings,

@@ -14,7 +14,7 @@ from dashboard.core.api import ApiError
 from dashboard.core.api.types import JsonObject, Slug, Tag, Text
 from dashboard.core.auth import visible_projects
 from dashboard.core.models import Job, start_job
-from workers.specs import JOB_KINDS, validation_message
+from workers.specs import JOB_KINDS, redact, validation_message
 
 router = Router(tags=["jobs"])
 
@@ -33,6 +33,11 @@ class JobOut(Schema):
     created: datetime
     started: datetime | None
     finished: datetime | None
+
+    @staticmethod
+    def resolve_spec(obj: Job) -> dict[str, Any]:
+        # The worker needs a server's API key; nobody reading the job does.
+        return redact(obj.spec)
 
 
 class JobIn(Schema):
