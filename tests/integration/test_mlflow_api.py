@@ -157,8 +157,11 @@ def test_an_alert_rule_fires_on_metrics_logged_through_mlflow(
         for step, kl in enumerate([0.001, 0.02, 0.03]):
             mlflow.log_metric("kl_k3", kl, step=step)
     incident = Incident.objects.get(rule=rule, run_id=int(active.info.run_id))
-    assert incident.resolved_at is None
-    assert Delivery.objects.filter(incident=incident, endpoint=endpoint).count() == 1
+    assert incident.fired_step == 2
+    # Leaving the `with` ended the run (end_run: FINISHED), and the incident with it.
+    assert incident.resolved_reason == "the run finished"
+    events = Delivery.objects.filter(incident=incident, endpoint=endpoint).values_list("event")
+    assert sorted(e for (e,) in events) == ["firing", "resolved"]
 
 
 def test_a_resent_batch_writes_nothing_twice(tracking: str, alice_token: str) -> None:
