@@ -112,8 +112,15 @@ class ChildProcess:
     proc: subprocess.Popen[bytes] | None = None
     # Overrides of process_env() (e.g. a fault test's private broker).
     extra_env: dict[str, str] = {}
+    log_start = 0
+
+    def _log_since_start(self) -> bytes:
+        with open(self.log_path, "rb") as log:
+            log.seek(self.log_start)
+            return log.read()
 
     def spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", *args],
             cwd=ROOT,
@@ -197,7 +204,8 @@ class Worker(ChildProcess):
             "--pool", "solo", "--concurrency", "1", "-n", f"{self.name}@%h",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         )  # fmt: skip
-        self.wait_ready(lambda: b"ready." in self.log_path.read_bytes(), "celery worker", 90)
+        # The log is appended to: only a "ready." written by this start counts.
+        self.wait_ready(lambda: b"ready." in self._log_since_start(), "celery worker", 90)
 
 
 @pytest.fixture(scope="session")

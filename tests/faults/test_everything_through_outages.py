@@ -76,6 +76,14 @@ def test_ingest_viewer_and_job_through_a_redis_and_a_postgres_restart(
 
         log(100)
         assert mon.flush(timeout=30)
+        # The job holds its message no more once running: the outages hit a running job.
+        wait_for(
+            lambda: (
+                _query(postgres.url, "SELECT status FROM core_job WHERE id = %s", ids["job"])
+                == [("running",)]
+            ),
+            60,
+        )
         run_id = _query(postgres.url, "SELECT id FROM core_run WHERE name = 'through-outages'")[0][
             0
         ]
