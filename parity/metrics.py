@@ -480,7 +480,7 @@ class _Scan:
 _DOT_SLICE = 8192
 # numpy >= 2 dots all the rows of a (slices x _DOT_SLICE) view in one call (one ddot per row):
 # a third cheaper than a Python loop over slices.
-_vecdot = getattr(np, "vecdot", None)
+_vecdot: Any = getattr(np, "vecdot", None)
 
 
 def _dot(x: FloatArray, y: FloatArray) -> float:
