@@ -184,6 +184,9 @@ def _top_p_sorted(logits: Any, top_p: float) -> Any:
     return torch.empty_like(logits).scatter_(-1, logits_idx, logits_sort)
 
 
+_NUMPY_SORT_MAX_THREADS = 8
+
+
 def _top_p(logits: Any, top_p: float) -> Any:
     """`_top_p_sorted`'s result, without torch.sort where the result does not depend on it.
 
@@ -196,7 +199,9 @@ def _top_p(logits: Any, top_p: float) -> Any:
     """
     import torch
 
-    if logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.ndim != 2:
+    # numpy sorts on one thread, torch.sort on all of torch's: ~8x faster per thread.
+    on_cpu = logits.device.type == "cpu" and torch.get_num_threads() < _NUMPY_SORT_MAX_THREADS
+    if not on_cpu or logits.dtype != torch.float32 or logits.ndim != 2:
         return _top_p_sorted(logits, top_p)
     if logits.shape[0] == 0 or bool(torch.isnan(logits).any()):
         return _top_p_sorted(logits, top_p)

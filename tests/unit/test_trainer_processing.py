@@ -203,11 +203,16 @@ def test_entropy_of_a_truncated_distribution() -> None:
 
 
 @pytest.mark.parametrize("top_p", [0.5, 0.9, 0.999])
-def test_top_p_without_torch_sort_equals_the_sorted_cut(top_p: float) -> None:
+def test_top_p_without_torch_sort_equals_the_sorted_cut(
+    top_p: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # bf16 logits tie often, so many rows have equal values straddling the cut (the rows
     # that must take torch.sort's path); -inf from an earlier top-k and NaN rows too.
+    from workers import trainer
     from workers.trainer import _top_p, _top_p_sorted
 
+    # The numpy path whatever this machine's torch thread count.
+    monkeypatch.setattr(trainer, "_NUMPY_SORT_MAX_THREADS", 1 << 30)
     gen = torch.Generator().manual_seed(1)
     logits = (torch.randn(400, 256, generator=gen) * 3).to(torch.bfloat16).float() / 0.7
     logits[:50, :200] = float("-inf")
