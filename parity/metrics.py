@@ -468,10 +468,10 @@ class _Scan:
     # Every |d| whose key bin q_tab marks (the bins a sample predicts to hold the quantiles).
     q_tab: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(_N_KEYS, dtype=bool))
     q_vals: list[FloatArray] = field(default_factory=list)
-    # The tokens below the top lr stratum: their bucket ids, |d| and k3 terms.
-    low_b: list[IntArray] = field(default_factory=list)
-    low_a: list[FloatArray] = field(default_factory=list)
-    low_k: list[FloatArray] = field(default_factory=list)
+    # Count, sum |d| and sum k3 per lr bucket below the top one, added up block by block.
+    low_n: FloatArray = field(default_factory=lambda: np.zeros(len(LR_EDGES)))
+    low_a: FloatArray = field(default_factory=lambda: np.zeros(len(LR_EDGES)))
+    low_k: FloatArray = field(default_factory=lambda: np.zeros(len(LR_EDGES)))
 
 
 # OpenBLAS runs ddot on two threads above 10000 elements; on a loaded machine the second
@@ -594,9 +594,10 @@ def _scan(
             b = np.greater_equal(lr_s, LR_EDGES[0]).astype(np.intp)
             for edge in LR_EDGES[1:-1]:
                 b += lr_s >= edge
-            r.low_b.append(b)
-            r.low_a.append(a[low])
-            r.low_k.append(k[low])
+            nb = len(LR_EDGES)
+            r.low_n += np.bincount(b, minlength=nb)
+            r.low_a += np.bincount(b, weights=a[low], minlength=nb)
+            r.low_k += np.bincount(b, weights=k[low], minlength=nb)
 
         pr = q
         np.exp(lrc, out=pr)
@@ -1099,18 +1100,14 @@ def _list_with_none(v: npt.NDArray[Any], has: npt.NDArray[np.bool_]) -> list[Any
 
 
 def _lr_strata(r: _Scan, n: int) -> list[dict[str, Any]]:
-    """Count, sum |d| and sum k3 per lr bucket, from the tokens the scan kept below the top edge.
+    """Count, sum |d| and sum k3 per lr bucket: the scan's sums below the top edge.
 
     The top bucket, which holds most tokens, is what the totals leave: its absolute error is
     ~1e-16 of the overall sums rather than of its own.
     """
-    nb = len(LR_EDGES) + 1
-    c, sa, sk = np.zeros(nb), np.zeros(nb), np.zeros(nb)
-    if r.low_b:
-        b = np.concatenate(r.low_b)
-        c[:-1] = np.bincount(b, minlength=nb - 1)
-        sa[:-1] = np.bincount(b, weights=np.concatenate(r.low_a), minlength=nb - 1)
-        sk[:-1] = np.bincount(b, weights=np.concatenate(r.low_k), minlength=nb - 1)
+    c = np.append(r.low_n, 0.0)
+    sa = np.append(r.low_a, 0.0)
+    sk = np.append(r.low_k, 0.0)
     c[-1] = n - c[:-1].sum()
     sa[-1] = max(r.s_a - sa[:-1].sum(), 0.0)
     sk[-1] = max(r.s_k - sk[:-1].sum(), 0.0)
