@@ -205,7 +205,7 @@ def _top_p(logits: Any, top_p: float) -> Any:
         return _top_p_sorted(logits, top_p)
     if logits.shape[0] == 0 or bool(torch.isnan(logits).any()):
         return _top_p_sorted(logits, top_p)
-    logits_sort = torch.from_numpy(np.sort(logits.numpy(), axis=-1))
+    logits_sort = torch.from_numpy(np.sort(logits.detach().numpy(), axis=-1))
     m = _top_p_drops(logits_sort, top_p).sum(dim=-1, keepdim=True)  # a prefix: cumsum grows
     first_kept = logits_sort.gather(-1, m)
     last_dropped = logits_sort.gather(-1, (m - 1).clamp(min=0))
