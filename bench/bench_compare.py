@@ -123,6 +123,24 @@ def main() -> int:
         + ", ".join(f"{k} {statistics.median(b[k] for b in breakdown):.3f}" for k in keys)
     )
     print(f"ratio comparison / (generate + forward): {med_cmp / med_base:.3f}x (target <= 1.15x)")
+
+    # Where the trainer's share goes: its scoring of one rollout against the forward inside it.
+    outputs = engine.llm.generate(requests, params, use_tqdm=False)
+    responses = [list(c.token_ids) for o in outputs for c in o.outputs]
+    scored_prompts = [p for p, o in zip(prompt_ids, outputs, strict=True) for _ in o.outputs]
+    processing = trainer.Processing.for_comparison(
+        spec.trainer, spec.engine, spec.sampling.requested()
+    )
+    scores = [
+        trainer.score(tm, scored_prompts, responses, processing, topk=spec.sampling.logprobs_topk)
+        for _ in range(args.repeats)
+    ]
+    score_s = statistics.median(s.seconds for s in scores)
+    forward_s = statistics.median(s.forward_seconds for s in scores)
+    print(
+        f"trainer scoring     median {score_s:.3f} s, of which forward + lm_head "
+        f"{forward_s:.3f} s ({score_s / forward_s:.2f}x the forward)"
+    )
     rollout.shutdown_engine()
     return 0
 

@@ -303,6 +303,20 @@ def test_matches_slow_reference_across_block_edges(batch: tuple[np.ndarray, ...]
 
 
 @FAST
+@given(st.integers(0, 200), st.integers(1, 64), st.integers(0, 2**32 - 1), st.booleans())
+def test_dot_equals_an_exact_sum_of_products(n: int, dot_slice: int, seed: int, old: bool) -> None:
+    # Row-wise vecdot over whole slices plus the remainder (numpy >= 2), or the slice loop.
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(0.0, 1.0, n), rng.exponential(1.0, n)
+    want = math.fsum((x * y).tolist())
+    scale = math.fsum(np.abs(x * y).tolist())
+    with mock.patch.object(metrics, "_DOT_SLICE", dot_slice):
+        with mock.patch.object(metrics, "_vecdot", None if old else metrics._vecdot):
+            got = metrics._dot(x, y)
+    assert abs(got - want) <= 1e-13 * scale
+
+
+@FAST
 @given(batches())
 def test_quantiles_exact_when_the_bin_prediction_misses(batch: tuple[np.ndarray, ...]) -> None:
     lt, lr, lens = batch

@@ -202,6 +202,39 @@ def test_entropy_of_a_truncated_distribution() -> None:
     assert math.isclose(float(entropy_of(lp)[0]), math.log(2), rel_tol=1e-6)
 
 
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.999])
+def test_top_p_without_torch_sort_equals_the_sorted_cut(
+    top_p: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bf16 logits tie often, so many rows have equal values straddling the cut (the rows
+    # that must take torch.sort's path); -inf from an earlier top-k and NaN rows too.
+    from workers import trainer
+    from workers.trainer import _top_p, _top_p_sorted
+
+    # The numpy path whatever this machine's torch thread count.
+    monkeypatch.setattr(trainer, "_NUMPY_SORT_MAX_THREADS", 1 << 30)
+    gen = torch.Generator().manual_seed(1)
+    logits = (torch.randn(400, 256, generator=gen) * 3).to(torch.bfloat16).float() / 0.7
+    logits[:50, :200] = float("-inf")
+    for x in (logits, torch.randn(64, 300, generator=gen) * 3, logits[:0]):
+        assert torch.equal(_top_p(x, top_p), _top_p_sorted(x, top_p))
+    with_nan = logits.clone()
+    with_nan[3, 7] = float("nan")
+    got, want = _top_p(with_nan, top_p), _top_p_sorted(with_nan, top_p)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(0.0), want.nan_to_num(0.0))
+
+
+def test_entropy_of_equals_the_definition_bit_for_bit() -> None:
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(300, 256, generator=gen) * 40  # some finite log-probs underflow exp
+    x[:, :100] = float("-inf")
+    lp = x.log_softmax(dim=-1)
+    p = lp.exp()
+    want = -torch.where(p > 0, p * lp, torch.zeros_like(p)).sum(dim=-1)
+    assert torch.equal(entropy_of(lp), want)
+
+
 def test_processing_for_comparison_resolves_match_engine() -> None:
     from workers.specs import EngineSettings, SamplingSettings, TrainerSettings
 
