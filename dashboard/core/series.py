@@ -16,6 +16,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection
 
+from dashboard.core import summary
 from dashboard.core.models import MetricPoint, Run
 
 log = logging.getLogger(__name__)
@@ -101,14 +102,31 @@ def downsample(steps: np.ndarray, values: np.ndarray, max_points: int) -> np.nda
 def read_series(
     run: Run, key: str, start: int | None = None, end: int | None = None, max_points: int = 2000
 ) -> Series:
-    """One key's series over [start, end], downsampled to at most `max_points` points."""
-    steps, values = series_cache.get(run.pk, key, start, end)
+    """One key's series over [start, end], downsampled to at most `max_points` points.
+
+    A series this process holds is read from its copy. Otherwise a range of many points is
+    drawn from the summary (no copy is made: that is the slow read the summary avoids),
+    and a range of few points in a long series is read raw, without copying the series.
+    """
+    if series_cache.holds(run.pk, key):
+        steps, values = series_cache.get(run.pk, key, start, end)
+        total = int(steps.shape[0])
+    else:
+        view = summary.overview(run.pk, key, start, end, max_points, fetch_series)
+        if view is not None:
+            steps, values, total = view.steps, view.values, view.total
+        elif start is None and end is None:
+            steps, values = series_cache.get(run.pk, key)
+            total = int(steps.shape[0])
+        else:
+            steps, values = fetch_series(run.pk, key, start, end)
+            total = int(steps.shape[0])
     idx = downsample(steps, values, max_points)
     picked = values[idx]
     out_values: list[float | None] = [
         float(v) if math.isfinite(v) else None for v in picked.tolist()
     ]
-    return Series(key=key, total=int(steps.shape[0]), steps=steps[idx].tolist(), values=out_values)
+    return Series(key=key, total=total, steps=steps[idx].tolist(), values=out_values)
 
 
 # --- the cache ----------------------------------------------------------------------------
@@ -174,6 +192,11 @@ class SeriesCache:
         except Exception:  # noqa: BLE001 - a cache must not fail a committed write
             # The gap in the record makes every copy of this run re-read whole: slower, right.
             log.warning("series cache: could not record a change of run %s", run_id, exc_info=True)
+
+    def holds(self, run_id: int, key: str) -> bool:
+        """Whether this process has a copy of the series (of any version)."""
+        with self._lock:
+            return (run_id, key) in self._entries
 
     def forget_all(self) -> None:
         with self._lock:
