@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
-from django.db import connection
 
 from dashboard.core import summary
 from dashboard.core.models import MetricPoint, Run
@@ -39,11 +38,7 @@ class Series:
         return len(self.steps) < self.total
 
 
-# Postgres binary COPY of (bigint, float8): a 19-byte header, then per row a 2-byte field
-# count and a 4-byte length before each field, all big-endian; a 2-byte trailer.
-_COPY_ROW = np.dtype(
-    [("n", ">i2"), ("l1", ">i4"), ("step", ">i8"), ("l2", ">i4"), ("value", ">f8")]
-)
+_COPY_ROW = summary.row_dtype(("step", ">i8"), ("value", ">f8"))
 
 
 def fetch_series(
@@ -63,18 +58,10 @@ def fetch_series(
         where.append("step <= %s")
         params.append(end)
     sql = (
-        f"COPY (SELECT step, value FROM {MetricPoint._meta.db_table} "
-        f"WHERE {' AND '.join(where)} ORDER BY step) TO STDOUT (FORMAT BINARY)"
+        f"SELECT step, value FROM {MetricPoint._meta.db_table} "
+        f"WHERE {' AND '.join(where)} ORDER BY step"
     )
-    buf = bytearray()
-    with connection.cursor() as cursor:
-        raw = cursor.cursor  # the psycopg cursor: Django's wrapper has no copy()
-        with raw.copy(sql, params) as copy:
-            for chunk in copy:
-                buf += chunk
-    if len(buf) <= 21:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-    rows = np.frombuffer(bytes(buf[19:-2]), dtype=_COPY_ROW)
+    rows = summary.copy_rows(sql, params, _COPY_ROW)
     return rows["step"].astype(np.int64), rows["value"].astype(np.float64)
 
 

@@ -80,6 +80,9 @@ def test_a_long_series_is_drawn_from_the_summary_and_keeps_its_spike(run: Run) -
     assert (77_777, 40.0) in zip(series.steps, series.values, strict=True)
     assert (12_345, -40.0) in zip(series.steps, series.values, strict=True)
     assert not series_cache.holds(run.pk, "clip_rate")  # no whole copy was read
+    # A view of few points comes from the coarsest level, spike and all.
+    few = read_series(run, "clip_rate", max_points=20)
+    assert few.total == N and len(few.steps) <= 20 and 77_777 in few.steps
     # A range of a few points is read raw, exactly.
     part = read_series(run, "clip_rate", 50_000, 50_009)
     assert part.steps == list(range(50_000, 50_010)) and part.total == 10
