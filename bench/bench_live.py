@@ -51,14 +51,16 @@ def line(label: str, qs: dict[str, float]) -> str:
 
 async def live_latency(
     parity: Parity, cookie: str, viewers: int, steps: int, interval: float
-) -> list[float]:
-    """Seconds from POST to arrival, one per (step, viewer)."""
+) -> tuple[list[float], list[float]]:
+    """Seconds from POST to arrival, one per (step, viewer); and each POST's own seconds
+    (to its response), which tells the write's share of the tail from the fan-out's."""
     import websockets
 
     run_id = parity.create_run(f"live-{viewers}")
     ws_url = parity.url.replace("http://", "ws://") + f"/ws/runs/{run_id}/"
     headers = {"Origin": parity.url, "Cookie": cookie}
     sent: dict[int, float] = {}
+    posts: list[float] = []
     latencies: list[float] = []
     sockets = [
         await websockets.connect(ws_url, additional_headers=headers, max_size=None)
@@ -87,11 +89,13 @@ async def live_latency(
                 sent[step] = started
             r = await c.post(f"/api/runs/{run_id}/points", json=body)
             r.raise_for_status()
+            if step < WARM_UP_STEP:
+                posts.append(time.perf_counter() - started)
             await asyncio.sleep(max(0.0, interval - (time.perf_counter() - started)))
     await asyncio.wait_for(asyncio.gather(*listeners), timeout=120)
     for ws in sockets:
         await ws.close()
-    return latencies
+    return latencies, posts
 
 
 async def redis_round_trip(url: str, n: int, interval: float) -> list[float]:
@@ -142,16 +146,22 @@ def main() -> None:
             f"{args.steps} steps every {args.interval * 1000:.0f} ms"
         )
         floor = asyncio.run(redis_round_trip(parity.env["REDIS_URL"], args.steps, args.interval))
-        one = asyncio.run(live_latency(parity, cookie, 1, args.steps, args.interval))
-        many = asyncio.run(live_latency(parity, cookie, args.viewers, args.steps, args.interval))
+        one, posts_one = asyncio.run(live_latency(parity, cookie, 1, args.steps, args.interval))
+        many, posts_many = asyncio.run(
+            live_latency(parity, cookie, args.viewers, args.steps, args.interval)
+        )
         results = {
             "redis_publish_round_trip": quantiles(floor),
             "viewers_1": quantiles(one),
             f"viewers_{args.viewers}": quantiles(many),
+            "post_response_1": quantiles(posts_one),
+            f"post_response_{args.viewers}": quantiles(posts_many),
         }
         print(line("bare Redis PUBLISH->SUB", results["redis_publish_round_trip"]))
         print(line("POST -> 1 viewer", results["viewers_1"]))
         print(line(f"POST -> {args.viewers} viewers", results[f"viewers_{args.viewers}"]))
+        print(line("POST -> response (1 viewer)", results["post_response_1"]))
+        print(line(f"POST -> response ({args.viewers})", results[f"post_response_{args.viewers}"]))
         m, o = results[f"viewers_{args.viewers}"], results["viewers_1"]
         print(
             f"  ratio {args.viewers} viewers / 1 viewer: p50 {m['p50'] / o['p50']:.2f}x,"

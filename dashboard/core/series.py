@@ -1,5 +1,7 @@
 """One key's series for the charts: read from Postgres by binary COPY, kept in a per-process
-cache labelled with the run's series version, downsampled so that spikes survive.
+cache labelled with the run's series version, downsampled so that spikes survive. A long
+series that this process does not hold is drawn from its summary (`dashboard.core.summary`),
+which commits with the points, so a cold read of a million points stays fast.
 
 The point writer (`dashboard.core.points`) tells the cache which steps each batch touched.
 """
