@@ -101,7 +101,7 @@ def read_series(
         steps, values = series_cache.get(run.pk, key, start, end)
         total = int(steps.shape[0])
     else:
-        view = summary.overview(run.pk, key, start, end, max_points, fetch_series)
+        view = _overview(run.pk, key, start, end, max_points)
         if view is not None:
             steps, values, total = view.steps, view.values, view.total
         elif start is None and end is None:
@@ -116,6 +116,42 @@ def read_series(
         float(v) if math.isfinite(v) else None for v in picked.tolist()
     ]
     return Series(key=key, total=total, steps=steps[idx].tolist(), values=out_values)
+
+
+# Views drawn from the summary, each labelled with the run's series version when it was
+# drawn (read first, so a view may hold newer points than its label, never older ones).
+_VIEWS_KEPT = 128
+_views: OrderedDict[tuple[int, str, int | None, int | None, int], tuple[int, summary.Overview]]
+_views = OrderedDict()
+_views_lock = threading.Lock()
+
+
+def _overview(
+    run_id: int, key: str, start: int | None, end: int | None, max_points: int
+) -> summary.Overview | None:
+    """`summary.overview`, kept while the run's series version stands: a chart's refresh
+    of an unchanged long run costs one version lookup."""
+    version = _series_version(run_id)
+    view_key = (run_id, key, start, end, max_points)
+    with _views_lock:
+        kept = _views.get(view_key)
+        if kept is not None and kept[0] == version:
+            _views.move_to_end(view_key)
+            return kept[1]
+    view = summary.overview(run_id, key, start, end, max_points, fetch_series)
+    with _views_lock:
+        if view is None:
+            _views.pop(view_key, None)
+        else:
+            _views[view_key] = (version, view)
+            _views.move_to_end(view_key)
+            while len(_views) > _VIEWS_KEPT:
+                _views.popitem(last=False)
+    return view
+
+
+def _series_version(run_id: int) -> int:
+    return Run.objects.filter(pk=run_id).values_list("series_version", flat=True).first() or 0
 
 
 # --- the cache ----------------------------------------------------------------------------
@@ -191,6 +227,8 @@ class SeriesCache:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+        with _views_lock:
+            _views.clear()
 
     def _drop(self, entry_key: tuple[int, str]) -> None:
         _, steps, values = self._entries.pop(entry_key)
@@ -215,9 +253,7 @@ class SeriesCache:
         entry_key = (run_id, key)
         # The version first, then the points: a copy may hold newer points than its label
         # says (re-fetched again later, harmless), never older ones.
-        current = (
-            Run.objects.filter(pk=run_id).values_list("series_version", flat=True).first() or 0
-        )
+        current = _series_version(run_id)
         with self._lock:
             entry = self._entries.get(entry_key)
         lowest = None
