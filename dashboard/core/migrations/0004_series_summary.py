@@ -1,7 +1,7 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-# The summary of the points stored before it existed (levels 5, 8, 11: dashboard.core.summary).
+# The summary of the points stored before it existed (levels 6, 10: dashboard.core.summary).
 _FINITE = "value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)"
 BACKFILL = f"""
 INSERT INTO core_seriessummary
@@ -11,7 +11,7 @@ SELECT run_id, key, l.level, step >> l.level, count(*),
        min(value) FILTER (WHERE {_FINITE}),
        (array_agg(step ORDER BY value DESC) FILTER (WHERE {_FINITE}))[1],
        max(value) FILTER (WHERE {_FINITE})
-FROM core_metricpoint CROSS JOIN (VALUES (5), (8), (11)) AS l(level)
+FROM core_metricpoint CROSS JOIN (VALUES (6), (10)) AS l(level)
 GROUP BY run_id, key, l.level, step >> l.level
 """
 
