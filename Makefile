@@ -45,6 +45,7 @@ MLFLOW_SERVER := var/mlflow-server
 bench: install services $(MLFLOW_SERVER)/.installed
 	$(PY) bench/bench_metrics.py
 	$(PY) bench/bench_ingest.py --mlflow-venv $(MLFLOW_SERVER)
+	$(PY) bench/bench_live.py
 	$(PY) bench/bench_compare.py
 	$(PY) bench/bench_mlflow.py --mlflow-venv $(MLFLOW_SERVER)
 	$(PY) bench/bench_engines.py

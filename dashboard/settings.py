@@ -113,11 +113,15 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Redis pub/sub: a group message crosses Redis once per web process and is handed to
+        # that process's sockets there. The list-based layer queued one copy per socket and
+        # popped them one blocking read at a time: with 50 viewers of a run, the last one
+        # waited for 49 round trips (#15, live latency). Live updates were never kept for a
+        # socket that is away (pages back-fill from the API), so nothing is lost by it.
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
-            # channels-redis waits for messages with a 5 s blocking read (BZPOPMIN); redis-py's
-            # default socket timeout is also 5 s, so an idle socket's read timed out just as
-            # the wait ended and the consumer died with 1011. The socket must outwait it.
+            # A read must outwait any blocking wait on the connection (5 s in redis-py's
+            # default made idle sockets die with 1011 under the list-based layer).
             "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
             "prefix": os.environ.get("CHANNELS_PREFIX", "parity"),
         },

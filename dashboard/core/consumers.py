@@ -98,7 +98,8 @@ class _GroupConsumer(_OneWayConsumer):
             await self.channel_layer.group_discard(self.group_name, self.channel_name)
 
     async def broadcast(self, event: dict[str, Any]) -> None:
-        await self.send_json({"kind": event["kind"], "data": event["data"]})
+        # Encoded once by the publisher (`live.publish`), relayed as is.
+        await self.send(text_data=event["text"])
 
     @database_sync_to_async
     def _visible(self, user: Any, object_id: int) -> bool:

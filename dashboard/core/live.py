@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -12,7 +13,10 @@ log = logging.getLogger(__name__)
 
 
 def publish(group: str, kind: str, data: dict[str, Any]) -> None:
-    """Send {"type": kind, ...data} to every socket in `group`.
+    """Send the frame {"kind": kind, "data": data} to every socket in `group`.
+
+    The frame is encoded here, once: each of a run's viewers relays the same text, where
+    encoding it per socket made the 50th viewer of a run wait for 49 encodings.
 
     Live updates are a convenience on top of Postgres (pages back-fill from the API),
     so a Redis blip is logged, never raised into the write that triggered it.
@@ -21,7 +25,8 @@ def publish(group: str, kind: str, data: dict[str, Any]) -> None:
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(group, {"type": "broadcast", "kind": kind, "data": data})
+        text = json.dumps({"kind": kind, "data": data})
+        async_to_sync(layer.group_send)(group, {"type": "broadcast", "text": text})
     except Exception:  # noqa: BLE001 - see docstring
         log.warning("live update to %s failed", group, exc_info=True)
 

@@ -198,6 +198,30 @@ class MetricPoint(models.Model):
         constraints = [models.UniqueConstraint(fields=["run", "key", "step"], name="unique_point")]
 
 
+class SeriesSummary(models.Model):
+    """Min and max (with their steps) of one key's points in one bucket of 2**level steps,
+    written with the points (see `dashboard.core.summary`): a zoomed-out chart reads these
+    instead of every point."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+", db_index=False)
+    key = models.CharField(max_length=128)
+    level = models.SmallIntegerField()
+    bucket = models.BigIntegerField()
+    n = models.IntegerField()
+    # Over finite values only (the charts draw NaN as a gap); NULL when a bucket has none.
+    min_step = models.BigIntegerField(null=True)
+    min_value = models.FloatField(null=True)
+    max_step = models.BigIntegerField(null=True)
+    max_value = models.FloatField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "key", "level", "bucket"], name="unique_summary_bucket"
+            )
+        ]
+
+
 class MlflowExperiment(models.Model):
     """An MLflow experiment (the MLflow-compatible tracking API): a named group of a project's
     runs. Its MLflow id is its primary key as a string; "0", MLflow's default experiment, is

@@ -24,7 +24,7 @@ from django.utils import timezone
 from psycopg.adapt import Dumper, PyFormat
 from psycopg.pq import Format
 
-from dashboard.core import hooks, live
+from dashboard.core import hooks, live, summary
 from dashboard.core.models import MetricPoint, Run
 from dashboard.core.series import series_cache
 from parity.metrics import MetricsResult, Thresholds, compute_metrics, scalar_values
@@ -82,10 +82,11 @@ class _BinaryArrayDumper(Dumper):
 @cache
 def _store_sql(after_store: tuple[hooks.AfterStore, ...]) -> str:
     """One statement for a whole batch: the run (if the caller may write to it), the upsert,
-    the run's last_step and series version, and for each after-store hook whether it
-    applies (for alerts: does an enabled rule of the run's project watch a key of the batch).
+    the run's last_step and series version, the series summary, and for each after-store
+    hook whether it applies (for alerts: does an enabled rule of the run's project watch a
+    key of the batch).
 
-    Four round trips folded into one. `{run}` is the caller's run query, filled in per call.
+    Five round trips folded into one. `{run}` is the caller's run query, filled in per call.
     """
     points_table = MetricPoint._meta.db_table
     run_table = Run._meta.db_table
@@ -103,15 +104,17 @@ ins AS (
          AS u(key_index, step, value, wall_time)
     ON CONFLICT (run_id, key, step)
     DO UPDATE SET value = EXCLUDED.value, wall_time = EXCLUDED.wall_time
-    RETURNING 1
+    -- xmax is set on a row this statement updated, not on one it inserted: a re-send.
+    RETURNING NOT (xmax = 0) AS replaced
 ),
 upd AS (
     UPDATE {run_table} SET last_step = GREATEST(COALESCE(last_step, %b), %b),
                            series_version = series_version + 1
     WHERE id IN (SELECT id FROM r)
     RETURNING series_version
-)
-SELECT (SELECT count(*) FROM r), (SELECT series_version FROM upd){when}
+),{summary.merge_sql()}
+SELECT (SELECT count(*) FROM r), (SELECT series_version FROM upd),
+       (SELECT bool_or(replaced) FROM ins){when}
 """
 
 
@@ -167,6 +170,8 @@ def _store(
     # NULL: the statement's `now` (the usual case, where no point carries its own time).
     times = [p.time for p in rows] if any(p.time is not None for p in rows) else None
     max_step = int(step_array.max())
+    key_array = np.asarray(key_index, dtype=np.int32)
+    buckets = summary.summarize(key_array, step_array, value_array)
     try:
         run_sql, run_params = runs.values("id", "project_id").query.sql_with_params()
     except EmptyResultSet:  # a filter that matches nothing by construction
@@ -179,12 +184,20 @@ def _store(
         *run_params,
         list(distinct),
         now,
-        _BinaryArray.of(np.asarray(key_index, dtype=np.int32), _INT4_OID),
+        _BinaryArray.of(key_array, _INT4_OID),
         _BinaryArray.of(step_array, _INT8_OID),
         _BinaryArray.of(value_array, _FLOAT8_OID),
         times,
         max_step,
         max_step,
+        _BinaryArray.of(buckets.key_index, _INT4_OID),
+        _BinaryArray.of(buckets.level, _INT4_OID),
+        _BinaryArray.of(buckets.bucket, _INT8_OID),
+        _BinaryArray.of(buckets.n, _INT4_OID),
+        _BinaryArray.of(buckets.min_step, _INT8_OID),
+        _BinaryArray.of(buckets.min_value, _FLOAT8_OID),
+        _BinaryArray.of(buckets.max_step, _INT8_OID),
+        _BinaryArray.of(buckets.max_value, _FLOAT8_OID),
     ]
     with transaction.atomic():
         connection.ensure_connection()
@@ -194,9 +207,11 @@ def _store(
         with psycopg.Cursor(connection.connection) as cursor:
             cursor.adapters.register_dumper(_BinaryArray, _BinaryArrayDumper)
             cursor.execute(sql, params)
-            found, series_version, *applies = cursor.fetchone()  # type: ignore[misc]
+            found, series_version, replaced, *applies = cursor.fetchone()  # type: ignore[misc]
         if not found:
             return None
+        if replaced:
+            summary.recompute(run_id, list(distinct), buckets)
         # The hooks ride the same transaction (alerts: incidents and their webhook outbox
         # rows commit with the points or not at all); one whose condition does not hold for
         # this batch is skipped without a query.

@@ -1,5 +1,7 @@
 """One key's series for the charts: read from Postgres by binary COPY, kept in a per-process
-cache labelled with the run's series version, downsampled so that spikes survive.
+cache labelled with the run's series version, downsampled so that spikes survive. A long
+series that this process does not hold is drawn from its summary (`dashboard.core.summary`),
+which commits with the points, so a cold read of a million points stays fast.
 
 The point writer (`dashboard.core.points`) tells the cache which steps each batch touched.
 """
@@ -14,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
-from django.db import connection
 
+from dashboard.core import summary
 from dashboard.core.models import MetricPoint, Run
 
 log = logging.getLogger(__name__)
@@ -38,11 +40,7 @@ class Series:
         return len(self.steps) < self.total
 
 
-# Postgres binary COPY of (bigint, float8): a 19-byte header, then per row a 2-byte field
-# count and a 4-byte length before each field, all big-endian; a 2-byte trailer.
-_COPY_ROW = np.dtype(
-    [("n", ">i2"), ("l1", ">i4"), ("step", ">i8"), ("l2", ">i4"), ("value", ">f8")]
-)
+_COPY_ROW = summary.row_dtype(("step", ">i8"), ("value", ">f8"))
 
 
 def fetch_series(
@@ -62,18 +60,10 @@ def fetch_series(
         where.append("step <= %s")
         params.append(end)
     sql = (
-        f"COPY (SELECT step, value FROM {MetricPoint._meta.db_table} "
-        f"WHERE {' AND '.join(where)} ORDER BY step) TO STDOUT (FORMAT BINARY)"
+        f"SELECT step, value FROM {MetricPoint._meta.db_table} "
+        f"WHERE {' AND '.join(where)} ORDER BY step"
     )
-    buf = bytearray()
-    with connection.cursor() as cursor:
-        raw = cursor.cursor  # the psycopg cursor: Django's wrapper has no copy()
-        with raw.copy(sql, params) as copy:
-            for chunk in copy:
-                buf += chunk
-    if len(buf) <= 21:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-    rows = np.frombuffer(bytes(buf[19:-2]), dtype=_COPY_ROW)
+    rows = summary.copy_rows(sql, params, _COPY_ROW)
     return rows["step"].astype(np.int64), rows["value"].astype(np.float64)
 
 
@@ -101,14 +91,67 @@ def downsample(steps: np.ndarray, values: np.ndarray, max_points: int) -> np.nda
 def read_series(
     run: Run, key: str, start: int | None = None, end: int | None = None, max_points: int = 2000
 ) -> Series:
-    """One key's series over [start, end], downsampled to at most `max_points` points."""
-    steps, values = series_cache.get(run.pk, key, start, end)
+    """One key's series over [start, end], downsampled to at most `max_points` points.
+
+    A series this process holds is read from its copy. Otherwise a range of many points is
+    drawn from the summary (no copy is made: that is the slow read the summary avoids),
+    and a range of few points in a long series is read raw, without copying the series.
+    """
+    if series_cache.holds(run.pk, key):
+        steps, values = series_cache.get(run.pk, key, start, end)
+        total = int(steps.shape[0])
+    else:
+        view = _overview(run.pk, key, start, end, max_points)
+        if view is not None:
+            steps, values, total = view.steps, view.values, view.total
+        elif start is None and end is None:
+            steps, values = series_cache.get(run.pk, key)
+            total = int(steps.shape[0])
+        else:
+            steps, values = fetch_series(run.pk, key, start, end)
+            total = int(steps.shape[0])
     idx = downsample(steps, values, max_points)
     picked = values[idx]
     out_values: list[float | None] = [
         float(v) if math.isfinite(v) else None for v in picked.tolist()
     ]
-    return Series(key=key, total=int(steps.shape[0]), steps=steps[idx].tolist(), values=out_values)
+    return Series(key=key, total=total, steps=steps[idx].tolist(), values=out_values)
+
+
+# Views drawn from the summary, each labelled with the run's series version when it was
+# drawn (read first, so a view may hold newer points than its label, never older ones).
+_VIEWS_KEPT = 128
+_views: OrderedDict[tuple[int, str, int | None, int | None, int], tuple[int, summary.Overview]]
+_views = OrderedDict()
+_views_lock = threading.Lock()
+
+
+def _overview(
+    run_id: int, key: str, start: int | None, end: int | None, max_points: int
+) -> summary.Overview | None:
+    """`summary.overview`, kept while the run's series version stands: a chart's refresh
+    of an unchanged long run costs one version lookup."""
+    version = _series_version(run_id)
+    view_key = (run_id, key, start, end, max_points)
+    with _views_lock:
+        kept = _views.get(view_key)
+        if kept is not None and kept[0] == version:
+            _views.move_to_end(view_key)
+            return kept[1]
+    view = summary.overview(run_id, key, start, end, max_points, fetch_series)
+    with _views_lock:
+        if view is None:
+            _views.pop(view_key, None)
+        else:
+            _views[view_key] = (version, view)
+            _views.move_to_end(view_key)
+            while len(_views) > _VIEWS_KEPT:
+                _views.popitem(last=False)
+    return view
+
+
+def _series_version(run_id: int) -> int:
+    return Run.objects.filter(pk=run_id).values_list("series_version", flat=True).first() or 0
 
 
 # --- the cache ----------------------------------------------------------------------------
@@ -175,10 +218,17 @@ class SeriesCache:
             # The gap in the record makes every copy of this run re-read whole: slower, right.
             log.warning("series cache: could not record a change of run %s", run_id, exc_info=True)
 
+    def holds(self, run_id: int, key: str) -> bool:
+        """Whether this process has a copy of the series (of any version)."""
+        with self._lock:
+            return (run_id, key) in self._entries
+
     def forget_all(self) -> None:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+        with _views_lock:
+            _views.clear()
 
     def _drop(self, entry_key: tuple[int, str]) -> None:
         _, steps, values = self._entries.pop(entry_key)
@@ -203,9 +253,7 @@ class SeriesCache:
         entry_key = (run_id, key)
         # The version first, then the points: a copy may hold newer points than its label
         # says (re-fetched again later, harmless), never older ones.
-        current = (
-            Run.objects.filter(pk=run_id).values_list("series_version", flat=True).first() or 0
-        )
+        current = _series_version(run_id)
         with self._lock:
             entry = self._entries.get(entry_key)
         lowest = None
