@@ -20,7 +20,8 @@ def test_an_open_run_page_keeps_one_socket_for_a_minute(
 
     run = Run.objects.create(project=project_a, name="idle-page", status="running")
     sockets: list[str] = []
-    page.on("websocket", lambda ws: sockets.append(ws.url))
+    # The run page's sockets (the runs list, where login lands, has its project's own).
+    page.on("websocket", lambda ws: sockets.append(ws.url) if "/ws/runs/" in ws.url else None)
     login(page, live_server_proc.url)
     page.goto(f"{live_server_proc.url}/runs/{run.pk}/")
     page.wait_for_selector("#live-state[data-state='live']")
@@ -37,7 +38,8 @@ def test_a_refused_socket_is_not_retried(
 
     run = Run.objects.create(project=project_a, name="closed-page", status="running")
     sockets: list[str] = []
-    page.on("websocket", lambda ws: sockets.append(ws.url))
+    # The run page's sockets (the runs list, where login lands, has its project's own).
+    page.on("websocket", lambda ws: sockets.append(ws.url) if "/ws/runs/" in ws.url else None)
     login(page, live_server_proc.url)
     page.goto(f"{live_server_proc.url}/runs/{run.pk}/")
     page.wait_for_selector("#live-state[data-state='live']")
