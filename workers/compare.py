@@ -131,6 +131,7 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
         thresholds,
         topk=spec.sampling.logprobs_topk,
         with_reference=True,
+        engine_kind=engines.logprobs_kind(engine),
         progress=stages.counter("score", "scoring"),
     )
     tm, processing, matched = m.trainer, m.processing, m.engine_processing
@@ -141,7 +142,12 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
 
     started = time.perf_counter()
     diagnoses = diagnose(
-        spec, ro, processing, metrics.values, None if reference is None else reference.values
+        spec,
+        ro,
+        processing,
+        metrics.values,
+        None if reference is None else reference.values,
+        engines.logprobs_kind(engine),
     )
     worst = _worst_sequences(metrics, ro, scored, items, tokenizer)
     fingerprint = _fingerprint(spec, model_path, engine, tm, ro, processing)

@@ -38,6 +38,7 @@ def diagnose(
     processing: Any,
     values: Mapping[str, Any],
     reference: Mapping[str, Any] | None,
+    engine_kind: str | None = None,
 ) -> list[Diagnosis]:
     """The METRICS.md "known offsets" this comparison shows, by name, with the fix.
 
@@ -45,6 +46,10 @@ def diagnose(
     the engine's, backed by the measurement: the same tokens were also scored with the
     processing that matches the engine (`reference`), so the report can say how much of the
     gap the misconfiguration explains.
+
+    `engine_kind` is the distribution the engine's logprobs describe ("raw", "processed", or
+    "temperature" for SGLang's full-vocabulary log_softmax(logits / T)); by default the one
+    the spec's logprobs_mode names.
     """
     out: list[Diagnosis] = []
     eff = ro.effective
@@ -61,7 +66,8 @@ def diagnose(
             f" Measured: mean |lt - lr| = {gap:.4g} as configured, {ref_gap:.4g} when "
             "the trainer applies the engine's processing."
         )
-    engine_raw = spec.engine.logprobs_mode == "raw"
+    kind = engine_kind or ("processed" if spec.engine.logprobs_mode == "processed" else "raw")
+    engine_raw = kind == "raw"
     temp = float(eff["temperature"])
     greedy = temp < 1e-5
     eff_truncates = not greedy and (eff["top_p"] < 1.0 or eff["top_k"] > 0 or eff["min_p"] > 0)
@@ -121,7 +127,7 @@ def diagnose(
             )
         )
 
-    if not engine_raw and eff_truncates and processing.kind in ("raw", "temperature"):
+    if kind == "processed" and eff_truncates and processing.kind in ("raw", "temperature"):
         bias = values.get("bias")
         out.append(
             _diagnosis(
@@ -132,6 +138,21 @@ def diagnose(
                 f"rho = exp(lt - lr) ≈ S < 1 (mean d = {_fmt(bias)}, i.e. mean log S)." + gap_note,
                 "apply the same top-p/top-k/min-p with renormalisation in the trainer (processing="
                 "'processed'), or sample RL rollouts without truncation.",
+            )
+        )
+
+    if kind == "temperature" and eff_truncates and processing.kind == "processed":
+        out.append(
+            _diagnosis(
+                "untruncated_engine_logprobs",
+                "error",
+                "the engine's logprobs are log_softmax(logits / T) over the full vocabulary "
+                "(SGLang's: top-p/top-k/min-p shape the sampling, not the returned logprobs), "
+                "while the trainer renormalises over the truncated support, so lt - lr = -log S "
+                "with S the surviving mass." + gap_note,
+                "score the full vocabulary at the sampling temperature in the trainer "
+                "(processing='temperature', or 'match_engine'), or sample RL rollouts without "
+                "truncation.",
             )
         )
 

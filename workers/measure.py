@@ -29,7 +29,7 @@ from workers.specs import EngineSettings, SamplingSettings, ServerSettings, Trai
 if TYPE_CHECKING:
     from workers.engines import RolloutEngine
     from workers.rollout import Rollout
-    from workers.trainer import Processing, TrainerModel
+    from workers.trainer import Kind, Processing, TrainerModel
 
 Progress = Callable[[int, int], None]
 
@@ -257,6 +257,7 @@ def measure(
     *,
     topk: int = 0,
     with_reference: bool = False,
+    engine_kind: Kind | None = None,
     progress: Progress | None = None,
 ) -> Measurement:
     """Trainer -> processing -> score -> metrics for a rollout the engine sampled.
@@ -264,13 +265,16 @@ def measure(
     The trainer processes the logits with the sampling parameters it was told about (the
     requested ones, as an RL trainer does); with `with_reference`, the same tokens are also
     scored under the engine's effective processing, so a report can say how much of the gap
-    the difference explains.
+    the difference explains. `engine_kind` names the engine's logprobs where its
+    logprobs_mode cannot (`workers.engines.logprobs_kind`).
     """
     from workers import trainer
 
     tm, reused = trainer.get_trainer(model_path, trainer_settings)
-    processing = trainer.Processing.for_comparison(trainer_settings, engine_settings, ro.requested)
-    matched = trainer.Processing.for_engine(engine_settings, ro.effective)
+    processing = trainer.Processing.for_comparison(
+        trainer_settings, engine_settings, ro.requested, engine_kind
+    )
+    matched = trainer.Processing.for_engine(engine_settings, ro.effective, engine_kind)
     reference = matched if with_reference and matched != processing else None
     scored = score(tm, ro, processing, topk=topk, reference=reference, progress=progress)
     started = time.perf_counter()

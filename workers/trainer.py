@@ -41,24 +41,29 @@ class Processing:
 
     @classmethod
     def for_comparison(
-        cls, trainer: TrainerSettings, engine: EngineSettings, sampling: dict[str, Any]
+        cls,
+        trainer: TrainerSettings,
+        engine: EngineSettings,
+        sampling: dict[str, Any],
+        engine_kind: Kind | None = None,
     ) -> Processing:
         """The trainer's processing in a comparison: `trainer.processing`, where "match_engine"
-        means the kind the engine's logprobs_mode returns, over the sampling parameters the
-        trainer was given (`sampling`: the requested ones)."""
+        means the kind the engine's logprobs describe (`engine_kind`, else its logprobs_mode),
+        over the sampling parameters the trainer was given (`sampling`: the requested ones)."""
         kind: Kind
         if trainer.processing == "match_engine":
-            kind = "processed" if engine.logprobs_mode == "processed" else "raw"
+            kind = engine_kind or _kind_of(engine)
         else:
             kind = trainer.processing
         return cls(kind=kind, **_params(sampling))
 
     @classmethod
-    def for_engine(cls, engine: EngineSettings, effective: dict[str, Any]) -> Processing:
-        """The distribution the engine's logprobs describe: its logprobs_mode over the
-        sampling parameters it actually ran."""
-        kind: Kind = "processed" if engine.logprobs_mode == "processed" else "raw"
-        return cls(kind=kind, **_params(effective))
+    def for_engine(
+        cls, engine: EngineSettings, effective: dict[str, Any], engine_kind: Kind | None = None
+    ) -> Processing:
+        """The distribution the engine's logprobs describe (`engine_kind`, else its
+        logprobs_mode) over the sampling parameters it actually ran."""
+        return cls(kind=engine_kind or _kind_of(engine), **_params(effective))
 
     @property
     def truncates(self) -> bool:
@@ -76,6 +81,10 @@ class Processing:
             or self.presence_penalty != 0.0
             or self.frequency_penalty != 0.0
         )
+
+
+def _kind_of(engine: EngineSettings) -> Kind:
+    return "processed" if engine.logprobs_mode == "processed" else "raw"
 
 
 def _params(sampling: dict[str, Any]) -> dict[str, Any]:

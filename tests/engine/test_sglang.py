@@ -1,10 +1,12 @@
-"""The SGLang client against a real SGLang 0.5.23 server (CPU engine) on the tiny Llama, and
-SGLang's logprobs against the transformers trainer on the same tokens."""
+"""The SGLang client and engine adapter against a real SGLang 0.5.23 server (CPU engine) on the
+tiny Llama: SGLang's logprobs against the transformers trainer on the same tokens, comparisons
+(in this process and as a Celery job) and weight updates through the adapter."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,12 +31,17 @@ def model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sglang(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SGLangClient]:
+def sglang_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     sglang_python()
     log = tmp_path_factory.mktemp("sglang") / "server.log"
     with start_server(tiny_model, log) as url:
-        with SGLangClient(url) as client:
-            yield client
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sglang(sglang_url: str) -> Iterator[SGLangClient]:
+    with SGLangClient(sglang_url) as client:
+        yield client
 
 
 def trainer_lt(model: Path, prompts: list[list[int]], responses: list[list[int]]) -> np.ndarray:
@@ -138,3 +145,112 @@ def test_unreachable_server_is_a_clear_error() -> None:
     with SGLangClient("http://127.0.0.1:9", timeout=5) as client:
         with pytest.raises(SGLangError, match=r"http://127.0.0.1:9 unreachable \(/generate\)"):
             client.generate(PROMPTS[:1], SamplingSettings(max_tokens=1))
+
+
+# --- the engine adapter: every job kind's view of an SGLang server ---------------------------
+
+
+def compare_on_sglang(model: Path, url: str, **spec: Any) -> Any:
+    from workers.compare import run_comparison_job
+    from workers.reporting import NullReporter
+
+    base = {
+        "model": str(model),
+        "num_prompts": 6,
+        "sampling": {"max_tokens": 12, "temperature": 0.7, "top_p": 0.9},
+        "trainer": {"dtype": "float32", "attn_implementation": "eager"},
+        "server": {"url": url, "engine": "sglang"},
+    }
+    return run_comparison_job({**base, **spec}, NullReporter())
+
+
+def test_a_comparison_against_sglang_matches_its_temperature_logprobs(
+    sglang_url: str, tiny_model: Path
+) -> None:
+    out = compare_on_sglang(tiny_model, sglang_url)
+    result, engine = out.result, out.fingerprint["engine"]
+
+    # SGLang's logprobs are log_softmax(logits / T) on the full vocabulary: the trainer told to
+    # match the engine scores exactly that, and nothing is diagnosed (a vLLM-shaped reading
+    # of the spec said "raw logprobs" here, a false alarm).
+    assert out.fingerprint["trainer"]["processing_applied"] == "temperature"
+    assert result["metrics"]["verdict"] == "pass" and result["diagnoses"] == []
+    assert result["metrics"]["values"]["abs_diff_mean"] < 1e-4
+    assert (engine["adapter"], engine["vllm_version"]) == ("sglang", "0.5.23")
+    assert engine["dtype"] == "float32" and "logprobs_mode" in engine["unknown"]
+    assert any("--enable-deterministic-inference" in n for n in result["notes"])
+
+
+def test_a_trainer_that_truncates_against_sglang_is_diagnosed_with_the_measured_gap(
+    sglang_url: str, tiny_model: Path
+) -> None:
+    out = compare_on_sglang(
+        tiny_model,
+        sglang_url,
+        trainer={"dtype": "float32", "attn_implementation": "eager", "processing": "processed"},
+    )
+    names = [d["name"] for d in out.result["diagnoses"]]
+
+    assert names == ["untruncated_engine_logprobs"]
+    assert out.result["metrics"]["values"]["abs_diff_mean"] > 1e-3
+
+
+def test_a_server_on_other_weights_is_refused_by_name(
+    sglang_url: str, tiny_models: dict[str, Path]
+) -> None:
+    from workers.reporting import UserError
+
+    with pytest.raises(UserError, match="serves .*tiny-llama.*, not the model .*tiny-qwen2"):
+        compare_on_sglang(tiny_models["qwen2"], sglang_url)
+
+
+def test_the_adapter_updates_weights_and_its_prompt_logprobs_follow(
+    sglang_url: str, tiny_model: Path, model_b: Path
+) -> None:
+    from workers.engines import ManagedEngine, Unsupported
+    from workers.engines.sglang_server import connect
+    from workers.specs import EngineSettings, ServerSettings
+
+    engine = connect(
+        ServerSettings(url=sglang_url, engine="sglang"), str(tiny_model), EngineSettings()
+    )
+    assert isinstance(engine, ManagedEngine)
+    prompt = PROMPTS[2]
+    try:
+        engine.update_weights_from_disk(str(model_b))
+        lr = np.array(engine.prompt_logprobs(prompt)[1:], dtype=float)
+        with pytest.raises(Unsupported, match="no pause mode"):
+            engine.pause("wait")
+    finally:
+        engine.update_weights_from_disk(str(tiny_model))
+        engine.close()
+
+    lt = trainer_lt(model_b, [prompt[:1]], [prompt[1:]])
+    assert float(np.max(np.abs(lr - lt))) < LOGPROB_TOLERANCE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_comparison_job_on_sglang_runs_in_a_real_worker(
+    sglang_url: str, tiny_model: Path, celery_worker_proc: Any, project_a: Any
+) -> None:
+    from dashboard.core.models import Job, start_job
+    from tests.conftest import wait_for
+    from workers.specs import ComparisonSpec
+
+    spec = ComparisonSpec.model_validate(
+        {
+            "model": str(tiny_model),
+            "num_prompts": 3,
+            "sampling": {"max_tokens": 6},
+            "server": {"url": sglang_url, "engine": "sglang"},
+        }
+    ).model_dump(mode="json")
+    job = start_job(project_a, Job.Kind.COMPARISON, spec)
+
+    def finished() -> Job | None:
+        job.refresh_from_db()
+        return job if job.is_final else None
+
+    done = wait_for(finished, timeout=300)
+    assert done.status == Job.Status.SUCCEEDED, done.error
+    assert done.result["fingerprint"]["engine"]["adapter"] == "sglang"

@@ -92,3 +92,41 @@ def test_truncation_boundary_sequences_are_listed_among_the_worst() -> None:
     assert worst[1]["truncation_boundary"] == 1
     assert worst[1]["tokens"][0]["lt"] is None  # drawn as non-finite on the page
     assert worst[0]["truncation_boundary"] == 0
+
+
+def _sglang_spec() -> ComparisonSpec:
+    # An SGLang server: the spec's engine section is vLLM's default (raw), which the adapter
+    # cannot correct because SGLang's kind has no vLLM name; its logprobs_kind says it.
+    return ComparisonSpec(server={"url": "http://sglang:30000", "engine": "sglang"})
+
+
+def _asked(**sampling: Any) -> SimpleNamespace:
+    """A rollout that sampled with exactly the parameters asked for."""
+    return SimpleNamespace(effective={**NEUTRAL_SAMPLING, **sampling}, changed_by_defaults={})
+
+
+def test_an_engine_with_temperature_logprobs_matched_by_the_trainer_has_no_diagnosis() -> None:
+    out = diagnose(
+        _sglang_spec(),
+        _asked(temperature=0.7, top_p=0.9),
+        SimpleNamespace(kind="temperature", truncates=True),
+        {"abs_diff_mean": 1e-5, "token_mismatch": 0},
+        None,
+        engine_kind="temperature",
+    )
+    assert out == []  # was: "engine returns raw logprobs" and "renormalises over top-p"
+
+
+def test_a_trainer_that_truncates_against_temperature_logprobs_is_named() -> None:
+    out = diagnose(
+        _sglang_spec(),
+        _asked(temperature=0.7, top_p=0.9),
+        SimpleNamespace(kind="processed", truncates=True),
+        {"abs_diff_mean": 0.3},
+        {"abs_diff_mean": 1e-5},
+        engine_kind="temperature",
+    )
+    d = _names(out)
+    assert list(d) == ["untruncated_engine_logprobs"]
+    assert d["untruncated_engine_logprobs"]["severity"] == "error"
+    assert "processing='temperature'" in d["untruncated_engine_logprobs"]["fix"]

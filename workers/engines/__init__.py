@@ -2,8 +2,8 @@
 
 - in-process vLLM V1, built and kept warm by the worker (`workers.rollout.Engine`);
 - a vLLM server the user runs, over HTTP (`workers.engines.vllm_server`);
-- SGLang: its HTTP client is `workers.engines.sglang` (tested against a real SGLang server);
-  putting it behind the same `RolloutEngine` contract (`workers.engines.base`) is to come.
+- an SGLang server the user runs, over its native HTTP API (`workers.engines.sglang_server`,
+  on the client `workers.engines.sglang`).
 
 `open_engine` is the one place that picks between them from a job's settings.
 """
@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.engines.base import ADAPTER_LABELS, UNKNOWN, ManagedEngine, RolloutEngine, Unsupported
+from workers.engines.base import (
+    ADAPTER_LABELS,
+    UNKNOWN,
+    ManagedEngine,
+    RolloutEngine,
+    Unsupported,
+    logprobs_kind,
+)
 
 if TYPE_CHECKING:
     from workers.specs import EngineSettings, ServerSettings
@@ -23,6 +30,7 @@ __all__ = [
     "ManagedEngine",
     "RolloutEngine",
     "Unsupported",
+    "logprobs_kind",
     "open_engine",
     "release",
 ]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from workers.rollout import Rollout
     from workers.specs import EngineSettings, SamplingSettings
+    from workers.trainer import Kind
 
 Progress = Callable[[int, int], None]
 PauseMode = Literal["abort", "wait", "keep"]
@@ -25,7 +26,11 @@ PauseMode = Literal["abort", "wait", "keep"]
 # The value of a setting an engine cannot report (never guessed): shown as is.
 UNKNOWN = "unknown"
 # How reports and pages name the adapter that answered.
-ADAPTER_LABELS = {"vllm": "vLLM (in-process)", "vllm-server": "vLLM server"}
+ADAPTER_LABELS = {
+    "vllm": "vLLM (in-process)",
+    "vllm-server": "vLLM server",
+    "sglang": "SGLang server",
+}
 
 
 class Unsupported(Exception):
@@ -42,6 +47,8 @@ class RolloutEngine(Protocol):
     load_seconds: float
     # The engine settings the trainer's processing follows: for an engine Parity builds, the
     # ones it was built with; for a server, what the server reports, the rest as assumed.
+    # An engine whose logprobs are of a distribution vLLM's logprobs_mode cannot name (SGLang:
+    # "temperature") says which in a `logprobs_kind` attribute (see `logprobs_kind` below).
     settings: EngineSettings
 
     @property
@@ -85,3 +92,12 @@ class ManagedEngine(RolloutEngine, Protocol):
     def pause(self, mode: PauseMode = "wait") -> None: ...
 
     def resume(self) -> None: ...
+
+
+def logprobs_kind(engine: RolloutEngine) -> Kind:
+    """The distribution the engine's logprobs describe, as the trainer's `Processing` kinds
+    name it: the adapter's own `logprobs_kind` where it has one, else its logprobs_mode."""
+    kind = getattr(engine, "logprobs_kind", None)
+    if kind in ("raw", "processed", "temperature"):
+        return kind  # type: ignore[no-any-return]
+    return "processed" if engine.settings.logprobs_mode == "processed" else "raw"

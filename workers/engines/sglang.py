@@ -7,9 +7,10 @@ pins. Endpoints used, as SGLang 0.5.23 serves them: `/generate` (token-id prompt
 `/server_info`, `/model_info`, `/health`.
 
 What the server cannot tell a client (so `ServerInfo.unknown` says it rather than guessing):
-- which distribution its logprobs are of: by default the sampled token's log-prob after
-  temperature and top-p/top-k/min-p (SGLang's sampler), but the server process's
-  SGLANG_RETURN_ORIGINAL_LOGPROB=1 makes them raw, and no endpoint reports that variable;
+- which distribution its logprobs are of: by default log_softmax(logits / T) over the full
+  vocabulary (SGLang's sampler: temperature applies, top-p/top-k/min-p do not; measured on
+  0.5.23), but the server process's SGLANG_RETURN_ORIGINAL_LOGPROB=1 makes them raw, and no
+  endpoint reports that variable;
 - the dtype it resolved when launched with `--dtype auto` (it reports "auto");
 - whether a per-request seed is honoured: `sampling_seed` is used only with
   `--enable-deterministic-inference` (reported as `deterministic`).
@@ -45,6 +46,9 @@ class Sample:
     finish_reason: str | None
     # One per prompt token when asked; the first is None (nothing precedes it).
     prompt_logprobs: list[float | None] | None = None
+    # The top-k token ids and their logprobs at each sampled position, when asked.
+    top_ids: list[list[int]] | None = None
+    top_logprobs: list[list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,10 +152,12 @@ class SGLangClient:
         *,
         prompt_logprobs: bool = False,
         ignore_eos: bool = True,
+        top_logprobs: int = 0,
     ) -> list[Sample]:
         """Sample `sampling.n` sequences per token-id prompt (prompt-major order), each with
-        the engine's log-prob of every sampled token, and of every prompt token when
-        `prompt_logprobs`. One batched /generate request."""
+        the engine's log-prob of every sampled token, of every prompt token when
+        `prompt_logprobs`, and its `top_logprobs` most likely tokens at each position. One
+        batched /generate request."""
         if not prompts:
             return []
         batch = [list(map(int, p)) for p in prompts for _ in range(sampling.n)]
@@ -162,10 +168,15 @@ class SGLangClient:
             # logprob_start_len is where prompt logprobs start; past the prompt, none.
             "logprob_start_len": 0 if prompt_logprobs else -1,
         }
+        if top_logprobs:
+            body["top_logprobs_num"] = top_logprobs
         out = self._call("POST", "/generate", body)
         if not isinstance(out, list) or len(out) != len(batch):
             raise SGLangError(f"SGLang /generate returned {type(out).__name__}, not {len(batch)}")
-        return [_sequence(i // sampling.n, item, prompt_logprobs) for i, item in enumerate(out)]
+        return [
+            _sequence(i // sampling.n, item, prompt_logprobs, top_logprobs > 0)
+            for i, item in enumerate(out)
+        ]
 
     def update_weights_from_disk(
         self, model_path: str, *, weight_version: str | None = None
@@ -199,12 +210,20 @@ class SGLangClient:
     def resume(self) -> None:
         self._call("POST", "/continue_generation", {})
 
-    def server_info(self) -> ServerInfo:
+    def raw_server_info(self) -> dict[str, Any]:
+        """/server_info as the server sends it (its launch arguments and internal state)."""
         info = self._call("GET", "/server_info")
+        if not isinstance(info, dict):
+            raise SGLangError(f"SGLang /server_info returned {type(info).__name__}, not JSON")
+        return info
+
+    def server_info(self, raw: dict[str, Any] | None = None) -> ServerInfo:
+        """What the server reports about itself (from `raw`, a /server_info already read)."""
+        info = raw if raw is not None else self.raw_server_info()
         model = self._call("GET", "/model_info")
         unknown = {
-            "logprobs_mode": "processed (after temperature, top-p/top-k/min-p) unless the "
-            "server runs with SGLANG_RETURN_ORIGINAL_LOGPROB=1, which no endpoint reports",
+            "logprobs_mode": "log_softmax(logits / T) over the full vocabulary unless the "
+            "server runs with SGLANG_RETURN_ORIGINAL_LOGPROB=1 (raw), which no endpoint reports",
         }
         if info.get("dtype") == "auto":
             unknown["dtype"] = "launched with --dtype auto; the dtype it resolved is not reported"
@@ -232,11 +251,14 @@ class SGLangClient:
         )
 
 
-def _sequence(prompt_index: int, item: Mapping[str, Any], with_prompt: bool) -> Sample:
-    """One /generate result: meta_info's (logprob, token id, top) triples -> our lists."""
+def _sequence(
+    prompt_index: int, item: Mapping[str, Any], with_prompt: bool, with_top: bool = False
+) -> Sample:
+    """One /generate result: meta_info's (logprob, token id, text) triples -> our lists."""
     meta = item["meta_info"]
     pairs = meta.get("output_token_logprobs") or []
     finish = meta.get("finish_reason")
+    tops = [row or [] for row in meta.get("output_top_logprobs") or []] if with_top else None
     prompt = None
     if with_prompt:
         prompt = [None if lp is None else float(lp) for lp, _, _ in meta["input_token_logprobs"]]
@@ -246,4 +268,6 @@ def _sequence(prompt_index: int, item: Mapping[str, Any], with_prompt: bool) -> 
         logprobs=[float(lp) for lp, _, _ in pairs],
         finish_reason=finish.get("type") if isinstance(finish, dict) else finish,
         prompt_logprobs=prompt,
+        top_ids=None if tops is None else [[int(t) for _, t, _ in row] for row in tops],
+        top_logprobs=None if tops is None else [[float(lp) for lp, _, _ in row] for row in tops],
     )

@@ -156,8 +156,8 @@ class EngineSettings(Settings):
         return f"{self.logprobs_mode}_logprobs"
 
 
-# Which engines a server URL may be (the adapters in workers.engines); SGLang joins here.
-SERVER_ENGINES = ("vllm",)
+# Which engines a server URL may be (one adapter module each: workers.engines.<name>_server).
+SERVER_ENGINES = ("vllm", "sglang")
 _URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
 
@@ -187,8 +187,8 @@ class ServerSettings(Settings):
         default=None,
         max_length=500,
         description=(
-            "Base URL of a running vLLM server, e.g. http://10.0.0.5:8000 (empty: Parity "
-            "builds vLLM in-process from the model)."
+            "Base URL of a running vLLM or SGLang server, e.g. http://10.0.0.5:8000 (empty: "
+            "Parity builds vLLM in-process from the model)."
         ),
     )
     api_key: Annotated[str | None, AfterValidator(_blank_is_none)] = Field(
@@ -205,7 +205,9 @@ class ServerSettings(Settings):
             "have been started from a directory of the same name as the model above)."
         ),
     )
-    engine: Literal["vllm"] = Field(default="vllm", description="Which engine serves the URL.")
+    engine: Literal["vllm", "sglang"] = Field(
+        default="vllm", description="Which engine serves the URL: vLLM or SGLang."
+    )
     timeout_s: float = Field(
         default=600.0, gt=0.0, le=86_400.0, description="Seconds to wait for one request."
     )
