@@ -83,6 +83,8 @@ FRAMEWORK_KEYS: tuple[FrameworkKey, ...] = (
 )
 
 FRAMEWORKS: tuple[str, ...] = tuple(dict.fromkeys(k.framework for k in FRAMEWORK_KEYS))
+# The canonical names the frameworks' keys stand for, in table order.
+CANONICAL_NAMES: tuple[str, ...] = tuple(dict.fromkeys(k.canonical for k in FRAMEWORK_KEYS))
 BY_KEY: dict[str, FrameworkKey] = {k.key: k for k in FRAMEWORK_KEYS}
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pydantic_core
 from django import forms
 from django.db.models import QuerySet
+from django.http import QueryDict
 
 from dashboard.core.models import Run
 from workers.specs import JOB_KINDS
@@ -78,11 +79,13 @@ class FieldSpec:
     name: str
     label: str
     help: str
-    kind: str  # "bool" | "int" | "float" | "choice" | "text" | "json"
+    kind: str  # "bool" | "int" | "float" | "choice" | "multi" | "text" | "json"
     default: Any
     required: bool
     nullable: bool
     choices: list[tuple[str, str]] = field(default_factory=list)
+    # A "multi" field's one-line description of each choice, by value.
+    choice_help: dict[str, str] = field(default_factory=dict)
     bounds: dict[str, Any] = field(default_factory=dict)
     value: Any = None
     error: str = ""
@@ -119,6 +122,21 @@ class FieldSpec:
         if isinstance(value, enum.Enum):
             return str(value.value)
         return str(value)
+
+    @property
+    def options(self) -> list[dict[str, Any]]:
+        """A "multi" field's checkboxes: value, label, description and whether it is ticked
+        (the submitted selection, else the default)."""
+        selected = self.default if self.value is None else self.value
+        return [
+            {
+                "value": value,
+                "label": label,
+                "help": self.choice_help.get(value, ""),
+                "checked": value in (selected or []),
+            }
+            for value, label in self.choices
+        ]
 
     @property
     def checked(self) -> bool:
@@ -162,8 +180,20 @@ def _describe(path: tuple[str, ...], info: Any) -> FieldSpec:
         except TypeError:
             default = None
     required = info.is_required()
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     choices: list[tuple[str, str]] = []
-    if typing.get_origin(annotation) is typing.Literal:
+    choice_help: dict[str, str] = {}
+    item = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
+    if typing.get_origin(item) is typing.Literal:
+        # A list of fixed choices (the checklist's checks): one checkbox each, with the
+        # title and description the spec gives it.
+        kind = "multi"
+        labels = extra.get("choice_labels") or {}
+        for value in typing.get_args(item):
+            label, description = labels.get(value, (value, ""))
+            choices.append((str(value), str(label)))
+            choice_help[str(value)] = str(description)
+    elif typing.get_origin(annotation) is typing.Literal:
         kind = "choice"
         choices = [(str(v), str(v)) for v in typing.get_args(annotation)]
     elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
@@ -192,7 +222,6 @@ def _describe(path: tuple[str, ...], info: Any) -> FieldSpec:
             if bound is not None:
                 bounds[html] = bound
     label = info.title or path[-1].replace("_", " ")
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     return FieldSpec(
         path=path,
         name="__".join(path),
@@ -203,6 +232,7 @@ def _describe(path: tuple[str, ...], info: Any) -> FieldSpec:
         required=required,
         nullable=nullable,
         choices=choices,
+        choice_help=choice_help,
         bounds=bounds,
         vllm_default=extra.get("vllm_default"),
         has_vllm_default="vllm_default" in extra,
@@ -220,7 +250,7 @@ class SpecForm:
     def __init__(
         self,
         model: type[Any],
-        data: Any = None,
+        data: QueryDict | None = None,
         initial: dict[str, Any] | None = None,
         exclude: tuple[str, ...] = (),
     ) -> None:
@@ -256,7 +286,11 @@ class SpecForm:
             key = ".".join(spec.path)
             if initial and key in initial:
                 spec.default = initial[key]
-            if data is not None:
+            if data is None:
+                continue
+            if spec.kind == "multi":
+                spec.value = data.getlist(spec.name)  # every ticked box; none sends nothing
+            else:
                 spec.value = data.get(spec.name, "" if spec.kind != "bool" else None)
 
     @property
@@ -268,6 +302,8 @@ class SpecForm:
         for spec in self.fields:
             if spec.kind == "bool":
                 value: Any = spec.name in self.data
+            elif spec.kind == "multi":
+                value = spec.value  # an empty selection is the spec's to refuse, in its words
             else:
                 raw = (self.data.get(spec.name) or "").strip()
                 if raw == "":
@@ -305,7 +341,7 @@ class SpecForm:
         except pydantic.ValidationError as exc:
             for err in exc.errors():
                 loc = tuple(str(part) for part in err["loc"])
-                message = err["msg"]
+                message = err["msg"].removeprefix("Value error, ")
                 target = None
                 for depth in range(len(loc), 0, -1):
                     target = by_name.get(loc[:depth])

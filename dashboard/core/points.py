@@ -304,6 +304,41 @@ def list_keys(run: Run | int) -> list[dict[str, Any]]:
         ]
 
 
+_RUNS = Run._meta.db_table
+
+_PROJECT_KEYS = f"""
+WITH RECURSIVE recent AS MATERIALIZED (
+    SELECT id, created FROM {_RUNS} WHERE project_id = %(project)s
+    ORDER BY created DESC LIMIT %(runs)s
+),
+k(run_id, key) AS (
+    SELECT recent.id, (SELECT key FROM {_POINTS} WHERE run_id = recent.id ORDER BY key LIMIT 1)
+    FROM recent
+    UNION ALL
+    SELECT k.run_id, (SELECT p.key FROM {_POINTS} p
+                      WHERE p.run_id = k.run_id AND p.key > k.key ORDER BY p.key LIMIT 1)
+    FROM k WHERE k.key IS NOT NULL
+)
+SELECT k.key, count(*) AS n_runs, max(recent.created) AS last_seen
+FROM k JOIN recent ON recent.id = k.run_id
+WHERE k.key IS NOT NULL
+GROUP BY k.key
+ORDER BY n_runs DESC, last_seen DESC, k.key
+LIMIT %(limit)s
+"""
+
+
+def project_keys(project_id: int, runs: int = 50, limit: int = 200) -> list[tuple[str, int]]:
+    """The keys a project's latest `runs` runs sent, with how many of them sent each: most
+    used first, then most recently seen; at most `limit`.
+
+    The same skip scan as `list_keys`, per run: one index probe per key of each run.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_PROJECT_KEYS, {"project": project_id, "runs": runs, "limit": limit})
+        return [(key, n_runs) for key, n_runs, _ in cursor.fetchall()]
+
+
 _LATEST = f"""
 SELECT r.id, k.key, p.value
 FROM unnest(%s::bigint[]) AS r(id) CROSS JOIN unnest(%s::text[]) AS k(key)

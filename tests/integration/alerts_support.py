@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Worker, free_port
+from tests.conftest import ROOT, Worker, free_port, wait_for
 
 QUEUE = f"alerts-test-{os.getpid()}"
 
@@ -97,3 +99,38 @@ class Receiver:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+@contextmanager
+def demo_with_receiver(settings: Any, secret_dir: Path, log_path: Path) -> Iterator[Path]:
+    """`demo_setup --no-jobs` with the demo's receiver on a free port, as `make demo` starts
+    them (#16 §12); yields the receiver's log (one line per delivery it checked)."""
+    from django.core.management import call_command
+
+    apply_settings(settings)
+    settings.DEMO_RECEIVER_PORT = free_port()
+    settings.DEMO_RECEIVER_SECRET_FILE = secret_dir / "secret"
+    call_command("demo_setup", "--no-jobs", stdout=open(os.devnull, "w"))
+    secret = settings.DEMO_RECEIVER_SECRET_FILE.read_text()
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "dashboard.demo.receiver", "--port",
+         str(settings.DEMO_RECEIVER_PORT), "--secret", secret],
+        cwd=ROOT, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        yield log_path
+    finally:
+        receiver.kill()
+        receiver.wait()
+
+
+def deliver_with_a_worker(deliveries: Any, log_path: Path, name: str) -> None:
+    """Send the queued `deliveries` (a queryset) with a real worker; wait for all of them."""
+    from dashboard.alerts.delivery import sweep
+
+    worker = start_worker(QUEUE, log_path, name)
+    try:
+        sweep()  # deliveries queued before any worker ran
+        wait_for(lambda: all(d.status == "delivered" for d in deliveries.all()), 60)
+    finally:
+        worker.stop()

@@ -190,3 +190,80 @@ def test_rules_table_says_when_an_endpoint_is_disabled(alice_client: Any, projec
         'ops</a> <span class="badge warn" title="410 Gone from the receiver">disabled</span>'
         in page
     )
+
+
+def _offered(page: str) -> list[tuple[str, str]]:
+    """The rule form's metric picker: (key, note) of each option of its datalist."""
+    import html
+    import re
+
+    picker = page.split('<datalist id="metric-key-options">')[1].split("</datalist>")[0]
+    return [
+        (html.unescape(key), html.unescape(note))
+        for key, note in re.findall(r'<option value="([^"]*)" label="([^"]*)">', picker)
+    ]
+
+
+def test_rule_form_offers_this_projects_keys_most_used_first(
+    alice_client: Any, project_a: Any, make_member: Any
+) -> None:
+    # #16 §11: the metric comes from a picker of the project's keys, free text still allowed.
+    from dashboard.core.models import Project
+
+    for name, keys in (
+        ("grpo-1", ["reward", "kl_k3"]),
+        ("grpo-2", ["reward", "rollout_corr/k3_kl"]),
+        ("grpo-3", ["reward", "kl_k3"]),
+    ):
+        run = Run.objects.create(project=project_a, name=name)
+        store_points(run, [Point(key, step, 0.1) for key in keys for step in range(3)])
+    make_member("bob", "proj-b")
+    other = Run.objects.create(project=Project.objects.get(slug="proj-b"), name="secret-run")
+    store_points(other, [Point("bobs/private_key", 1, 1.0)])
+
+    page = alice_client.get("/p/proj-a/alerts/rules/new").content.decode()
+    assert 'id="id_metric_key"' in page and 'list="metric-key-options"' in page
+    offered = _offered(page)
+    keys = [key for key, _ in offered]
+    assert keys[:3] == ["reward", "kl_k3", "rollout_corr/k3_kl"]  # by how many runs sent them
+    assert offered[0][1] == "sent by 3 runs"
+    assert offered[2][1] == "sent by 1 run · verl's kl_k3"
+    assert "bobs/private_key" not in page  # another project's keys stay there
+    # The canonical names follow, once each, saying which frameworks' keys they also watch.
+    assert keys.count("kl_k3") == 1
+    assert {"abs_diff_mean", "clip_rate", "stale_cache_ratio"} <= set(keys)
+    note = dict(offered)["abs_diff_mean"]
+    assert note.startswith("canonical · also ") and "TRL sampling/" in note
+
+    # Free text still: a key no run has sent yet is a valid rule.
+    response = alice_client.post(
+        "/p/proj-a/alerts/rules/new",
+        {
+            "name": "custom",
+            "metric_key": "my/new_metric",
+            "condition": "above",
+            "threshold": "1",
+            "window_steps": "100",
+            "for_steps": "1",
+            "for_seconds": "0",
+            "severity": "warning",
+            "cooldown_s": "0",
+            "repeat_interval_s": "0",
+            "run_kinds": "training",
+        },
+    )
+    assert response.status_code == 302
+    assert AlertRule.objects.get().metric_key == "my/new_metric"
+
+
+def test_rule_form_picker_is_bounded(alice_client: Any, project_a: Any) -> None:
+    from dashboard.alerts import forms
+
+    run = Run.objects.create(project=project_a, name="per-layer")
+    n = forms.PICKER_KEYS + 20
+    store_points(run, [Point(f"layer{i:04d}/grad_norm", 1, 1.0) for i in range(n)])
+    page = alice_client.get("/p/proj-a/alerts/rules/new").content.decode()
+    keys = [key for key, _ in _offered(page)]
+    sent = [key for key in keys if key.startswith("layer")]
+    assert len(sent) == forms.PICKER_KEYS
+    assert "kl_k3" in keys  # the canonical names are still offered

@@ -400,8 +400,16 @@ def test_replay_and_checklist_forms_submit_their_defaults(
     monkeypatch.setattr("dashboard.core.models.Job.enqueue", lambda self: None)
     model = forms.spec_model(kind)
     form = forms.SpecForm(model)
-    data = {f.name: f.html_value for f in form.fields if f.kind != "bool"}
+    data: dict[str, Any] = {f.name: f.html_value for f in form.fields if f.kind != "bool"}
     data.update({f.name: "on" for f in form.fields if f.kind == "bool" and f.checked})
+    # The checklist's checks: every ticked box (#16 §11).
+    data.update(
+        {
+            f.name: [o["value"] for o in f.options if o["checked"]]
+            for f in form.fields
+            if f.kind == "multi"
+        }
+    )
     response = alice_client.post(url, dict(data, run_name=f"{kind}-from-form"))
     assert response.status_code == 302, response.content.decode()[:2000]
     job = Job.objects.get(kind=kind)

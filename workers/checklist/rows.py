@@ -23,13 +23,10 @@ from parity.reports.checklist import (
 )
 from workers.checklist.measured import Measured, as_verdict, gap, num, with_numbers, worst
 from workers.checklist.recommendations import recommendation
-from workers.specs import NEUTRAL_SAMPLING, ChecklistSpec
+from workers.specs import CHECK_LABELS, NEUTRAL_SAMPLING, ChecklistSpec
 
 ROW_TITLES: dict[RowCheck, str] = {
-    "processed_logprobs": "Processed logprobs",
-    "runtime_defaults": "Runtime defaults (generation_config)",
-    "weight_updates": "In-flight weight updates (prefix cache)",
-    "fp32_head": "fp32 lm_head",
+    **{check: title for check, (title, _) in CHECK_LABELS.items()},
     "all_fixes": "All fixes together",
 }
 # A fix "matters" when it removes at least a third of the gap (before > 1.5 x after) and more

@@ -4,7 +4,7 @@
 of a spec error; one module per job kind; `kinds` is the table of job kinds.
 """
 
-from workers.specs.checklist import CHECKS, ChecklistSpec
+from workers.specs.checklist import CHECK_LABELS, CHECKS, ChecklistSpec
 from workers.specs.common import (
     MAX_LOGPROBS,
     MIN_TEMPERATURE,
@@ -37,6 +37,7 @@ from workers.specs.replay import (
 
 __all__ = [
     "CHECKS",
+    "CHECK_LABELS",
     "EXTENSION_QUALNAME",
     "JOB_KINDS",
     "MAX_LOGPROBS",

@@ -21,6 +21,29 @@ CHECKS: tuple[Check, ...] = (
     "weight_updates",
     "fp32_head",
 )
+# Each check's title and what it measures, in one line: the form's checkboxes and the
+# checklist's row titles.
+CHECK_LABELS: dict[Check, tuple[str, str]] = {
+    "processed_logprobs": (
+        "Processed logprobs",
+        "Raw vs processed logprobs: does the engine return the distribution it sampled from "
+        "(after temperature, top-p, ...)?",
+    ),
+    "runtime_defaults": (
+        "Runtime defaults (generation_config)",
+        "Does the model's generation_config.json fill sampling fields the trainer never sees?",
+    ),
+    "weight_updates": (
+        "In-flight weight updates (prefix cache)",
+        "Replays weight updates with and without reset_prefix_cache(): are stale cached "
+        "prefixes scored with the old weights?",
+    ),
+    "fp32_head": (
+        "fp32 lm_head",
+        "Computes the lm_head in fp32 on the engine and the trainer: how much of the gap is "
+        "the bf16 head's rounding?",
+    ),
+}
 
 
 def _default_sampling() -> SamplingSettings:
@@ -61,6 +84,7 @@ class ChecklistSpec(PromptSpec):
         default_factory=lambda: list(CHECKS),
         min_length=1,
         description="Which checks to run; 'all fixes together' needs all four.",
+        json_schema_extra={"choice_labels": {k: list(v) for k, v in CHECK_LABELS.items()}},
     )
     include_replay: bool = Field(
         True, description="Run the weight-update replay (the in-flight weight updates row)."
@@ -72,6 +96,14 @@ class ChecklistSpec(PromptSpec):
     include_in_flight: bool = Field(
         True, description="Also replay one update in flight, where this vLLM offers it."
     )
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _checks_chosen(cls, v: object) -> object:
+        # Before min_length, whose "List should have at least 1 item" tells a form user little.
+        if isinstance(v, list | tuple) and not v:
+            raise ValueError(f"choose at least one check ({', '.join(CHECKS)})")
+        return v
 
     @field_validator("checks")
     @classmethod
