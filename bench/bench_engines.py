@@ -1,12 +1,13 @@
-"""The vLLM server adapter against the in-process engine on the same prompts, same run.
+"""The server adapters against the in-process engine on the same prompts, same run.
 
     python bench/bench_engines.py [--num-prompts 36] [--max-tokens 64] [--repeats 5]
 
-Baseline: the in-process engine's `generate` (warm). Measured: the server adapter's
+Baseline: the in-process engine's `generate` (warm). Measured: the vLLM server adapter's
 `generate` on a local vLLM server started with the same engine settings (HTTP, one request
-per prompt, sent concurrently). Both are warmed up first; runs alternate and the medians are
-compared. Also prints the one-off costs (in-process engine build, server start). No
-assertions: this prints numbers.
+per prompt, sent concurrently), and the SGLang adapter's on a local SGLang server (CPU engine,
+same dtype; skipped when scripts/install-sglang.sh has not built its venv). All are warmed up
+first; runs alternate and the medians are compared. Also prints the one-off costs (engine
+build, server starts). No assertions: this prints numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,8 +37,8 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from workers import prompts, rollout
-    from workers.engines.launch import start_server
-    from workers.engines.vllm_server import connect
+    from workers.engines import sglang_server, vllm_server
+    from workers.engines.launch import sglang_installed, start_server, start_sglang_server
     from workers.specs import EngineSettings, SamplingSettings, ServerSettings
     from workers.tiny_model import build_tiny_model
 
@@ -47,33 +49,52 @@ def main() -> int:
     items = prompts.load(prompts.BUILTIN, None, args.num_prompts)
     prompt_ids = prompts.render(items, AutoTokenizer.from_pretrained(model))
 
-    log = Path(tempfile.mkdtemp(prefix="bench-engines-")) / "server.log"
-    server_proc = start_server(model, settings, log)
+    logs = Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    procs = {"vLLM server": start_server(model, settings, logs / "vllm.log")}
+    if sglang_installed():
+        procs["SGLang server"] = start_sglang_server(
+            model, logs / "sglang.log", dtype=settings.dtype
+        )
+    else:
+        print("SGLang venv absent (bash scripts/install-sglang.sh): SGLang not measured")
     try:
         started = time.perf_counter()
         engine, _ = rollout.get_engine(model, settings)
         build_s = time.perf_counter() - started
-        server = connect(ServerSettings(url=server_proc.url), model, settings)
-        for eng in (engine, server):
+        engines: dict[str, Any] = {"in-process": engine}
+        engines["vLLM server"] = vllm_server.connect(
+            ServerSettings(url=procs["vLLM server"].url), model, settings
+        )
+        if "SGLang server" in procs:
+            engines["SGLang server"] = sglang_server.connect(
+                ServerSettings(url=procs["SGLang server"].url, engine="sglang"), model, settings
+            )
+        for eng in engines.values():
             eng.generate(prompt_ids, sampling)  # warm-up
-        times: dict[str, list[float]] = {"in-process": [], "server": []}
+        times: dict[str, list[float]] = {name: [] for name in engines}
         tokens = 0
         for _ in range(args.repeats):
-            for name, eng in (("in-process", engine), ("server", server)):
+            for name, eng in engines.items():
                 t = time.perf_counter()
                 ro = eng.generate(prompt_ids, sampling)
                 times[name].append(time.perf_counter() - t)
                 tokens = sum(len(ids) for ids in ro.token_ids)
-        server.close()
+        for name, eng in engines.items():
+            if name != "in-process":
+                eng.close()
     finally:
-        server_proc.stop()
+        for proc in procs.values():
+            proc.stop()
         rollout.shutdown_engine()
-    base, served = statistics.median(times["in-process"]), statistics.median(times["server"])
+    base = statistics.median(times["in-process"])
     print(f"{len(prompt_ids)} prompts x {args.max_tokens} tokens ({tokens} sampled), warm:")
-    print(f"  in-process generate: median {base:.3f} s  (engine build {build_s:.1f} s)")
-    start_s = server_proc.start_seconds
-    print(f"  server generate:     median {served:.3f} s  (server start {start_s:.1f} s)")
-    print(f"  ratio server / in-process: {served / base:.2f}x")
+    print(f"  in-process generate:    median {base:.3f} s  (engine build {build_s:.1f} s)")
+    for name, proc in procs.items():
+        t = statistics.median(times[name])
+        print(
+            f"  {name} generate: median {t:.3f} s  (server start {proc.start_seconds:.1f} s)"
+            f"  ratio / in-process: {t / base:.2f}x"
+        )
     return 0
 
 

@@ -3,7 +3,8 @@
 #   scripts/sglang-cpu-server.sh MODEL_DIR [more sglang.launch_server flags, e.g. --port 30000]
 # SGLang's CPU engine (SGLANG_USE_CPU_ENGINE=1) with pure-torch attention and sampling, no CUDA
 # graphs, no overlap scheduling; scripts/sglang_cpu on PYTHONPATH stands in for the one op of
-# the CPU kernel package that no installable wheel provides (see its docstring).
+# the CPU kernel package that no installable wheel provides (see its docstring), and
+# workers/engines/server_site grants AMX permission (bf16 on AMX CPUs).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 SGLANG_VENV=${SGLANG_VENV:-$here/../var/sglang-venv}
@@ -11,7 +12,9 @@ SGLANG_VENV=${SGLANG_VENV:-$here/../var/sglang-venv}
 model=$1
 shift
 export SGLANG_USE_CPU_ENGINE=1
-export PYTHONPATH="$here/sglang_cpu${PYTHONPATH:+:$PYTHONPATH}"
+# server_site's sitecustomize asks for AMX permission in every server process (bf16 dies with
+# "Illegal instruction" on AMX CPUs without it), as for the vLLM servers the tests start.
+export PYTHONPATH="$here/sglang_cpu:$here/../workers/engines/server_site${PYTHONPATH:+:$PYTHONPATH}"
 exec "$SGLANG_VENV/bin/python" -m sglang.launch_server --model-path "$model" --device cpu \
   --attention-backend torch_native --sampling-backend pytorch --disable-overlap-schedule \
   --cuda-graph-backend-decode disabled --cuda-graph-backend-prefill disabled "$@"

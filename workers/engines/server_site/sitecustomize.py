@@ -1,4 +1,4 @@
-"""Imported by every Python process of the vLLM server the engine tests start (its PYTHONPATH).
+"""Imported by every Python process of the vLLM and SGLang servers Parity starts (their PYTHONPATH).
 
 On CPUs with AMX, a process must ask the kernel for permission to use the AMX tiles before
 oneDNN runs a bf16 kernel on them, else it dies with "Illegal instruction". The in-process
