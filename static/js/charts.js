@@ -95,6 +95,42 @@ export function tick(v) { return v === null || v === undefined ? "" : fmt(v); }
 // Steps are whole numbers: tick at 1, 2, 5, 10, 20, … never at 0.2 or 0.5.
 const STEP_INCRS = Array.from({ length: 13 }, (_, e) => [1, 2, 5].map((m) => m * 10 ** e)).flat();
 
+const SWATCH = 14;  // px of series colour before a threshold label on a multi-metric chart
+
+// Where each threshold's label goes: on its line when the line is in view, stacked at the
+// top ("above view") or bottom ("below view") otherwise, and never on top of another label.
+function layoutThresholds(chart, u, ctx) {
+  const dpr = devicePixelRatio || 1;
+  const { left, top, width, height } = u.bbox;
+  const [yMin, yMax] = [u.scales.y.min, u.scales.y.max];
+  const h = 14 * dpr, pad = 4 * dpr;
+  const multi = new Set(chart.keys.map((k) => chart.resolve(k).key)).size > 1;
+  const labels = chart.thresholds.map((t) => {
+    const name = multi ? `${t.key} ` : "";
+    const place = t.value > yMax ? "above" : t.value < yMin ? "below" : "in";
+    const text = `${place === "above" ? "↑ " : place === "below" ? "↓ " : ""}${name}${t.label} ${fmt(t.value)}`
+      + (place === "in" ? "" : ` (${place} view)`);
+    const textWidth = ctx.measureText(text).width;
+    const swatch = multi ? PALETTE[t.series % PALETTE.length] : null;
+    const w = textWidth + (swatch ? (SWATCH + 4) * dpr : 0);
+    const lineY = place === "in" ? u.valToPos(t.value, "y", true) : null;
+    const x = place === "in" ? left + width - w - pad : left + pad;
+    const y = place === "in" ? lineY - 3 * dpr : place === "above" ? top + h : top + height - pad;
+    return { ...t, text, textWidth, swatch, w, h, x, y, lineY, place };
+  });
+  // Above-view labels first (top down), then lines in view (top down), then below (bottom up).
+  const order = { above: 0, in: 1, below: 2 };
+  labels.sort((a, b) => order[a.place] - order[b.place] || (a.place === "below" ? b.y - a.y : a.y - b.y));
+  const placed = [];
+  const hits = (a) => placed.some((b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y - a.h < b.y && b.y - b.h < a.y);
+  for (const label of labels) {
+    const move = label.place === "below" ? -h : h;
+    for (let tries = 0; hits(label) && tries < 50; tries += 1) label.y += move;
+    placed.push(label);
+  }
+  return placed;
+}
+
 function annotationsPlugin(chart) {
   return {
     hooks: {
@@ -130,24 +166,44 @@ function annotationsPlugin(chart) {
         ctx.font = `${11 * dpr}px system-ui, sans-serif`;
         ctx.textAlign = "left";  // uPlot leaves its axis-label alignment on the context
         ctx.textBaseline = "alphabetic";
-        const [yMin, yMax] = [u.scales.y.min, u.scales.y.max];
-        for (const t of chart.thresholds) {
-          const style = LEVEL_STYLE[t.level] || LEVEL_STYLE.rule;
+        chart.thresholdLabels = [];
+        for (const label of layoutThresholds(chart, u, ctx)) {
+          const style = LEVEL_STYLE[label.level] || LEVEL_STYLE.rule;
           ctx.strokeStyle = style.color; ctx.fillStyle = style.color;
           ctx.lineWidth = 1.5 * dpr; ctx.setLineDash(style.dash.map((d) => d * dpr));
-          const text = `${t.label} ${fmt(t.value)}`;
-          if (t.value >= yMin && t.value <= yMax) {
-            const y = u.valToPos(t.value, "y", true);
-            ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
-            ctx.fillText(text, left + width - ctx.measureText(text).width - 4 * dpr, y - 3 * dpr);
-          } else if (t.value > yMax) {
-            ctx.fillText(`▲ ${text} (above view)`, left + 4 * dpr, top + 12 * dpr);
+          if (label.lineY !== null) {
+            ctx.beginPath(); ctx.moveTo(left, label.lineY); ctx.lineTo(left + width, label.lineY); ctx.stroke();
           }
+          ctx.setLineDash([]);
+          // A label on a chart of several metrics starts with a swatch of the series it judges.
+          let x = label.x;
+          if (label.swatch) {
+            ctx.strokeStyle = label.swatch; ctx.lineWidth = 3 * dpr;
+            ctx.beginPath(); ctx.moveTo(x, label.y - 4 * dpr); ctx.lineTo(x + SWATCH * dpr, label.y - 4 * dpr); ctx.stroke();
+            x += (SWATCH + 4) * dpr;
+          }
+          ctx.fillStyle = "rgba(255, 255, 255, 0.85)";  // readable over the series lines
+          ctx.fillRect(x - 2 * dpr, label.y - label.h + 3 * dpr, label.textWidth + 4 * dpr, label.h);
+          ctx.fillStyle = style.color;
+          ctx.fillText(label.text, x, label.y);
+          chart.thresholdLabels.push({
+            text: label.text, level: label.level, key: label.key,
+            x: label.x / dpr, y: (label.y - label.h + 3 * dpr) / dpr, w: label.w / dpr, h: label.h / dpr,
+          });
         }
         ctx.restore();
       }],
     },
   };
+}
+
+// uPlot's own padding, except that values within [0, 1] (rates, fractions) keep the axis
+// within [0, 1]: a clip rate of 0 all along got a 0–100 axis.
+function linearRange(u, min, max) {
+  if (min === null || max === null) return [0, 1];
+  const [lo, hi] = uPlot.rangeNum(min, max, 0.1, true);
+  if (min < 0 || max > 1) return [lo, hi];
+  return [Math.max(lo, 0), Math.min(hi, 1)];
 }
 
 export class MetricChart {
@@ -163,7 +219,15 @@ export class MetricChart {
     this.log = log;
     this.height = height;
     this.names = names || keys;
-    this.thresholds = keys.flatMap((k) => thresholds[k] || []);
+    // Each line knows the metric it judges and that metric's first series (its colour).
+    const seen = new Set();
+    this.thresholds = keys.flatMap((k, series) => {
+      const { key } = this.resolve(k);
+      if (seen.has(key)) return [];
+      seen.add(key);
+      return (thresholds[key] || thresholds[k] || []).map((t) => ({ ...t, key, series }));
+    });
+    this.thresholdLabels = [];
     // Every chart of the run marks every incident: a drift episode is the run's, not one key's.
     this.incidents = incidents;
     // Steps where the weight version changes ({step, label}), drawn as dotted verticals.
@@ -185,18 +249,27 @@ export class MetricChart {
     return uPlot.join(cols);
   }
 
+  // Log needs every value above zero: a metric at or below zero (kl_k1) stays linear and the
+  // panel says so, rather than tick "1e-6 / 0 / -1e-6" on an axis that reads as log.
+  logFits() {
+    return this.keys.every((k) => this.store.get(k).y.every((v) => v === null || v > 0));
+  }
+
   yScale() {
-    if (!this.log) return { auto: true };
-    let allPositive = true;
-    for (const k of this.keys) {
-      for (const v of this.store.get(k).y) { if (v !== null && v <= 0) { allPositive = false; break; } }
-    }
-    // log for positive metrics (kl_k3, clip_rate); asinh where values cross zero (kl_k1).
-    return allPositive ? { distr: 3, log: 10 } : { distr: 4, asinh: 1e-6 };
+    if (this.log && this.logFits()) return { distr: 3, log: 10 };
+    return { auto: true, range: linearRange };
+  }
+
+  showScaleNote() {
+    const note = this.el.querySelector(".scale-note");
+    if (!note) return;
+    note.textContent = this.log && !this.logApplied ? "linear: values ≤ 0 have no log" : "";
   }
 
   build() {
     if (this.plot) this.plot.destroy();
+    this.logApplied = this.log && this.logFits();
+    this.showScaleNote();
     const self = this;
     const opts = {
       width: Math.max(this.el.clientWidth - 2, 300),
@@ -226,7 +299,12 @@ export class MetricChart {
     this.updateCount();
   }
 
-  setLog(on) { this.log = on; const x = this.zoomed; this.build(); if (x) this.plot.setScale("x", x); }
+  setLog(on) {
+    this.log = on;
+    const x = this.zoomed;
+    this.build();
+    if (x) this.plot.setScale("x", x);
+  }
 
   resize() {
     const w = Math.max(this.el.clientWidth - 2, 300);
@@ -238,6 +316,8 @@ export class MetricChart {
     this.pending = true;
     requestAnimationFrame(() => {
       this.pending = false;
+      // A point at or below zero turns a log chart linear (and a later load may turn it back).
+      if (this.log && this.logFits() !== this.logApplied) { this.setLog(true); return; }
       // Keep the user's zoom while points stream in; otherwise follow the data.
       this.plot.setData(this.data(), !this.zoomed);
       this.updateCount();
@@ -330,6 +410,7 @@ export function chartPanel(container, { title, removable = false }) {
   panel.setAttribute("aria-label", `${title} chart. Arrow keys pan, plus and minus zoom, 0 resets.`);
   panel.innerHTML = `
     <header><h3></h3><span class="point-count muted" aria-live="off"></span>
+      <span class="scale-note muted"></span>
       <span class="spacer"></span>
       <button type="button" class="small" data-act="in" aria-label="Zoom in">+</button>
       <button type="button" class="small" data-act="out" aria-label="Zoom out">−</button>

@@ -1,0 +1,121 @@
+"""#16 §7 and §8 in a browser: charts people can read (threshold labels, log and fraction
+axes) and one zoom for every chart of the page, kept in the URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browser.conftest import login
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+PANEL = '.chart-panel[data-keys="{}"]'
+
+
+def _run_with(
+    server: Any, project: Any, token: str, values: dict[str, Any], steps: int = 40
+) -> Any:
+    """A running run whose keys each take `values[key](step)` at every step."""
+    from dashboard.core.models import Run
+
+    run = Run.objects.create(project=project, name="charted", status="running")
+    points = [{"key": k, "step": s, "value": f(s)} for s in range(steps) for k, f in values.items()]
+    response = httpx.post(
+        f"{server.url}/api/runs/{run.pk}/points",
+        json={"points": points},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return run
+
+
+def _open(page: Any, server: Any, path: str) -> None:
+    login(page, server.url)
+    page.goto(server.url + path)
+    page.wait_for_selector("#charts[data-ready='1']")
+
+
+def _chart(keys: str) -> str:
+    return f"window.parityCharts.find((c) => c.keys.join(',') === '{keys}')"
+
+
+def test_threshold_labels_are_readable_and_name_their_series(
+    live_server_proc: Any, project_a: Any, alice_token: str, page: Any
+) -> None:
+    from dashboard.alerts.models import AlertRule
+
+    # Far below every line: the default warn and fail and two alert rules are all "above view".
+    for name, threshold in (("mean high", 0.05), ("mean higher", 0.2)):
+        AlertRule.objects.create(
+            project=project_a, name=name, metric_key="abs_diff_mean", threshold=threshold
+        )
+    run = _run_with(
+        live_server_proc,
+        project_a,
+        alice_token,
+        {"abs_diff_mean": lambda s: 1e-3 + s * 1e-5, "abs_diff_max": lambda s: 2e-3 + s * 1e-5},
+    )
+    _open(page, live_server_proc, f"/runs/{run.pk}/")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.wait_for_timeout(100)
+    labels = page.evaluate(f"{_chart('abs_diff_mean,abs_diff_max')}.thresholdLabels")
+    assert len(labels) == 4, labels
+    for i, a in enumerate(labels):
+        # Each line says which series it judges: on a mean/max chart that is not obvious.
+        assert "abs_diff_mean " in a["text"], a
+        for b in labels[i + 1 :]:
+            apart = (
+                a["x"] + a["w"] <= b["x"]
+                or b["x"] + b["w"] <= a["x"]
+                or a["y"] + a["h"] <= b["y"]
+                or b["y"] + b["h"] <= a["y"]
+            )
+            assert apart, (a, b)
+    page.locator(PANEL.format("abs_diff_mean,abs_diff_max")).screenshot(
+        path="/tmp/charts-shots/thresholds-above-view.png"
+    )
+    assert not page.js_errors, page.js_errors
+
+
+def test_log_scale_ticks_are_positive(
+    live_server_proc: Any, project_a: Any, alice_token: str, page: Any
+) -> None:
+    # kl_k1 crosses zero: its axis read "1e-6 / 0 / -1e-6" with log scale on.
+    run = _run_with(
+        live_server_proc,
+        project_a,
+        alice_token,
+        {"kl_k3": lambda s: 1e-4 * (1 + s), "kl_k1": lambda s: 1e-4 * ((s % 7) - 3)},
+    )
+    _open(page, live_server_proc, f"/runs/{run.pk}/")
+    page.check("#log-scale")
+    page.wait_for_timeout(100)
+    for keys in ("kl_k3", "kl_k1"):
+        ticks = page.evaluate(f"{_chart(keys)}.plot.axes[1]._values.filter((t) => t !== '')")
+        assert ticks, keys
+        assert all(not t.startswith("-") and float(t) > 0 for t in ticks) or keys == "kl_k1", (
+            keys,
+            ticks,
+        )
+    # A metric with values at or below zero cannot be drawn on a log axis: it stays linear
+    # and says so, instead of ticking 0 and negatives as if they were on a log scale.
+    assert page.evaluate(f"{_chart('kl_k1')}.plot.scales.y.distr") == 1
+    assert "linear" in page.text_content(PANEL.format("kl_k1") + " .scale-note")
+    assert page.evaluate(f"{_chart('kl_k3')}.plot.scales.y.distr") == 3
+    page.locator(PANEL.format("kl_k1")).screenshot(path="/tmp/charts-shots/log-kl_k1.png")
+    assert not page.js_errors, page.js_errors
+
+
+def test_fraction_metric_keeps_a_fraction_axis(
+    live_server_proc: Any, project_a: Any, alice_token: str, page: Any
+) -> None:
+    # A clip rate of 0 all along got a 0-100 axis.
+    run = _run_with(live_server_proc, project_a, alice_token, {"clip_rate": lambda s: 0.0})
+    _open(page, live_server_proc, f"/runs/{run.pk}/")
+    y = page.evaluate(f"(({{min, max}}) => [min, max])({_chart('clip_rate')}.plot.scales.y)")
+    assert y[0] == 0 and 0 < y[1] <= 1, y
+    page.locator(PANEL.format("clip_rate")).screenshot(path="/tmp/charts-shots/clip-zero.png")
