@@ -210,7 +210,7 @@ export class MetricChart {
   // keys: the series of this chart; store: shared SeriesStore; opts.run: run id (for refine).
   // `resolve` maps a store key to the run and metric key to fetch (overlays of several runs).
   constructor(el, { keys, store, run, thresholds = {}, incidents = [], log = false, height = 240, names = null,
-    resolve = null, versions = [] }) {
+    resolve = null, versions = [], onZoomChange = null }) {
     this.el = el;
     this.resolve = resolve || ((k) => ({ run, key: k }));
     this.keys = keys;
@@ -233,6 +233,8 @@ export class MetricChart {
     // Steps where the weight version changes ({step, label}), drawn as dotted verticals.
     this.versions = versions;
     this.zoomed = null;
+    // Told when this chart's x range changes (the page makes the other charts follow).
+    this.onZoomChange = onZoomChange;
     this.refineTimer = null;
     this.pending = false;
     this.plotEl = document.createElement("div");
@@ -268,6 +270,7 @@ export class MetricChart {
 
   build() {
     if (this.plot) this.plot.destroy();
+    const keep = this.zoomed;  // a rebuild (log scale, a renamed key) keeps the range
     this.logApplied = this.log && this.logFits();
     this.showScaleNote();
     const self = this;
@@ -276,7 +279,8 @@ export class MetricChart {
       height: this.height,
       scales: { x: { time: false }, y: this.yScale() },
       legend: { live: true },
-      cursor: { drag: { x: true, y: false, setScale: true }, focus: { prox: 24 } },
+      // The cursor moves on every chart of the page at once: one step, read across metrics.
+      cursor: { drag: { x: true, y: false, setScale: true }, focus: { prox: 24 }, sync: { key: "steps" } },
       axes: [
         { label: "step", stroke: "#5b6270", grid: { stroke: "#eceef1" }, incrs: STEP_INCRS },
         { stroke: "#5b6270", grid: { stroke: "#eceef1" }, size: axisSize,
@@ -296,15 +300,11 @@ export class MetricChart {
       },
     };
     this.plot = new uPlot(opts, this.data(), this.plotEl);
+    if (keep) this.plot.setScale("x", keep);
     this.updateCount();
   }
 
-  setLog(on) {
-    this.log = on;
-    const x = this.zoomed;
-    this.build();
-    if (x) this.plot.setScale("x", x);
-  }
+  setLog(on) { this.log = on; this.build(); }
 
   resize() {
     const w = Math.max(this.el.clientWidth - 2, 300);
@@ -349,8 +349,13 @@ export class MetricChart {
     const full = this.fullRange();
     const { min, max } = u.scales.x;
     if (!full || min == null) return;
+    const was = this.zoomed;
     this.zoomed = (min <= full[0] && max >= full[1]) ? null : { min, max };
     this.el.classList.toggle("is-zoomed", !!this.zoomed);
+    // Only a change of range is news: data arriving redraws with the same one.
+    const changed = was === null ? this.zoomed !== null
+      : this.zoomed === null || was.min !== min || was.max !== max;
+    if (changed && this.onZoomChange) this.onZoomChange(this.zoomed);
     if (!this.zoomed) return;
     clearTimeout(this.refineTimer);
     this.refineTimer = setTimeout(() => this.refine(min, max), 200);
@@ -375,10 +380,15 @@ export class MetricChart {
 
   reset() {
     const full = this.fullRange();
+    const was = this.zoomed;
     this.zoomed = null;
     this.el.classList.remove("is-zoomed");
     if (full) this.plot.setScale("x", { min: full[0], max: full[1] });
+    if (was && this.onZoomChange) this.onZoomChange(null);
   }
+
+  // Show `range` ({min, max}), or everything when null.
+  show(range) { if (range) this.zoomTo(range.min, range.max); else this.reset(); }
 
   // Keyboard: ← → pan by a quarter, + − zoom around the centre, 0 resets.
   key(ev) {
@@ -399,6 +409,51 @@ export class MetricChart {
     if (a < full[0]) { b += full[0] - a; a = full[0]; }
     if (b > full[1]) { a -= b - full[1]; b = full[1]; }
     this.zoomTo(Math.max(a, full[0]), Math.min(b, full[1]));
+  }
+}
+
+// One x range for every chart of a page (a shared step axis, as W&B has), and the page's view
+// — that range, the charts the user added, log scale — kept in the URL (?x=lo..hi&add=key&log=1)
+// with history.replaceState, so that a reload or a shared link opens the same view.
+export class PageView {
+  constructor(charts) {
+    this.charts = charts;
+    this.following = false;
+    const q = new URLSearchParams(location.search);
+    const x = /^(-?\d+)\.\.(-?\d+)$/.exec(q.get("x") || "");
+    this.range = x && Number(x[1]) < Number(x[2]) ? { min: Number(x[1]), max: Number(x[2]) } : null;
+    this.added = q.getAll("add").filter(Boolean);
+    this.log = q.get("log") === "1";
+  }
+
+  // A chart's own zoom (drag, keys, buttons, double-click) moves every other chart to it.
+  follow(source, range) {
+    if (this.following) return;
+    this.range = range;
+    this.following = true;
+    try { for (const c of this.charts) if (c !== source) c.show(range); } finally { this.following = false; }
+    this.save();
+  }
+
+  // Bring a chart whose points just loaded to the page's range.
+  apply(chart) {
+    if (!this.range) return;
+    this.following = true;
+    try { chart.show(this.range); } finally { this.following = false; }
+  }
+
+  add(key) { if (!this.added.includes(key)) this.added.push(key); this.save(); }
+  remove(key) { this.added = this.added.filter((k) => k !== key); this.save(); }
+  setLog(on) { this.log = on; this.save(); }
+
+  save() {
+    const q = new URLSearchParams(location.search);
+    for (const name of ["x", "add", "log"]) q.delete(name);
+    if (this.range) q.set("x", `${Math.floor(this.range.min)}..${Math.ceil(this.range.max)}`);
+    for (const key of this.added) q.append("add", key);
+    if (this.log) q.set("log", "1");
+    const query = q.toString();
+    history.replaceState(history.state, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
   }
 }
 

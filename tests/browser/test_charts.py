@@ -119,3 +119,70 @@ def test_fraction_metric_keeps_a_fraction_axis(
     y = page.evaluate(f"(({{min, max}}) => [min, max])({_chart('clip_rate')}.plot.scales.y)")
     assert y[0] == 0 and 0 < y[1] <= 1, y
     page.locator(PANEL.format("clip_rate")).screenshot(path="/tmp/charts-shots/clip-zero.png")
+
+
+X_RANGES = (
+    "window.parityCharts.map((c) => [c.keys.join(','), c.plot.scales.x.min, c.plot.scales.x.max])"
+)
+
+
+def test_zoom_is_shared_by_every_chart_and_survives_a_reload(
+    live_server_proc: Any, project_a: Any, alice_token: str, page: Any
+) -> None:
+    run = _run_with(
+        live_server_proc,
+        project_a,
+        alice_token,
+        {
+            "kl_k3": lambda s: 1e-4 * (1 + s % 5),
+            "clip_rate": lambda s: 0.01,
+            "abs_diff_max": lambda s: 0.3,
+            "entropy": lambda s: 2.0,
+        },
+        steps=200,
+    )
+    _open(page, live_server_proc, f"/runs/{run.pk}/")
+    opened = page.evaluate("window.parityCharts.length")
+    page.select_option("#add-key", "entropy")
+    page.wait_for_function(f"window.parityCharts.length === {opened + 1}")
+    page.wait_for_selector(PANEL.format("entropy") + ":not(.is-loading)")
+
+    # Drag across the kl_k3 chart: every other chart follows.
+    over = page.locator(PANEL.format("kl_k3") + " .u-over")
+    over.scroll_into_view_if_needed()
+    box = over.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + 20)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + 20, steps=5)
+    page.mouse.up()
+    ranges = page.evaluate(X_RANGES)
+    lo, hi = ranges[1][1], ranges[1][2]
+    assert 30 < lo < hi < 120, ranges
+    for keys, a, b in ranges:
+        assert (round(a), round(b)) == (round(lo), round(hi)), (keys, ranges)
+    page.wait_for_function("location.search.includes('x=')")
+    assert "add=entropy" in page.evaluate("location.search")
+    # The followers fetch their visible range at full resolution too.
+    page.wait_for_function(
+        f"document.querySelector('{PANEL.format('entropy')}').dataset.points >= {int(hi - lo)}"
+    )
+
+    # Log scale rebuilds the charts: the zoom stays.
+    page.check("#log-scale")
+    assert page.evaluate(X_RANGES) == ranges
+    page.reload()
+    page.wait_for_selector("#charts[data-ready='1']")
+    assert page.is_checked("#log-scale")
+    restored = page.evaluate(X_RANGES)
+    assert [k for k, _, _ in restored] == [k for k, _, _ in ranges]  # the added chart is back
+    for keys, a, b in restored:
+        assert (a, b) == (int(lo), int(hi) + 1) or (a, b) == (int(lo), int(hi)), (keys, restored)
+
+    # Reset on one chart resets all, and the URL forgets the range.
+    page.click(PANEL.format("clip_rate") + " button[data-act=reset]")
+    for keys, a, b in page.evaluate(X_RANGES):
+        assert (a, b) == (0, 199), keys
+    assert "x=" not in page.evaluate("location.search")
+    page.click(PANEL.format("entropy") + " button[data-act=remove]")
+    assert "add=" not in page.evaluate("location.search")
+    assert not page.js_errors, page.js_errors
