@@ -146,7 +146,8 @@ function annotationsPlugin(chart) {
           const x1 = inc.end != null ? u.valToPos(inc.end, "x", true) : left + width;
           ctx.fillStyle = "rgba(213, 94, 0, 0.12)";
           ctx.fillRect(Math.max(x0, left), top, Math.max(x1 - Math.max(x0, left), 2 * dpr), height);
-          ctx.fillStyle = "#D55E00";
+          // Runs side by side (compare): the ▼ takes the colour of the run it happened on.
+          ctx.fillStyle = inc.series != null ? PALETTE[inc.series % PALETTE.length] : "#D55E00";
           ctx.beginPath();
           ctx.moveTo(x0, top + height); ctx.lineTo(x0 - 6 * dpr, top + height - 10 * dpr);
           ctx.lineTo(x0 + 6 * dpr, top + height - 10 * dpr); ctx.closePath(); ctx.fill();

@@ -186,3 +186,48 @@ def test_zoom_is_shared_by_every_chart_and_survives_a_reload(
     page.click(PANEL.format("entropy") + " button[data-act=remove]")
     assert "add=" not in page.evaluate("location.search")
     assert not page.js_errors, page.js_errors
+
+
+def test_compare_page_compares_whole_runs_with_lines_and_incidents(
+    live_server_proc: Any, project_a: Any, page: Any
+) -> None:
+    from tests.browser.test_dashboard import _seed_project
+
+    seeded = _seed_project(project_a)
+    path = f"/p/proj-a/compare/?run={seeded['train'].pk}&run={seeded['other'].pk}"
+    _open(page, live_server_proc, path)
+    headers = page.text_content("#compare-metrics thead")
+    assert "at step" in headers and "mean" in headers and "max" in headers
+    assert "differ by more than 30%" in page.text_content("#compare-rule")
+    # The second run is the first at half size: every metric but kl_k1, which hovers around
+    # zero far below its threshold in both, differs.
+    marked = page.eval_on_selector_all(
+        "#compare-metrics tr.differs", "rs => rs.map(r => r.dataset.key)"
+    )
+    assert sorted(marked) == ["abs_diff_max", "abs_diff_mean", "clip_rate", "kl_k3"]
+    assert page.text_content('#compare-metrics tr[data-key="kl_k3"] td.delta').strip() == "−50 %"
+
+    kl = "window.parityCharts.find((c) => c.el.dataset.keys === 'kl_k3')"
+    page.wait_for_function(f"{kl}.thresholdLabels.length > 0")
+    labels = [t["text"] for t in page.evaluate(f"{kl}.thresholdLabels")]
+    assert any("kl drift" in t for t in labels), labels
+    assert page.evaluate(f"{kl}.incidents.map((i) => i.series)") == [0]
+
+    # Zoom is shared here too.
+    page.evaluate(f"{kl}.zoomTo(100, 200)")
+    for keys, a, b in page.evaluate(X_RANGES):
+        assert (a, b) == (100, 200), keys
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.screenshot(path="/tmp/charts-shots/compare-1280.png", full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)
+    page.screenshot(path="/tmp/charts-shots/compare-390.png", full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.goto(f"{live_server_proc.url}/runs/{seeded['train'].pk}/?x=250..450&add=kl_k1")
+    page.wait_for_selector("#charts[data-ready='1']")
+    page.wait_for_timeout(300)
+    page.screenshot(path="/tmp/charts-shots/run-390.png", full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.wait_for_timeout(300)
+    page.screenshot(path="/tmp/charts-shots/run-1280.png", full_page=True)
+    assert not page.js_errors, page.js_errors
