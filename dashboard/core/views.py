@@ -6,7 +6,6 @@ job or comparison answers 404 (never 403: ids reveal nothing).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from dashboard.core import canonical, hooks
 from dashboard.core.api.types import RunName, Tag, plain_id
 from dashboard.core.auth import visible_projects
+from dashboard.core.compare import DIFF_RULE, metric_table
 from dashboard.core.forms import RunFilterForm, SpecForm
 from dashboard.core.models import ApiToken, Job, Project, Run, start_job
 from dashboard.core.points import list_keys
@@ -30,13 +30,10 @@ from dashboard.core.presenters import (
     D_BINS,
     comparison_context,
     flatten,
-    fmt,
-    judge,
     sparkline,
     thresholds_for,
     timing_rows,
 )
-from parity.metrics import METRIC_KEYS
 from workers.specs import JOB_KINDS, SPEC_KINDS, redact
 from workers.specs.comparison import RECOMMENDED_RL
 
@@ -332,21 +329,9 @@ def compare(request: HttpRequest, slug: str) -> HttpResponse:
         raise Http404("No such run in this project.")
     runs = [found[i] for i in ids]
     per_run = {run.pk: latest_by_key(run.pk) for run in runs}
-    keys = sorted({k for latest in per_run.values() for k in latest})
-    order = {key: i for i, key in enumerate(METRIC_KEYS)}
-    keys.sort(key=lambda k: (order.get(k, len(order)), k))
-    thresholds = thresholds_for(project)
-    metric_table = []
-    for key in keys:
-        cells = []
-        for run in runs:
-            step_value = per_run[run.pk].get(key)
-            value = step_value[1] if step_value else None
-            cells.append(
-                {"raw": value, "value": fmt(value), "state": judge(value, thresholds.get(key))}
-            )
-        present = [c["raw"] for c in cells if c["raw"] is not None]
-        metric_table.append({"key": key, "cells": cells, "differs": _differs(present)})
+    last_steps = {rid: {k: sv[0] for k, sv in latest.items()} for rid, latest in per_run.items()}
+    table = metric_table(runs, last_steps, thresholds_for(project))
+    keys = [row["key"] for row in table]
     fingerprints = [flatten(run.fingerprint) for run in runs]
     fp_keys = sorted({k for fp in fingerprints for k in fp})
     fp_table = [
@@ -365,13 +350,15 @@ def compare(request: HttpRequest, slug: str) -> HttpResponse:
         "compare.html",
         project,
         runs=runs,
-        metric_table=metric_table,
+        metric_table=table,
+        diff_rule=DIFF_RULE,
         fp_table=fp_table,
         candidates=candidates,
         ids=ids,
         only_diff=request.GET.get("diff") == "1",
         chart_config={
             "runs": [{"id": r.pk, "name": r.name} for r in runs],
+            **_compare_annotations(runs),
             "keys": multi_step or shared,
             "charts": [
                 [k]
@@ -384,15 +371,19 @@ def compare(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
-def _differs(values: list[float]) -> bool:
-    """True when runs disagree by more than 5 % relative (or any value is non-finite)."""
-    if len(values) < 2:
-        return False
-    if any(not math.isfinite(v) for v in values):
-        return len({repr(v) for v in values}) > 1
-    lo, hi = min(values), max(values)
-    scale = max(abs(lo), abs(hi))
-    return scale > 0 and (hi - lo) / scale > 0.05
+def _compare_annotations(runs: Sequence[Run]) -> dict[str, Any]:
+    """The run page's lines and incidents for runs side by side: each line once per metric,
+    each incident marked in its run's series colour and named after its run."""
+    lines: dict[str, list[dict[str, Any]]] = {}
+    incidents: list[dict[str, Any]] = []
+    for series, run in enumerate(runs):
+        marks = _chart_annotations(run)
+        for key, key_lines in marks["thresholds"].items():
+            known = lines.setdefault(key, [])
+            known.extend(line for line in key_lines if line not in known)
+        for span in marks["incidents"]:
+            incidents.append({**span, "series": series, "label": f"{run.name}: {span['label']}"})
+    return {"thresholds": lines, "incidents": incidents}
 
 
 # --- new jobs -----------------------------------------------------------------------------

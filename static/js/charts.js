@@ -95,6 +95,42 @@ export function tick(v) { return v === null || v === undefined ? "" : fmt(v); }
 // Steps are whole numbers: tick at 1, 2, 5, 10, 20, … never at 0.2 or 0.5.
 const STEP_INCRS = Array.from({ length: 13 }, (_, e) => [1, 2, 5].map((m) => m * 10 ** e)).flat();
 
+const SWATCH = 14;  // px of series colour before a threshold label on a multi-metric chart
+
+// Where each threshold's label goes: on its line when the line is in view, stacked at the
+// top ("above view") or bottom ("below view") otherwise, and never on top of another label.
+function layoutThresholds(chart, u, ctx) {
+  const dpr = devicePixelRatio || 1;
+  const { left, top, width, height } = u.bbox;
+  const [yMin, yMax] = [u.scales.y.min, u.scales.y.max];
+  const h = 14 * dpr, pad = 4 * dpr;
+  const multi = new Set(chart.keys.map((k) => chart.resolve(k).key)).size > 1;
+  const labels = chart.thresholds.map((t) => {
+    const name = multi ? `${t.key} ` : "";
+    const place = t.value > yMax ? "above" : t.value < yMin ? "below" : "in";
+    const text = `${place === "above" ? "↑ " : place === "below" ? "↓ " : ""}${name}${t.label} ${fmt(t.value)}`
+      + (place === "in" ? "" : ` (${place} view)`);
+    const textWidth = ctx.measureText(text).width;
+    const swatch = multi ? PALETTE[t.series % PALETTE.length] : null;
+    const w = textWidth + (swatch ? (SWATCH + 4) * dpr : 0);
+    const lineY = place === "in" ? u.valToPos(t.value, "y", true) : null;
+    const x = place === "in" ? left + width - w - pad : left + pad;
+    const y = place === "in" ? lineY - 3 * dpr : place === "above" ? top + h : top + height - pad;
+    return { ...t, text, textWidth, swatch, w, h, x, y, lineY, place };
+  });
+  // Above-view labels first (top down), then lines in view (top down), then below (bottom up).
+  const order = { above: 0, in: 1, below: 2 };
+  labels.sort((a, b) => order[a.place] - order[b.place] || (a.place === "below" ? b.y - a.y : a.y - b.y));
+  const placed = [];
+  const hits = (a) => placed.some((b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y - a.h < b.y && b.y - b.h < a.y);
+  for (const label of labels) {
+    const move = label.place === "below" ? -h : h;
+    for (let tries = 0; hits(label) && tries < 50; tries += 1) label.y += move;
+    placed.push(label);
+  }
+  return placed;
+}
+
 function annotationsPlugin(chart) {
   return {
     hooks: {
@@ -110,7 +146,8 @@ function annotationsPlugin(chart) {
           const x1 = inc.end != null ? u.valToPos(inc.end, "x", true) : left + width;
           ctx.fillStyle = "rgba(213, 94, 0, 0.12)";
           ctx.fillRect(Math.max(x0, left), top, Math.max(x1 - Math.max(x0, left), 2 * dpr), height);
-          ctx.fillStyle = "#D55E00";
+          // Runs side by side (compare): the ▼ takes the colour of the run it happened on.
+          ctx.fillStyle = inc.series != null ? PALETTE[inc.series % PALETTE.length] : "#D55E00";
           ctx.beginPath();
           ctx.moveTo(x0, top + height); ctx.lineTo(x0 - 6 * dpr, top + height - 10 * dpr);
           ctx.lineTo(x0 + 6 * dpr, top + height - 10 * dpr); ctx.closePath(); ctx.fill();
@@ -130,19 +167,30 @@ function annotationsPlugin(chart) {
         ctx.font = `${11 * dpr}px system-ui, sans-serif`;
         ctx.textAlign = "left";  // uPlot leaves its axis-label alignment on the context
         ctx.textBaseline = "alphabetic";
-        const [yMin, yMax] = [u.scales.y.min, u.scales.y.max];
-        for (const t of chart.thresholds) {
-          const style = LEVEL_STYLE[t.level] || LEVEL_STYLE.rule;
+        chart.thresholdLabels = [];
+        for (const label of layoutThresholds(chart, u, ctx)) {
+          const style = LEVEL_STYLE[label.level] || LEVEL_STYLE.rule;
           ctx.strokeStyle = style.color; ctx.fillStyle = style.color;
           ctx.lineWidth = 1.5 * dpr; ctx.setLineDash(style.dash.map((d) => d * dpr));
-          const text = `${t.label} ${fmt(t.value)}`;
-          if (t.value >= yMin && t.value <= yMax) {
-            const y = u.valToPos(t.value, "y", true);
-            ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
-            ctx.fillText(text, left + width - ctx.measureText(text).width - 4 * dpr, y - 3 * dpr);
-          } else if (t.value > yMax) {
-            ctx.fillText(`▲ ${text} (above view)`, left + 4 * dpr, top + 12 * dpr);
+          if (label.lineY !== null) {
+            ctx.beginPath(); ctx.moveTo(left, label.lineY); ctx.lineTo(left + width, label.lineY); ctx.stroke();
           }
+          ctx.setLineDash([]);
+          // A label on a chart of several metrics starts with a swatch of the series it judges.
+          let x = label.x;
+          if (label.swatch) {
+            ctx.strokeStyle = label.swatch; ctx.lineWidth = 3 * dpr;
+            ctx.beginPath(); ctx.moveTo(x, label.y - 4 * dpr); ctx.lineTo(x + SWATCH * dpr, label.y - 4 * dpr); ctx.stroke();
+            x += (SWATCH + 4) * dpr;
+          }
+          ctx.fillStyle = "rgba(255, 255, 255, 0.85)";  // readable over the series lines
+          ctx.fillRect(x - 2 * dpr, label.y - label.h + 3 * dpr, label.textWidth + 4 * dpr, label.h);
+          ctx.fillStyle = style.color;
+          ctx.fillText(label.text, x, label.y);
+          chart.thresholdLabels.push({
+            text: label.text, level: label.level, key: label.key,
+            x: label.x / dpr, y: (label.y - label.h + 3 * dpr) / dpr, w: label.w / dpr, h: label.h / dpr,
+          });
         }
         ctx.restore();
       }],
@@ -150,11 +198,20 @@ function annotationsPlugin(chart) {
   };
 }
 
+// uPlot's own padding, except that values within [0, 1] (rates, fractions) keep the axis
+// within [0, 1]: a clip rate of 0 all along got a 0–100 axis.
+function linearRange(u, min, max) {
+  if (min === null || max === null) return [0, 1];
+  const [lo, hi] = uPlot.rangeNum(min, max, 0.1, true);
+  if (min < 0 || max > 1) return [lo, hi];
+  return [Math.max(lo, 0), Math.min(hi, 1)];
+}
+
 export class MetricChart {
   // keys: the series of this chart; store: shared SeriesStore; opts.run: run id (for refine).
   // `resolve` maps a store key to the run and metric key to fetch (overlays of several runs).
   constructor(el, { keys, store, run, thresholds = {}, incidents = [], log = false, height = 240, names = null,
-    resolve = null, versions = [] }) {
+    resolve = null, versions = [], onZoomChange = null }) {
     this.el = el;
     this.resolve = resolve || ((k) => ({ run, key: k }));
     this.keys = keys;
@@ -163,12 +220,22 @@ export class MetricChart {
     this.log = log;
     this.height = height;
     this.names = names || keys;
-    this.thresholds = keys.flatMap((k) => thresholds[k] || []);
+    // Each line knows the metric it judges and that metric's first series (its colour).
+    const seen = new Set();
+    this.thresholds = keys.flatMap((k, series) => {
+      const { key } = this.resolve(k);
+      if (seen.has(key)) return [];
+      seen.add(key);
+      return (thresholds[key] || thresholds[k] || []).map((t) => ({ ...t, key, series }));
+    });
+    this.thresholdLabels = [];
     // Every chart of the run marks every incident: a drift episode is the run's, not one key's.
     this.incidents = incidents;
     // Steps where the weight version changes ({step, label}), drawn as dotted verticals.
     this.versions = versions;
     this.zoomed = null;
+    // Told when this chart's x range changes (the page makes the other charts follow).
+    this.onZoomChange = onZoomChange;
     this.refineTimer = null;
     this.pending = false;
     this.plotEl = document.createElement("div");
@@ -185,25 +252,36 @@ export class MetricChart {
     return uPlot.join(cols);
   }
 
+  // Log needs every value above zero: a metric at or below zero (kl_k1) stays linear and the
+  // panel says so, rather than tick "1e-6 / 0 / -1e-6" on an axis that reads as log.
+  logFits() {
+    return this.keys.every((k) => this.store.get(k).y.every((v) => v === null || v > 0));
+  }
+
   yScale() {
-    if (!this.log) return { auto: true };
-    let allPositive = true;
-    for (const k of this.keys) {
-      for (const v of this.store.get(k).y) { if (v !== null && v <= 0) { allPositive = false; break; } }
-    }
-    // log for positive metrics (kl_k3, clip_rate); asinh where values cross zero (kl_k1).
-    return allPositive ? { distr: 3, log: 10 } : { distr: 4, asinh: 1e-6 };
+    if (this.log && this.logFits()) return { distr: 3, log: 10 };
+    return { auto: true, range: linearRange };
+  }
+
+  showScaleNote() {
+    const note = this.el.querySelector(".scale-note");
+    if (!note) return;
+    note.textContent = this.log && !this.logApplied ? "linear: values ≤ 0 have no log" : "";
   }
 
   build() {
     if (this.plot) this.plot.destroy();
+    const keep = this.zoomed;  // a rebuild (log scale, a renamed key) keeps the range
+    this.logApplied = this.log && this.logFits();
+    this.showScaleNote();
     const self = this;
     const opts = {
       width: Math.max(this.el.clientWidth - 2, 300),
       height: this.height,
       scales: { x: { time: false }, y: this.yScale() },
       legend: { live: true },
-      cursor: { drag: { x: true, y: false, setScale: true }, focus: { prox: 24 } },
+      // The cursor moves on every chart of the page at once: one step, read across metrics.
+      cursor: { drag: { x: true, y: false, setScale: true }, focus: { prox: 24 }, sync: { key: "steps" } },
       axes: [
         { label: "step", stroke: "#5b6270", grid: { stroke: "#eceef1" }, incrs: STEP_INCRS },
         { stroke: "#5b6270", grid: { stroke: "#eceef1" }, size: axisSize,
@@ -223,10 +301,11 @@ export class MetricChart {
       },
     };
     this.plot = new uPlot(opts, this.data(), this.plotEl);
+    if (keep) this.plot.setScale("x", keep);
     this.updateCount();
   }
 
-  setLog(on) { this.log = on; const x = this.zoomed; this.build(); if (x) this.plot.setScale("x", x); }
+  setLog(on) { this.log = on; this.build(); }
 
   resize() {
     const w = Math.max(this.el.clientWidth - 2, 300);
@@ -238,6 +317,8 @@ export class MetricChart {
     this.pending = true;
     requestAnimationFrame(() => {
       this.pending = false;
+      // A point at or below zero turns a log chart linear (and a later load may turn it back).
+      if (this.log && this.logFits() !== this.logApplied) { this.setLog(true); return; }
       // Keep the user's zoom while points stream in; otherwise follow the data.
       this.plot.setData(this.data(), !this.zoomed);
       this.updateCount();
@@ -269,8 +350,13 @@ export class MetricChart {
     const full = this.fullRange();
     const { min, max } = u.scales.x;
     if (!full || min == null) return;
+    const was = this.zoomed;
     this.zoomed = (min <= full[0] && max >= full[1]) ? null : { min, max };
     this.el.classList.toggle("is-zoomed", !!this.zoomed);
+    // Only a change of range is news: data arriving redraws with the same one.
+    const changed = was === null ? this.zoomed !== null
+      : this.zoomed === null || was.min !== min || was.max !== max;
+    if (changed && this.onZoomChange) this.onZoomChange(this.zoomed);
     if (!this.zoomed) return;
     clearTimeout(this.refineTimer);
     this.refineTimer = setTimeout(() => this.refine(min, max), 200);
@@ -295,10 +381,15 @@ export class MetricChart {
 
   reset() {
     const full = this.fullRange();
+    const was = this.zoomed;
     this.zoomed = null;
     this.el.classList.remove("is-zoomed");
     if (full) this.plot.setScale("x", { min: full[0], max: full[1] });
+    if (was && this.onZoomChange) this.onZoomChange(null);
   }
+
+  // Show `range` ({min, max}), or everything when null.
+  show(range) { if (range) this.zoomTo(range.min, range.max); else this.reset(); }
 
   // Keyboard: ← → pan by a quarter, + − zoom around the centre, 0 resets.
   key(ev) {
@@ -322,6 +413,51 @@ export class MetricChart {
   }
 }
 
+// One x range for every chart of a page (a shared step axis, as W&B has), and the page's view
+// — that range, the charts the user added, log scale — kept in the URL (?x=lo..hi&add=key&log=1)
+// with history.replaceState, so that a reload or a shared link opens the same view.
+export class PageView {
+  constructor(charts) {
+    this.charts = charts;
+    this.following = false;
+    const q = new URLSearchParams(location.search);
+    const x = /^(-?\d+)\.\.(-?\d+)$/.exec(q.get("x") || "");
+    this.range = x && Number(x[1]) < Number(x[2]) ? { min: Number(x[1]), max: Number(x[2]) } : null;
+    this.added = q.getAll("add").filter(Boolean);
+    this.log = q.get("log") === "1";
+  }
+
+  // A chart's own zoom (drag, keys, buttons, double-click) moves every other chart to it.
+  follow(source, range) {
+    if (this.following) return;
+    this.range = range;
+    this.following = true;
+    try { for (const c of this.charts) if (c !== source) c.show(range); } finally { this.following = false; }
+    this.save();
+  }
+
+  // Bring a chart whose points just loaded to the page's range.
+  apply(chart) {
+    if (!this.range) return;
+    this.following = true;
+    try { chart.show(this.range); } finally { this.following = false; }
+  }
+
+  add(key) { if (!this.added.includes(key)) this.added.push(key); this.save(); }
+  remove(key) { this.added = this.added.filter((k) => k !== key); this.save(); }
+  setLog(on) { this.log = on; this.save(); }
+
+  save() {
+    const q = new URLSearchParams(location.search);
+    for (const name of ["x", "add", "log"]) q.delete(name);
+    if (this.range) q.set("x", `${Math.floor(this.range.min)}..${Math.ceil(this.range.max)}`);
+    for (const key of this.added) q.append("add", key);
+    if (this.log) q.set("log", "1");
+    const query = q.toString();
+    history.replaceState(history.state, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
+  }
+}
+
 // Wraps a chart in its panel: title, point count, keyboard help, zoom buttons.
 export function chartPanel(container, { title, removable = false }) {
   const panel = document.createElement("section");
@@ -330,6 +466,7 @@ export function chartPanel(container, { title, removable = false }) {
   panel.setAttribute("aria-label", `${title} chart. Arrow keys pan, plus and minus zoom, 0 resets.`);
   panel.innerHTML = `
     <header><h3></h3><span class="point-count muted" aria-live="off"></span>
+      <span class="scale-note muted"></span>
       <span class="spacer"></span>
       <button type="button" class="small" data-act="in" aria-label="Zoom in">+</button>
       <button type="button" class="small" data-act="out" aria-label="Zoom out">−</button>

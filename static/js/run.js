@@ -4,7 +4,7 @@
 // After a reconnect, back-fill every key from its last step.
 
 import { fetchSeries } from "./api.js";
-import { MetricChart, SeriesStore, chartPanel, wirePanel } from "./charts.js";
+import { MetricChart, PageView, SeriesStore, chartPanel, wirePanel } from "./charts.js";
 import { connectLive } from "./live.js";
 
 const config = JSON.parse(document.getElementById("chart-config").textContent);
@@ -14,6 +14,8 @@ const keySelect = document.getElementById("add-key");
 const logToggle = document.getElementById("log-scale");
 const store = new SeriesStore();
 const charts = [];
+// The zoom every chart shares and the charts the user added, kept in the URL.
+const view = new PageView(charts);
 let buffer = [];
 let loaded = false;
 
@@ -62,9 +64,13 @@ function addChart(keys, { removable = false } = {}) {
   const chart = new MetricChart(panel, {
     keys, store, run: config.run, thresholds: config.thresholds, incidents: config.incidents,
     log: logToggle.checked, names: [...names], versions,
+    onZoomChange: (range) => view.follow(chart, range),
   });
   charts.push(chart);
-  wirePanel(panel, chart, () => charts.splice(charts.indexOf(chart), 1));
+  wirePanel(panel, chart, () => {
+    charts.splice(charts.indexOf(chart), 1);
+    for (const key of keys) view.remove(key);
+  });
   return chart;
 }
 
@@ -166,7 +172,19 @@ async function backfill() {
   }));
 }
 
+// A chart the user adds (or a reload restores from the URL): it loads, then joins the page's zoom.
+async function addUserChart(key) {
+  const chart = addChart([key], { removable: true });
+  view.add(key);
+  chart.el.classList.add("is-loading");
+  await load([key]);
+  chart.el.classList.remove("is-loading");
+  view.apply(chart);
+  return chart;
+}
+
 async function main() {
+  logToggle.checked = view.log;
   for (const keys of config.charts) addChart(keys).el.classList.add("is-loading");
   const live = connectLive(`/ws/runs/${config.run}/`, {
     onMessage(msg) {
@@ -190,6 +208,8 @@ async function main() {
   window.parityIncidents = config.incidents;
   await load([...chartedKeys()]);
   for (const c of charts) c.el.classList.remove("is-loading");
+  await Promise.all(view.added.map(addUserChart));
+  for (const c of charts) view.apply(c);
   loaded = true;
   const early = buffer; buffer = [];
   if (early.length) onPoints(early);
@@ -199,14 +219,14 @@ async function main() {
     const key = keySelect.value;
     if (!key) return;
     keySelect.value = "";
-    const chart = addChart([key], { removable: true });
-    chart.el.classList.add("is-loading");
-    await load([key]);
-    chart.el.classList.remove("is-loading");
+    const chart = await addUserChart(key);
     chart.el.focus();
     chart.el.scrollIntoView({ block: "nearest" });
   });
-  logToggle.addEventListener("change", () => { for (const c of charts) c.setLog(logToggle.checked); });
+  logToggle.addEventListener("change", () => {
+    view.setLog(logToggle.checked);
+    for (const c of charts) c.setLog(logToggle.checked);
+  });
 }
 
 main();
