@@ -148,3 +148,48 @@ def test_the_cli_is_generated_from_the_spec_and_prints_the_certificate() -> None
     assert text.startswith("verdict: WARN")
     assert "vLLM server at http://10.0.0.5:8000 0.32.0" in text
     assert "not-applicable: a server's max_num_seqs is fixed" in text
+
+
+def test_the_checklist_row_passes_a_bit_exact_certificate_and_asks_for_a_fix_otherwise() -> None:
+    from django.template.loader import render_to_string
+
+    from workers.checklist import build_rows, render_markdown
+    from workers.checklist.rows import determinism_row
+    from workers.specs import ChecklistSpec
+
+    failing = determinism_row(certificate_report())  # type: ignore[arg-type]
+    assert failing["status"] == "needs-fix" and failing["title"] == "Batch invariance (determinism)"
+    assert failing["reason"].startswith("not batch-invariant: full batch: bit_equal_frac 0")
+    assert "VLLM_BATCH_INVARIANT=1" in failing["recommendation"]["vllm_serve"]
+    assert [p["run"] for p in failing["details"]["pairs"]] == [
+        "full_batch",
+        "shuffled",
+        "max_num_seqs",
+    ]
+    exact = certificate_report(server=True)
+    exact["pairs"] = exact["pairs"][1:]
+    exact["verdict"], exact["reasons"] = "pass", ["bit-exact: 1 runs sampled the same tokens"]
+    assert determinism_row(exact)["status"] == "pass"  # type: ignore[arg-type]
+    missing = determinism_row("vLLM could not load 'm'")
+    assert missing["status"] == "could-not-run" and missing["reason"] == "vLLM could not load 'm'"
+
+    spec = ChecklistSpec(include_replay=False)
+    rows = build_rows(spec, {}, {}, certificate_report())  # type: ignore[arg-type]
+    assert [r["check"] for r in rows][-2:] == ["all_fixes", "determinism"]
+    assert build_rows(spec, {}, {})[-1]["check"] == "all_fixes"
+    result = {"verdict": "fail", "rows": rows, "variants": [], "replays": {}, "notes": []}
+    html = render_to_string("checklist_result.html", {"result": result})
+    assert 'id="check-determinism"' in html and "needs fix" in html
+    assert "Batch invariance (determinism)" in render_markdown(
+        {
+            **result,
+            "model": "m",
+            "vllm_version": "0.32.0",
+            "sampling_requested": {},
+            "engine_builds": 1,
+            "seconds": 1.0,
+            "timings": {},
+            "spec": spec.model_dump(mode="json"),
+            "histograms": {"edges": [], "series": []},
+        }
+    )
