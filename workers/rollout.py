@@ -145,6 +145,8 @@ class Engine:
 
     def effective_settings(self) -> dict[str, Any]:
         """The engine's settings as vLLM resolved them (defaults filled in)."""
+        import vllm.envs as envs
+
         cfg = self.llm.llm_engine.vllm_config
         mc = cfg.model_config
         return {
@@ -161,6 +163,8 @@ class Engine:
             "seed": mc.seed,
             "gpu_memory_utilization": cfg.cache_config.gpu_memory_utilization,
             "multiprocessing": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0",
+            # What a server reports from its environment too (the determinism certificate).
+            "batch_invariant": bool(envs.VLLM_BATCH_INVARIANT),
         }
 
     @property

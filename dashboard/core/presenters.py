@@ -19,6 +19,7 @@ from parity.reports.comparison import (
     SamplingReport,
     WorstSequence,
 )
+from parity.reports.determinism import DeterminismReport
 from parity.reports.numbers import number
 from workers.engines import ADAPTER_LABELS
 
@@ -273,3 +274,64 @@ def timing_rows(timings: dict[str, float] | None) -> list[dict[str, Any]]:
         {"name": k.removesuffix("_s").replace("_", " "), "seconds": v, "pct": 100 * v / total}
         for k, v in rows
     ]
+
+
+def determinism_context(report: DeterminismReport) -> dict[str, Any]:
+    """Everything the job page shows of a determinism certificate: the verdict, who answered,
+    one row per run against batch size 1 (bars for bit_equal_frac and diverged sequences),
+    and trainer vs engine."""
+    pairs = {p["run"]: p for p in report["pairs"]}
+    rows = []
+    for run in report["runs"]:
+        pair = pairs.get(run["name"])
+        groups = run["groups"]
+        bit = pair["bit_equal_frac"] if pair else None
+        diverged = pair["diverged_seq_frac"] if pair else None
+        rows.append(
+            {
+                "name": run["name"],
+                "label": run["label"],
+                "reference": run["name"] == report["reference"],
+                "status": run["status"],
+                "reason": run["reason"],
+                "verdict": pair["verdict"] if pair else "",
+                "max_num_seqs": fmt(run["max_num_seqs"]),
+                "per_call": fmt(run["requests_per_call"]),
+                "sequences": run["n_sequences"],
+                "tokens": fmt(pair["tokens_compared"]) if pair else "",
+                "bit_equal_frac": fmt(bit),
+                "bit_pct": 100 * bit if isinstance(bit, int | float) else 0,
+                "abs_diff_max": fmt(pair["abs_diff_max"]) if pair else "",
+                "abs_diff_mean": fmt(pair["abs_diff_mean"]) if pair else "",
+                "diverged": f"{pair['diverged_seqs']}/{pair['n_sequences']}" if pair else "",
+                "diverged_pct": 100 * diverged if isinstance(diverged, int | float) else 0,
+                "earliest": fmt(pair["earliest_divergence"]) if pair else "",
+                "duplicate_groups": fmt(groups["duplicate_group_frac"]) if groups else "",
+                "identical_groups": fmt(groups["identical_group_frac"]) if groups else "",
+                "seconds": run["seconds"],
+            }
+        )
+    engine = report["engine"]
+    return {
+        "reasons": report["reasons"],
+        "engine": {
+            "label": engine.get("label") or ADAPTER_LABELS.get(engine["adapter"], "?"),
+            "version": engine.get("version"),
+            "url": engine.get("url"),
+            "unknown": engine.get("unknown") or [],
+        },
+        "notes": report.get("notes", []),
+        "certificate": {
+            "rows": rows,
+            "groups": any(run["groups"] for run in report["runs"]),
+            "trainer": {
+                **report["trainer"],
+                "bit_equal_frac": fmt(report["trainer"]["bit_equal_frac"]),
+                "abs_diff_mean": fmt(report["trainer"]["abs_diff_mean"]),
+                "abs_diff_max": fmt(report["trainer"]["abs_diff_max"]),
+            },
+            "batch_invariant": fmt(engine.get("batch_invariant")),
+            "dtype": engine.get("dtype"),
+            "sampling": report["sampling"],
+        },
+    }

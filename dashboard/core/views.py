@@ -29,6 +29,7 @@ from dashboard.core.points import list_keys
 from dashboard.core.presenters import (
     D_BINS,
     comparison_context,
+    determinism_context,
     flatten,
     sparkline,
     thresholds_for,
@@ -232,8 +233,10 @@ def _visible_run(request: HttpRequest, run_id: int) -> Run:
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     run = _visible_run(request, run_id)
     job = run.jobs.order_by("-created").first()
-    # A comparison is one measurement (its metrics sit at step 0): its result page is its page.
-    if run.kind == Run.Kind.COMPARISON and job is not None and request.GET.get("charts") != "1":
+    # A comparison or a certificate is one measurement (its numbers sit at step 0): its result
+    # page is its page.
+    one_measurement = (Run.Kind.COMPARISON, Run.Kind.DETERMINISM)
+    if run.kind in one_measurement and job is not None and request.GET.get("charts") != "1":
         return redirect("job", job_id=job.pk)
     latest = latest_by_key(run.pk)
     # The default charts, each canonical key read from whichever key gives it on this run.
@@ -297,6 +300,8 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     if job.kind == Job.Kind.COMPARISON and result:
         thresholds = thresholds_for(job.project, job.spec.get("thresholds"))
         context.update(comparison_context(result, thresholds))
+    elif job.kind == Job.Kind.DETERMINISM and result:
+        context.update(determinism_context(result))
     return _page(
         request,
         "job.html",

@@ -15,9 +15,15 @@ from parity.reports import Verdict
 VERSION = 1
 
 Status = Literal["pass", "needs-fix", "not-applicable", "could-not-run"]
-# The four checks of the spec (workers.specs.checklist.CHECKS), then the summary row.
+# The four checks of the spec (workers.specs.checklist.CHECKS), the summary row, then the
+# batch-invariance row (spec.include_determinism; a determinism certificate, not a fix).
 RowCheck = Literal[
-    "processed_logprobs", "runtime_defaults", "weight_updates", "fp32_head", "all_fixes"
+    "processed_logprobs",
+    "runtime_defaults",
+    "weight_updates",
+    "fp32_head",
+    "all_fixes",
+    "determinism",
 ]
 ReplayKey = Literal["between_batches", "in_flight"]
 # A metric value as stored: None where it could not be computed or was not finite.
@@ -58,7 +64,8 @@ class Row(TypedDict):
     `details` per check: processed_logprobs {sampling, trainer_processing}; runtime_defaults
     {differs, model_defaults, requested, effective}; weight_updates {flags_summary,
     prefix_cache, in_flight, notes}; fp32_head {engine_head_dtype, notes}; all_fixes
-    {verdict, reasons}. Empty when the row could not run or was not measured.
+    {verdict, reasons}; determinism {verdict, reasons, pairs}. Empty when the row could not
+    run or was not measured.
     """
 
     check: RowCheck

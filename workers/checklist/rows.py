@@ -21,6 +21,7 @@ from parity.reports.checklist import (
     RowCheck,
     Status,
 )
+from parity.reports.determinism import DeterminismReport
 from workers.checklist.measured import Measured, as_verdict, gap, num, with_numbers, worst
 from workers.checklist.recommendations import recommendation
 from workers.specs import CHECK_LABELS, NEUTRAL_SAMPLING, ChecklistSpec
@@ -28,6 +29,7 @@ from workers.specs import CHECK_LABELS, NEUTRAL_SAMPLING, ChecklistSpec
 ROW_TITLES: dict[RowCheck, str] = {
     **{check: title for check, (title, _) in CHECK_LABELS.items()},
     "all_fixes": "All fixes together",
+    "determinism": "Batch invariance (determinism)",
 }
 # A fix "matters" when it removes at least a third of the gap (before > 1.5 x after) and more
 # than this many nats of mean |d|: below that, two runs of the same setup differ as much.
@@ -109,9 +111,14 @@ def _missing(measured: Mapping[str, Measured], *names: str) -> str | None:
 
 
 def build_rows(
-    spec: ChecklistSpec, measured: Mapping[str, Measured], replays: Replays
+    spec: ChecklistSpec,
+    measured: Mapping[str, Measured],
+    replays: Replays,
+    determinism: DeterminismReport | str | None = None,
 ) -> list[Row]:
-    """One row per check (in CHECKS order, selected ones only) plus 'all fixes together'."""
+    """One row per check (in CHECKS order, selected ones only) plus 'all fixes together',
+    and the batch-invariance row when a certificate ran (`determinism`: its report, or why
+    it could not run)."""
     builders: dict[str, Callable[[], Row]] = {
         "processed_logprobs": lambda: _row_processed(spec, measured),
         "runtime_defaults": lambda: _row_runtime_defaults(spec, measured),
@@ -120,7 +127,37 @@ def build_rows(
     }
     rows = [builders[check]() for check in spec.checks]
     rows.append(_row_all_fixes(spec, measured, replays, rows))
+    if determinism is not None:
+        rows.append(determinism_row(determinism))
     return rows
+
+
+def determinism_row(report: DeterminismReport | str) -> Row:
+    """The batch-invariance row from a determinism certificate (or why it could not run):
+    pass when every batch shape was bit-exact against batch size 1, else needs-fix with the
+    certificate's numbers. Not part of 'all fixes together': only loops that rely on batch
+    invariance need it."""
+    rec: Recommendation = {
+        "vllm_serve": "VLLM_BATCH_INVARIANT=1 vllm serve MODEL ...  # GPU kernels only",
+        "trainer": "use the same batch-invariant kernels in the trainer, then re-certify "
+        "(python -m workers.determinism)",
+    }
+    if isinstance(report, str):
+        return _row("determinism", "could-not-run", report, recommendation=rec)
+    pairs = [
+        {k: p[k] for k in ("run", "bit_equal_frac", "abs_diff_max", "diverged_seqs")}  # type: ignore[literal-required]
+        for p in report["pairs"]
+    ]
+    details = {"verdict": report["verdict"], "reasons": report["reasons"], "pairs": pairs}
+    if report["verdict"] == "pass":
+        return _row("determinism", "pass", report["reasons"][0], details=details)
+    return _row(
+        "determinism",
+        "needs-fix",
+        "not batch-invariant: " + "; ".join(report["reasons"]),
+        details=details,
+        recommendation=rec,
+    )
 
 
 def _row_processed(spec: ChecklistSpec, measured: Mapping[str, Measured]) -> Row:

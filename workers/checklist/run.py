@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from parity.metrics import Thresholds, scalar_values
 from parity.reports.checklist import ReplayKey, Replays
+from parity.reports.determinism import DeterminismReport
 from workers import measure, rollout
 from workers import prompts as prompt_sets
 from workers.checklist.measured import Measured, as_verdict, num
@@ -34,7 +35,7 @@ from workers.checklist.plan import (
 from workers.checklist.report import ChecklistResult, abs_d_histogram, summarise_replay
 from workers.checklist.rows import build_rows, overall_verdict
 from workers.reporting import JobOutcome, NullReporter, Reporter, UserError, json_safe
-from workers.specs import ChecklistSpec, parse_spec
+from workers.specs import ChecklistSpec, DeterminismSpec, parse_spec
 
 if TYPE_CHECKING:
     from workers.rollout import Rollout
@@ -96,7 +97,7 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
     items = prompt_sets.load(spec.prompt_set, spec.prompts, spec.num_prompts)
     plan = plan_variants(spec)
     replay_steps = replay_plan(spec)
-    progress = Progress(reporter, len(plan) + len(replay_steps))
+    progress = Progress(reporter, len(plan) + len(replay_steps) + spec.include_determinism)
 
     from transformers import AutoTokenizer
 
@@ -119,11 +120,16 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
             f"no variant of the checklist could run; the first failed with: {first.error}"
         )
     replays: Replays = {}
+    timings: dict[str, float] = {}
     builds += run_replays(spec, model_path, replay_steps, replays, progress, len(plan))
 
-    rows = build_rows(spec, measured, replays)
+    certificate = None
+    if spec.include_determinism:
+        certificate = run_certificate(spec, model_path, progress, len(plan) + len(replay_steps))
+        if not isinstance(certificate, str):
+            timings["determinism.total_s"] = certificate["wall_s"]
+    rows = build_rows(spec, measured, replays, certificate)
     overall = overall_verdict(rows)
-    timings: dict[str, float] = {}
     for m in measured.values():
         for k, s in m.seconds.items():
             timings[f"{m.name}.{k}"] = s
@@ -310,6 +316,38 @@ def run_replays(
         builds += 1  # every replay builds its own engine (workers.replay.build_engine)
         replays[key] = summarise_replay(result)
     return builds
+
+
+def run_certificate(
+    spec: ChecklistSpec, model_path: str, progress: Progress, index: int
+) -> DeterminismReport | str:
+    """The batch-invariance row's measurement, kept cheap: a small determinism certificate
+    (4 prompts, 8 tokens, groups of 2 when sampling) on the user's engine settings, without a
+    second engine build or the trainer; its report, or why it could not run."""
+    from workers.determinism import run_determinism
+
+    label = "batch invariance (determinism certificate)"
+    greedy = spec.sampling.temperature == 0.0
+    sampling = explicit(spec.sampling).model_copy(
+        update={"max_tokens": 8, "n": 1 if greedy else 2, "logprobs_topk": 0}
+    )
+    certificate = DeterminismSpec(
+        model=model_path,
+        prompt_set=spec.prompt_set,
+        prompts=spec.prompts,
+        num_prompts=min(4, spec.num_prompts or 4),
+        engine=spec.engine,
+        trainer=spec.trainer,
+        sampling=sampling,
+        other_max_num_seqs=None,
+        score_with_trainer=False,
+    )
+    try:
+        return run_determinism(certificate, _ReplayReporter(progress, index, label))
+    except Exception as exc:  # noqa: BLE001 - recorded as the row's reason
+        _reraise_if_fatal(exc)
+        progress.say(index, label, f"could not run: {_reason(exc)}", 1.0)
+        return _reason(exc)
 
 
 def run_checklist_job(spec: Mapping[str, Any], reporter: Reporter) -> JobOutcome:

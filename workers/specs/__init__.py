@@ -26,6 +26,7 @@ from workers.specs.common import (
     validation_message,
 )
 from workers.specs.comparison import ComparisonSpec
+from workers.specs.determinism import DeterminismSpec
 from workers.specs.kinds import JOB_KINDS, SPEC_KINDS, JobKind, spec_model
 from workers.specs.replay import (
     EXTENSION_QUALNAME,
@@ -51,6 +52,7 @@ __all__ = [
     "CheckpointSource",
     "ChecklistSpec",
     "ComparisonSpec",
+    "DeterminismSpec",
     "EngineSettings",
     "FlagSettings",
     "InlinePrompts",

@@ -96,6 +96,13 @@ class ChecklistSpec(PromptSpec):
     include_in_flight: bool = Field(
         True, description="Also replay one update in flight, where this vLLM offers it."
     )
+    include_determinism: bool = Field(
+        True,
+        description=(
+            "Also certify batch invariance: a small determinism certificate (batch size 1, "
+            "full batch, shuffled) on the user's engine settings."
+        ),
+    )
 
     @field_validator("checks", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from workers.specs.checklist import ChecklistSpec
 from workers.specs.comparison import ComparisonSpec
+from workers.specs.determinism import DeterminismSpec
 from workers.specs.replay import ReplaySpec
 
 
@@ -51,6 +52,14 @@ JOB_KINDS: dict[str, JobKind] = {
             "workers.checklist:run_checklist_job",
             ChecklistSpec,
             "Measure the four vLLM V1 fixes on your model.",
+        ),
+        JobKind(
+            "determinism",
+            "Determinism certificate",
+            "workers.determinism:run_determinism_job",
+            DeterminismSpec,
+            "Sample the same prompts and seeds at batch size 1, full batch and shuffled; "
+            "say whether the engine is bit-exact.",
         ),
         JobKind(
             "ping", "Ping", "workers.ping:ping", None, "Round trip browser -> worker -> Postgres."
