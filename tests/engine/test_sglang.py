@@ -254,3 +254,26 @@ def test_a_comparison_job_on_sglang_runs_in_a_real_worker(
     done = wait_for(finished, timeout=300)
     assert done.status == Job.Status.SUCCEEDED, done.error
     assert done.result["fingerprint"]["engine"]["adapter"] == "sglang"
+
+
+def test_a_determinism_certificate_runs_on_sglang(sglang_url: str, tiny_model: Path) -> None:
+    from workers.determinism import run_determinism_job
+    from workers.reporting import NullReporter
+
+    spec = {
+        "model": str(tiny_model),
+        "num_prompts": 4,
+        "sampling": {"temperature": 0.0, "max_tokens": 8},
+        "server": {"url": sglang_url, "engine": "sglang"},
+    }
+    r = run_determinism_job(spec, NullReporter()).result
+
+    assert (r["engine"]["label"], r["engine"]["version"]) == ("SGLang server", "0.5.23")
+    assert r["engine"]["batch_invariant"] is False  # started without deterministic inference
+    runs = {run["name"]: run for run in r["runs"]}
+    assert runs["max_num_seqs"]["status"] == "not-applicable"
+    assert all(p["n_sequences"] == 4 and p["tokens_compared"] > 0 for p in r["pairs"])
+    print(
+        "SGLang greedy: "
+        + "; ".join(f"{p['run']} bit_equal {p['bit_equal_frac']}" for p in r["pairs"])
+    )

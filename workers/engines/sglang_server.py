@@ -76,6 +76,9 @@ class SGLangServer:
             "sampling_backend": info.sampling_backend,
             "enable_prefix_caching": info.prefix_caching,
             "deterministic_inference": info.deterministic,
+            # SGLang's deterministic inference is its batch-invariant mode (the certificate's
+            # "claims batch invariance"; vLLM's is VLLM_BATCH_INVARIANT).
+            "batch_invariant": info.deterministic,
             "fp32_lm_head": info.fp32_lm_head,
             "random_seed": info.random_seed,
             "weight_version": info.weight_version,
