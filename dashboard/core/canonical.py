@@ -166,7 +166,7 @@ def weight_versions(run: Run, keys: Iterable[str]) -> dict[str, Any] | None:
                 "after_update": fmt(g.after_update),
                 "rest_mean": fmt(g.rest_mean),
                 "n_rest": g.n_rest,
-                "ratio": "–" if g.ratio is None else f"{g.ratio:.3g}×",
+                "ratio": "–" if g.ratio is None else f"{fmt(g.ratio, 3)}×",
                 "jumped": g.ratio is not None and g.ratio >= MIN_RATIO and g.decays,
             }
             for g in gaps
