@@ -29,6 +29,8 @@ from dashboard.core.points import list_keys
 from dashboard.core.presenters import (
     D_BINS,
     comparison_context,
+    fingerprint_groups,
+    flat_text,
     flatten,
     fmt,
     judge,
@@ -282,7 +284,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         },
         panel=canonical.panel(latest),
         versions=versions,
-        fingerprint=flatten(run.fingerprint),
+        fingerprint=flat_text(run.fingerprint),
         others=others,
     )
 
@@ -308,8 +310,10 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         result=result,
         **context,
         timings=timing_rows(result.get("timings")),
-        fingerprint=flatten(result.get("fingerprint") or (job.run.fingerprint if job.run else {})),
-        spec=flatten(redact(job.spec)),
+        fingerprint=fingerprint_groups(
+            result.get("fingerprint") or (job.run.fingerprint if job.run else {})
+        ),
+        spec=flat_text(redact(job.spec)),
         d_bins=D_BINS,
     )
 
@@ -352,7 +356,7 @@ def compare(request: HttpRequest, slug: str) -> HttpResponse:
     fp_table = [
         {
             "key": key,
-            "cells": [fp.get(key, "—") for fp in fingerprints],
+            "cells": [fmt(fp[key]) if key in fp else "—" for fp in fingerprints],
             "differs": len({repr(fp.get(key)) for fp in fingerprints}) > 1,
         }
         for key in fp_keys
