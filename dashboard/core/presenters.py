@@ -33,20 +33,63 @@ def fmt(value: Any, digits: int = 4) -> str:
     return number(value, digits)
 
 
-def sparkline(values: Sequence[float], width: int = 120, height: int = 28) -> str:
-    """SVG polyline points for a small trend line (no JS, no request per row)."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if len(finite) < 2:
-        return ""
-    lo, hi = min(finite), max(finite)
-    span = (hi - lo) or 1.0
-    step = width / (len(values) - 1)
-    pts = []
-    for i, v in enumerate(values):
-        if v is None or not math.isfinite(v):
-            continue
-        pts.append(f"{i * step:.1f},{height - 2 - (v - lo) / span * (height - 4):.1f}")
-    return " ".join(pts)
+def sparkline(
+    steps: Sequence[int],
+    values: Sequence[float],
+    threshold: float | None = None,
+    incidents: Sequence[dict[str, Any]] = (),
+    bins: int = 60,
+    width: int = 120,
+    height: int = 28,
+) -> dict[str, Any] | None:
+    """A whole run as a small SVG trend (no JS, no request per row): each of `bins` step
+    ranges drawn as its min and max, so one spike survives. The y scale holds zero and the
+    `threshold` (a flat 1e-4 line far below it stays flat at the bottom instead of being
+    stretched into noise), and the threshold and `incidents` (spans of steps) are marked.
+    None for fewer than two points."""
+    if len(steps) < 2:
+        return None
+    first, last = steps[0], steps[-1]
+    span_x = (last - first) or 1
+    lows: dict[int, float] = {}
+    highs: dict[int, float] = {}
+    for step, value in zip(steps, values, strict=True):
+        b = min(bins - 1, (step - first) * bins // span_x)
+        lows[b] = min(lows.get(b, value), value)
+        highs[b] = max(highs.get(b, value), value)
+    lo = min(0.0, *lows.values())
+    hi = max(0.0, *highs.values(), *([threshold] if threshold is not None else []))
+    span_y = (hi - lo) or 1.0
+
+    def x(step: float) -> float:
+        return (step - first) / span_x * width
+
+    def y(value: float) -> float:
+        return height - 2 - (value - lo) / span_y * (height - 4)
+
+    points = []
+    for b in sorted(lows):
+        bx = (b + 0.5) * width / bins
+        # Alternate the order so that the line runs on from where the last bin ended.
+        pair = (lows[b], highs[b]) if b % 2 else (highs[b], lows[b])
+        points += [f"{bx:.1f},{y(v):.1f}" for v in dict.fromkeys(pair)]
+    marks = []
+    for inc in incidents:
+        start = max(first, inc["step"])
+        end = last if inc.get("end") is None else min(last, inc["end"])
+        if start <= last and end >= first:
+            marks.append({"x": f"{x(start):.1f}", "w": f"{max(x(end) - x(start), 1.5):.1f}"})
+    peak = max(highs.values())
+    return {
+        "points": " ".join(points),
+        "threshold_y": None if threshold is None else f"{y(threshold):.1f}",
+        "incidents": marks,
+        "label": (
+            f"steps {first} to {last}: max {fmt(peak)}"
+            + (f", threshold {fmt(threshold)}" if threshold is not None else "")
+            + (f", {len(marks)} incident{'s' if len(marks) != 1 else ''}" if marks else "")
+        ),
+    }
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
