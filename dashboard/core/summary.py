@@ -14,6 +14,7 @@ and last bucket of the range are read raw, so its ends are exact.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -271,6 +272,19 @@ SELECT run_id, min_step, min_value, max_step, max_value FROM {_SUMMARY}
 WHERE run_id = ANY(%s) AND key = %s AND level = %s AND min_value IS NOT NULL
 ORDER BY run_id, bucket
 """
+# Points written around the point writer (bulk SQL) have no summary: probe the index at
+# evenly spaced steps instead (a spike between probes may be missed there).
+_OVERVIEW_PROBES = 256
+_OVERVIEW_PROBE = f"""
+SELECT r.id, p.step, p.value
+FROM unnest(%s::bigint[], %s::bigint[]) AS r(id, stride)
+CROSS JOIN generate_series(0, {_OVERVIEW_PROBES - 1}) AS g(i)
+CROSS JOIN LATERAL (
+  SELECT step, value FROM {_POINTS} WHERE run_id = r.id AND key = %s AND step >= g.i * r.stride
+  ORDER BY step LIMIT 1
+) p
+ORDER BY r.id, g.i
+"""
 
 
 def run_overviews(
@@ -302,4 +316,13 @@ def run_overviews(
                 for step, value in pair if pair[0][0] != pair[1][0] else pair[:1]:
                     steps.append(step)
                     values.append(value)
+            unsummarized = [rid for rid in ids if not out[rid][0]]
+            if unsummarized:
+                strides = [(last_steps[rid] or 0) // _OVERVIEW_PROBES + 1 for rid in unsummarized]
+                cursor.execute(_OVERVIEW_PROBE, [unsummarized, strides, key])
+                for rid, step, value in cursor.fetchall():
+                    steps, values = out[rid]
+                    if (not steps or step > steps[-1]) and math.isfinite(value):
+                        steps.append(step)
+                        values.append(value)
     return out

@@ -97,3 +97,22 @@ def test_metric_columns_sort_both_ways_with_runs_without_the_metric_last(
     body = alice_client.get(url, {"sort": "-kl_k3"}).content.decode()
     header = body[body.index('aria-sort="descending"') :][:200]
     assert "kl_k3" in header and "sort=kl_k3" in header  # a second click flips it
+
+
+def test_a_long_run_without_a_summary_is_still_drawn_whole(project_a: Any) -> None:
+    from django.db import connection
+
+    from dashboard.core import summary
+    from dashboard.core.models import MetricPoint, Run
+
+    # Written around the point writer (as bulk SQL would): no summary rows.
+    run = Run.objects.create(project=project_a, name="bulk", last_step=99_999)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {MetricPoint._meta.db_table} (run_id, key, step, value, wall_time) "
+            "SELECT %s, 'kl_k3', s, s * 1e-6, now() FROM generate_series(0, 99999) AS s",
+            [run.pk],
+        )
+    steps, values = summary.run_overviews({run.pk: 99_999}, "kl_k3")[run.pk]
+    assert steps[0] == 0 and steps[-1] > 99_000 and 100 < len(steps) <= 256
+    assert steps == sorted(set(steps))
