@@ -56,22 +56,35 @@ def run_comparison_job(spec: Mapping[str, Any], reporter: Reporter) -> JobOutcom
 
 class _Stages:
     """Stage messages with progress, throttled so that a big job does not write its job row
-    once per finished request."""
+    once per finished request; a report that moves the bar by `min_move` or more is always
+    written, so the bar never leaps over steps the worker knew about."""
 
-    def __init__(self, reporter: Reporter, min_interval_s: float = 0.5) -> None:
-        self.reporter, self.min_interval_s = reporter, min_interval_s
+    def __init__(
+        self, reporter: Reporter, min_interval_s: float = 0.5, min_move: float = 0.05
+    ) -> None:
+        self.reporter, self.min_interval_s, self.min_move = reporter, min_interval_s, min_move
         self.last = 0.0
+        self.written = 0.0
 
     def say(self, band: str, message: str, frac: float = 0.0, force: bool = True) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < self.min_interval_s:
-            return
-        self.last = now
         lo, hi = _BANDS[band]
-        self.reporter.stage(message, lo + (hi - lo) * min(max(frac, 0.0), 1.0))
+        progress = lo + (hi - lo) * min(max(frac, 0.0), 1.0)
+        now = time.monotonic()
+        moved = progress - self.written >= self.min_move
+        if not force and not moved and now - self.last < self.min_interval_s:
+            return
+        self.last, self.written = now, progress
+        self.reporter.stage(message, progress)
 
     def counter(self, band: str, verb: str) -> Callable[[int, int], None]:
+        started = False
+
         def progress(done: int, total: int) -> None:
+            nonlocal started
+            if not started:
+                # The previous stage (engine or trainer load) ends where this one begins.
+                started = True
+                self.say(band, f"{verb} 0/{total}")
             self.say(band, f"{verb} {done}/{total}", done / max(total, 1), force=done >= total)
 
         return progress
@@ -140,6 +153,7 @@ def run_comparison(spec: ComparisonSpec, reporter: Reporter) -> JobOutcome:
     timings["score_s"] = scored.seconds
     timings["metrics_s"] = m.metrics_seconds
 
+    stages.say("metrics", "writing the report", 0.5)
     started = time.perf_counter()
     diagnoses = diagnose(
         spec,

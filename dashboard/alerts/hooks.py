@@ -71,8 +71,28 @@ def chart_marks(run: Run) -> tuple[dict[str, list[hooks.Line]], list[hooks.Span]
     return lines, spans
 
 
+def incident_spans(run_ids: Sequence[int]) -> dict[int, list[hooks.Span]]:
+    """Where each run's incidents fired and resolved (None: still firing or ended unresolved)."""
+    spans: dict[int, list[hooks.Span]] = {}
+    rows = Incident.objects.filter(run_id__in=run_ids).order_by("fired_step")
+    for inc in rows.values("run_id", "fired_step", "resolved_step", "metric_key", "severity"):
+        spans.setdefault(inc["run_id"], []).append(
+            {
+                "step": inc["fired_step"],
+                "end": inc["resolved_step"],
+                "key": inc["metric_key"],
+                "label": f"{inc['severity']}: {inc['metric_key']}",
+            }
+        )
+    return spans
+
+
 def register() -> None:
     """Plug alerts into core; called once the models are loaded (table names)."""
     hooks.register_after_store(hooks.AfterStore(call=evaluate_points, when_sql=watches_sql()))
-    hooks.register_run_pages(hooks.RunPages(open_incidents=open_incidents, chart_marks=chart_marks))
+    hooks.register_run_pages(
+        hooks.RunPages(
+            open_incidents=open_incidents, chart_marks=chart_marks, incident_spans=incident_spans
+        )
+    )
     hooks.register_run_ended(end_with_run)

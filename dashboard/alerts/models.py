@@ -28,6 +28,7 @@ from django.db import models
 from django.utils import timezone
 
 from dashboard.core.models import Project, Run
+from parity.reports.numbers import number
 
 
 class WebhookEndpoint(models.Model):
@@ -178,14 +179,15 @@ class AlertRule(models.Model):
 
     def describe(self) -> str:
         if self.condition == self.Condition.RISE:
-            text = f"{self.metric_key} rises > {self.threshold:g}% over {self.window_steps} steps"
+            rise = number(self.threshold)
+            text = f"{self.metric_key} rises > {rise}% over {self.window_steps} steps"
         else:
             op = ">" if self.condition == self.Condition.ABOVE else "<"
-            text = f"{self.metric_key} {op} {self.threshold:g}"
+            text = f"{self.metric_key} {op} {number(self.threshold)}"
         if self.for_steps > 1:
             text += f" for {self.for_steps} points"
         if self.for_seconds:
-            text += f" for {self.for_seconds:g} s"
+            text += f" for {number(self.for_seconds)} s"
         return text
 
 

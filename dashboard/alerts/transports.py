@@ -19,6 +19,7 @@ from django.utils import timezone
 from standardwebhooks import Webhook
 
 from dashboard.alerts import ssrf
+from parity.reports.numbers import number
 
 if TYPE_CHECKING:
     from dashboard.alerts.models import Delivery, Incident, WebhookEndpoint
@@ -145,7 +146,7 @@ def _iso(moment: datetime) -> str:
 
 
 def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.6g}"
+    return number(value)
 
 
 def _retry_after(value: str | None) -> float | None:

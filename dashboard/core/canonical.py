@@ -14,9 +14,10 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from dashboard.core.models import Run
-from dashboard.core.points import latest_values, tails
+from dashboard.core.points import latest_values
 from dashboard.core.presenters import fmt
 from dashboard.core.series import series_cache
+from dashboard.core.summary import run_overviews
 from parity.frameworks import FRAMEWORK_KEYS, Resolved, resolve_all, watched_keys
 from parity.weight_versions import (
     GAP_KEYS,
@@ -109,11 +110,18 @@ def chart_label(resolved: Resolved) -> str:
     return f"{resolved.canonical} ← {resolved.label}"
 
 
+# The headline numbers of a run, in the order the runs list shows them (METRICS.md names).
+SUMMARY_KEYS = ("kl_k3", "clip_rate", "abs_diff_mean")
+
+
 def summaries(
-    run_ids: Sequence[int], summary_keys: Sequence[str], spark_key: str, spark_points: int
-) -> tuple[dict[int, list[dict[str, Any]]], dict[int, list[float]]]:
+    runs: Sequence[Run], summary_keys: Sequence[str], spark_key: str
+) -> tuple[dict[int, list[dict[str, Any]]], dict[int, tuple[list[int], list[float]]]]:
     """The runs list's headline cells (value and, for a framework's key, its source) and
-    trend values per run, each canonical name read from whichever key gives it."""
+    each run's whole `spark_key` series, overviewed (summary.run_overviews), each canonical
+    name read from whichever key gives it."""
+    run_ids = [run.pk for run in runs]
+    last_steps = {run.pk: run.last_step for run in runs}
     latest = latest_values(run_ids, all_keys(summary_keys))
     cells: dict[int, list[dict[str, Any]]] = {}
     spark_source: dict[str, list[int]] = {}
@@ -132,9 +140,9 @@ def summaries(
         cells[run_id] = row
         spark = found.get(spark_key)
         spark_source.setdefault(spark.key if spark else spark_key, []).append(run_id)
-    spark: dict[int, list[float]] = {}
+    spark: dict[int, tuple[list[int], list[float]]] = {}
     for key, ids in spark_source.items():
-        spark.update(tails(ids, key, spark_points))
+        spark.update(run_overviews({rid: last_steps[rid] for rid in ids}, key))
     return cells, spark
 
 
@@ -166,7 +174,7 @@ def weight_versions(run: Run, keys: Iterable[str]) -> dict[str, Any] | None:
                 "after_update": fmt(g.after_update),
                 "rest_mean": fmt(g.rest_mean),
                 "n_rest": g.n_rest,
-                "ratio": "–" if g.ratio is None else f"{g.ratio:.3g}×",
+                "ratio": "–" if g.ratio is None else f"{fmt(g.ratio, 3)}×",
                 "jumped": g.ratio is not None and g.ratio >= MIN_RATIO and g.decays,
             }
             for g in gaps

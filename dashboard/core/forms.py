@@ -16,10 +16,14 @@ from typing import Any
 
 import pydantic_core
 from django import forms
-from django.db.models import QuerySet
+from django.db.models import F, FloatField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.expressions import OrderBy
+from django.db.models.functions import Coalesce
 from django.http import QueryDict
 
-from dashboard.core.models import Run
+from dashboard.core.canonical import SUMMARY_KEYS
+from dashboard.core.models import MetricPoint, Run
+from parity.frameworks import watched_keys
 from workers.specs import JOB_KINDS
 
 # --- the runs list ------------------------------------------------------------------------
@@ -37,6 +41,11 @@ class RunFilterForm(forms.Form):
         "-status": "Status, reversed",
         "kind": "Kind",
         "-kind": "Kind, reversed",
+        **{
+            sort: f"Latest {key}, {'highest' if sort[0] == '-' else 'lowest'} first"
+            for key in SUMMARY_KEYS
+            for sort in ("-" + key, key)
+        },
     }
 
     q = forms.CharField(required=False, label="Name", max_length=200)
@@ -60,12 +69,31 @@ class RunFilterForm(forms.Form):
         sort = data["sort"] or "-created"
         # nulls last: a run that never posted a point sorts after every run that did.
         if sort in ("-last_step", "last_step"):
-            from django.db.models import F
-
-            step = F("last_step")
-            order = step.desc(nulls_last=True) if sort[0] == "-" else step.asc(nulls_last=True)
-            return runs.order_by(order, "-created")
+            return runs.order_by(_nulls_last(F("last_step"), sort), "-created")
+        if sort.lstrip("-") in SUMMARY_KEYS:
+            latest = _latest_value(sort.lstrip("-"))
+            return runs.annotate(sort_value=latest).order_by(
+                _nulls_last(F("sort_value"), sort), "-created"
+            )
         return runs.order_by(sort, "-created")
+
+
+def _nulls_last(field: F, sort: str) -> OrderBy:
+    return field.desc(nulls_last=True) if sort[0] == "-" else field.asc(nulls_last=True)
+
+
+def _latest_value(canonical: str) -> Coalesce:
+    """A run's latest value of `canonical`, from whichever key gives it (one index probe per
+    key and run, as the runs list's cells read it)."""
+    probes = [
+        Subquery(
+            MetricPoint.objects.filter(run=OuterRef("pk"), key=key)
+            .order_by("-step")
+            .values("value")[:1]
+        )
+        for key in watched_keys(canonical)
+    ]
+    return Coalesce(*probes, Value(None, output_field=FloatField()))
 
 
 # --- forms generated from pydantic specs ------------------------------------------------

@@ -45,6 +45,8 @@ class RunPages:
     open_incidents: Callable[[Sequence[int]], dict[int, int]]
     # A run's threshold lines by key and its incidents as spans, for its charts.
     chart_marks: Callable[[Run], tuple[dict[str, list[Line]], list[Span]]]
+    # The incidents of each of the runs as spans (the runs list's sparklines), one query.
+    incident_spans: Callable[[Sequence[int]], dict[int, list[Span]]] | None = None
 
 
 _after_store: list[AfterStore] = []

@@ -1,7 +1,7 @@
 """Metric points.
 
 Writing: one statement per batch, one transaction (with the after-store hooks of the apps
-built on core), then a live broadcast. Reading: keys, latest values, tails, CSV export; a
+built on core), then a live broadcast. Reading: keys, latest values, CSV export; a
 key's series for the charts is in `dashboard.core.series`.
 """
 
@@ -348,16 +348,6 @@ CROSS JOIN LATERAL (
 ) p
 """
 
-_TAIL = f"""
-SELECT r.id, p.value
-FROM unnest(%s::bigint[]) AS r(id)
-CROSS JOIN LATERAL (
-  SELECT step, value FROM {_POINTS} WHERE run_id = r.id AND key = %s
-  ORDER BY step DESC LIMIT %s
-) p
-ORDER BY r.id, p.step
-"""
-
 
 def latest_values(run_ids: Sequence[int], keys: Sequence[str]) -> dict[int, dict[str, float]]:
     """The last value of each of `keys` for each run (one index probe per pair)."""
@@ -368,18 +358,6 @@ def latest_values(run_ids: Sequence[int], keys: Sequence[str]) -> dict[int, dict
         cursor.execute(_LATEST, [list(run_ids), list(keys)])
         for rid, key, value in cursor.fetchall():
             out[rid][key] = value
-    return out
-
-
-def tails(run_ids: Sequence[int], key: str, n: int) -> dict[int, list[float]]:
-    """The last `n` values of `key` for each run, oldest first (the runs list's sparklines)."""
-    out: dict[int, list[float]] = {rid: [] for rid in run_ids}
-    if not run_ids:
-        return out
-    with connection.cursor() as cursor:
-        cursor.execute(_TAIL, [list(run_ids), key, n])
-        for rid, value in cursor.fetchall():
-            out[rid].append(value)
     return out
 
 

@@ -29,25 +29,68 @@ SEVERITY_CSS = {"error": "fail", "warning": "warn"}
 D_BINS = (-1.0, -0.3, -0.1, -0.03, 0.03, 0.1, 0.3, 1.0)
 
 
-def fmt(value: Any) -> str:
+def fmt(value: Any, digits: int = 4) -> str:
     """A metric for people (parity.reports.numbers: the one number style)."""
-    return number(value)
+    return number(value, digits)
 
 
-def sparkline(values: Sequence[float], width: int = 120, height: int = 28) -> str:
-    """SVG polyline points for a small trend line (no JS, no request per row)."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if len(finite) < 2:
-        return ""
-    lo, hi = min(finite), max(finite)
-    span = (hi - lo) or 1.0
-    step = width / (len(values) - 1)
-    pts = []
-    for i, v in enumerate(values):
-        if v is None or not math.isfinite(v):
-            continue
-        pts.append(f"{i * step:.1f},{height - 2 - (v - lo) / span * (height - 4):.1f}")
-    return " ".join(pts)
+def sparkline(
+    steps: Sequence[int],
+    values: Sequence[float],
+    threshold: float | None = None,
+    incidents: Sequence[dict[str, Any]] = (),
+    bins: int = 60,
+    width: int = 120,
+    height: int = 28,
+) -> dict[str, Any] | None:
+    """A whole run as a small SVG trend (no JS, no request per row): each of `bins` step
+    ranges drawn as its min and max, so one spike survives. The y scale holds zero and the
+    `threshold` (a flat 1e-4 line far below it stays flat at the bottom instead of being
+    stretched into noise), and the threshold and `incidents` (spans of steps) are marked.
+    None for fewer than two points."""
+    if len(steps) < 2:
+        return None
+    first, last = steps[0], steps[-1]
+    span_x = (last - first) or 1
+    lows: dict[int, float] = {}
+    highs: dict[int, float] = {}
+    for step, value in zip(steps, values, strict=True):
+        b = min(bins - 1, (step - first) * bins // span_x)
+        lows[b] = min(lows.get(b, value), value)
+        highs[b] = max(highs.get(b, value), value)
+    lo = min(0.0, *lows.values())
+    hi = max(0.0, *highs.values(), *([threshold] if threshold is not None else []))
+    span_y = (hi - lo) or 1.0
+
+    def x(step: float) -> float:
+        return (step - first) / span_x * width
+
+    def y(value: float) -> float:
+        return height - 2 - (value - lo) / span_y * (height - 4)
+
+    points = []
+    for b in sorted(lows):
+        bx = (b + 0.5) * width / bins
+        # Alternate the order so that the line runs on from where the last bin ended.
+        pair = (lows[b], highs[b]) if b % 2 else (highs[b], lows[b])
+        points += [f"{bx:.1f},{y(v):.1f}" for v in dict.fromkeys(pair)]
+    marks = []
+    for inc in incidents:
+        start = max(first, inc["step"])
+        end = last if inc.get("end") is None else min(last, inc["end"])
+        if start <= last and end >= first:
+            marks.append({"x": f"{x(start):.1f}", "w": f"{max(x(end) - x(start), 1.5):.1f}"})
+    peak = max(highs.values())
+    return {
+        "points": " ".join(points),
+        "threshold_y": None if threshold is None else f"{y(threshold):.1f}",
+        "incidents": marks,
+        "label": (
+            f"steps {first} to {last}: max {fmt(peak)}"
+            + (f", threshold {fmt(threshold)}" if threshold is not None else "")
+            + (f", {len(marks)} incident{'s' if len(marks) != 1 else ''}" if marks else "")
+        ),
+    }
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -101,7 +144,7 @@ def _rule_text(rule: dict[str, Any] | None) -> str:
         return ""
     sym = {"<": "<", ">": ">", "abs>": "|x| >"}[rule["op"]]
     return " · ".join(
-        f"{level} {sym} {rule[level]:g}" for level in ("warn", "fail") if level in rule
+        f"{level} {sym} {fmt(rule[level])}" for level in ("warn", "fail") if level in rule
     )
 
 
@@ -266,9 +309,34 @@ def engine_answered(report: ComparisonReport) -> dict[str, Any]:
     }
 
 
+# A job's stages in the order the measurement runs them (workers/measure.py: engine ->
+# generate -> trainer -> processing -> score -> metrics), then what follows. Stored
+# timings come back from jsonb with their keys reordered, so the order is written here.
+TIMING_ORDER = (
+    "engine_load",
+    "engine_start",
+    "generate",
+    "trainer_load",
+    "processing",
+    "score",
+    "metrics",
+    "report",
+    "total",
+)
+
+
+def _timing_order(key: str) -> tuple[str, int, str]:
+    # Checklist timings are per variant ("baseline.score_s"): each variant's stages in order.
+    group, _, stage = key.rpartition(".")
+    name = stage.removesuffix("_s")
+    rank = TIMING_ORDER.index(name) if name in TIMING_ORDER else len(TIMING_ORDER)
+    return group, rank, name
+
+
 def timing_rows(timings: dict[str, float] | None) -> list[dict[str, Any]]:
-    """A job's stage timings (any kind) as bars relative to their total."""
+    """A job's stage timings (any kind) in pipeline order, as bars relative to their total."""
     rows = [(k, v) for k, v in (timings or {}).items() if isinstance(v, int | float)]
+    rows.sort(key=lambda kv: _timing_order(kv[0]))
     total = sum(v for _, v in rows) or 1.0
     return [
         {"name": k.removesuffix("_s").replace("_", " "), "seconds": v, "pct": 100 * v / total}
@@ -335,3 +403,60 @@ def determinism_context(report: DeterminismReport) -> dict[str, Any]:
             "sampling": report["sampling"],
         },
     }
+
+
+def flat_text(data: Any) -> dict[str, str]:
+    """`flatten`, each value written for people (numbers in the one number style)."""
+    return {key: fmt(value) for key, value in flatten(data).items()}
+
+
+# The fingerprint's sides, in the order the page shows them; a top-level key not named here
+# goes to "Other".
+FINGERPRINT_SIDES = (
+    ("Model and prompts", ("model", "model_path", "prompt_set", "num_prompts")),
+    ("Engine", ("engine",)),
+    ("Trainer", ("trainer",)),
+    ("Sampling", ("sampling", "sampling_requested", "sampling_model_defaults")),
+    ("Platform", ("versions", "device")),
+)
+
+
+def _setting(path: str, side: str) -> tuple[str, str]:
+    """Which setting a fingerprint path records, whichever part of the report wrote it:
+    `engine.settings.head_dtype` and `engine.head_dtype` are the engine's `head_dtype`;
+    `engine.vllm_version` and `versions.vllm` both the vLLM version. Equal settings of
+    different sides (the engine's and the trainer's dtype) are different settings."""
+    parts = path.split(".")
+    if parts[0] == "versions" or parts[-1].endswith("_version"):
+        return "versions", parts[-1].removesuffix("_version")
+    return side, parts[-1]
+
+
+def fingerprint_groups(fingerprint: Any) -> list[dict[str, Any]]:
+    """The fingerprint as rows grouped by side (model, engine, trainer, sampling, platform,
+    other). A setting whose value is the same under several paths (the engine's effective
+    `head_dtype` and the one its settings asked for; `versions.vllm` and
+    `engine.vllm_version`) is one row, its other paths listed in `also`; where the values
+    differ, each path keeps its row, since that difference is the point."""
+    flat = flatten(fingerprint)
+    side_of = {top: title for title, tops in FINGERPRINT_SIDES for top in tops}
+    titles = [title for title, _ in FINGERPRINT_SIDES] + ["Other"]
+    groups: dict[str, list[dict[str, Any]]] = {title: [] for title in titles}
+    for path in sorted(flat, key=lambda p: (p.count("."), p)):
+        groups[side_of.get(path.split(".")[0], "Other")].append({"key": path, "also": []})
+    seen: dict[tuple[str, str, str], dict[str, Any]] = {}
+    out = []
+    for title in titles:
+        rows = []
+        for row in groups[title]:
+            value = flat[row["key"]]
+            same = (*_setting(row["key"], title), repr(value))
+            if same in seen:
+                seen[same]["also"].append(row["key"])
+                continue
+            row["value"] = fmt(value)
+            seen[same] = row
+            rows.append(row)
+        if rows:
+            out.append({"title": title, "rows": sorted(rows, key=lambda r: r["key"])})
+    return out

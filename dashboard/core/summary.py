@@ -14,6 +14,7 @@ and last bucket of the range are read raw, so its ends are exact.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -253,3 +254,75 @@ def overview(
         values=np.concatenate([head_values, mid_values[keep], tail_values]),
         total=total,
     )
+
+
+# --- whole-run overviews (the runs list's sparklines) -------------------------------------
+
+# A run of up to this many steps is read raw; longer ones from the level whose buckets give
+# at most about this many rows (min and max point each).
+_OVERVIEW_ROWS = 4096
+_OVERVIEW_RAW = f"""
+SELECT run_id, step, value FROM {_POINTS}
+WHERE run_id = ANY(%s) AND key = %s
+  AND value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)
+ORDER BY run_id, step
+"""
+_OVERVIEW_LEVEL = f"""
+SELECT run_id, min_step, min_value, max_step, max_value FROM {_SUMMARY}
+WHERE run_id = ANY(%s) AND key = %s AND level = %s AND min_value IS NOT NULL
+ORDER BY run_id, bucket
+"""
+# Points written around the point writer (bulk SQL) have no summary: probe the index at
+# evenly spaced steps instead (a spike between probes may be missed there).
+_OVERVIEW_PROBES = 256
+_OVERVIEW_PROBE = f"""
+SELECT r.id, p.step, p.value
+FROM unnest(%s::bigint[], %s::bigint[]) AS r(id, stride)
+CROSS JOIN generate_series(0, {_OVERVIEW_PROBES - 1}) AS g(i)
+CROSS JOIN LATERAL (
+  SELECT step, value FROM {_POINTS} WHERE run_id = r.id AND key = %s AND step >= g.i * r.stride
+  ORDER BY step LIMIT 1
+) p
+ORDER BY r.id, g.i
+"""
+
+
+def run_overviews(
+    last_steps: dict[int, int | None], key: str
+) -> dict[int, tuple[list[int], list[float]]]:
+    """The finite points of `key` over each whole run, in step order: every point of a short
+    run; a bucket's min and max point of a long one (so a one-step spike survives). Runs are
+    given with their last step; one query per level used, whatever the number of runs."""
+    out: dict[int, tuple[list[int], list[float]]] = {rid: ([], []) for rid in last_steps}
+    by_level: dict[int | None, list[int]] = {}
+    for rid, last in last_steps.items():
+        rows, level = last or 0, None
+        for candidate in LEVELS:
+            if rows > _OVERVIEW_ROWS:
+                level, rows = candidate, (last or 0) >> candidate
+        by_level.setdefault(level, []).append(rid)
+    with connection.cursor() as cursor:
+        for level, ids in by_level.items():
+            if level is None:
+                cursor.execute(_OVERVIEW_RAW, [ids, key])
+                for rid, step, value in cursor.fetchall():
+                    out[rid][0].append(step)
+                    out[rid][1].append(value)
+                continue
+            cursor.execute(_OVERVIEW_LEVEL, [ids, key, level])
+            for rid, min_step, min_value, max_step, max_value in cursor.fetchall():
+                steps, values = out[rid]
+                pair = sorted(((min_step, min_value), (max_step, max_value)))
+                for step, value in pair if pair[0][0] != pair[1][0] else pair[:1]:
+                    steps.append(step)
+                    values.append(value)
+            unsummarized = [rid for rid in ids if not out[rid][0]]
+            if unsummarized:
+                strides = [(last_steps[rid] or 0) // _OVERVIEW_PROBES + 1 for rid in unsummarized]
+                cursor.execute(_OVERVIEW_PROBE, [unsummarized, strides, key])
+                for rid, step, value in cursor.fetchall():
+                    steps, values = out[rid]
+                    if (not steps or step > steps[-1]) and math.isfinite(value):
+                        steps.append(step)
+                        values.append(value)
+    return out

@@ -30,7 +30,10 @@ from dashboard.core.presenters import (
     D_BINS,
     comparison_context,
     determinism_context,
+    fingerprint_groups,
+    flat_text,
     flatten,
+    fmt,
     sparkline,
     thresholds_for,
     timing_rows,
@@ -38,10 +41,8 @@ from dashboard.core.presenters import (
 from workers.specs import JOB_KINDS, SPEC_KINDS, redact
 from workers.specs.comparison import RECOMMENDED_RL
 
-# The headline numbers of a run, in the order the runs list shows them (METRICS.md names).
-SUMMARY_KEYS = ("kl_k3", "clip_rate", "abs_diff_mean")
+SUMMARY_KEYS = canonical.SUMMARY_KEYS
 SPARK_KEY = "kl_k3"
-SPARK_POINTS = 120
 # Charts every run page opens with; each inner tuple shares one chart.
 DEFAULT_CHARTS: tuple[tuple[str, ...], ...] = (
     ("clip_rate",),
@@ -162,6 +163,22 @@ def _chart_annotations(run: Run) -> dict[str, Any]:
 # --- runs list ----------------------------------------------------------------------------
 
 
+def _incident_spans(run_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each run's incidents as step spans, from the apps that raise them (alerts)."""
+    spans: dict[int, list[dict[str, Any]]] = {}
+    for pages in hooks.run_pages():
+        if pages.incident_spans is not None:
+            for run_id, more in pages.incident_spans(run_ids).items():
+                spans.setdefault(run_id, []).extend(more)
+    return spans
+
+
+def _spark_threshold(project: Project) -> float | None:
+    """The sparkline's reference line: the project's warn level for its metric."""
+    rule = thresholds_for(project).get(SPARK_KEY) or {}
+    return rule.get("warn") if rule.get("op") in (">", "abs>") else None
+
+
 def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
     """The runs of a project: filter, sort, paginate; `?partial=1` returns just the table."""
     project = _project(request, slug)
@@ -170,13 +187,15 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
     ids = [run.pk for run in page.object_list]
     # A run that sent only its framework's keys shows them under the canonical names.
-    latest, spark = canonical.summaries(ids, SUMMARY_KEYS, SPARK_KEY, SPARK_POINTS)
+    latest, spark = canonical.summaries(page.object_list, SUMMARY_KEYS, SPARK_KEY)
     incidents = _open_incidents(ids)
+    spans = _incident_spans(ids)
+    threshold = _spark_threshold(project)
     rows = [
         {
             "run": run,
             "latest": latest[run.pk],
-            "spark": sparkline(spark[run.pk]),
+            "spark": sparkline(*spark[run.pk], threshold, spans.get(run.pk, ())),
             "incidents": incidents.get(run.pk, 0),
         }
         for run in page.object_list
@@ -194,6 +213,8 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         ("status", "status"),
         ("last_step", "-last_step"),
         ("created", "-created"),
+        # Metrics: the largest mismatch first, where a reader looks for trouble.
+        *((key, "-" + key) for key in SUMMARY_KEYS),
     ):
         active = current.lstrip("-") == column
         # A second click on the active column flips its direction.
@@ -207,7 +228,7 @@ def project_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "form": form,
         "page": page,
         "rows": rows,
-        "summary_keys": SUMMARY_KEYS,
+        "summary_keys": [{"key": key, "sort": sorts[key]} for key in SUMMARY_KEYS],
         "spark_key": SPARK_KEY,
         "query": query.urlencode(),
         "sorts": sorts,
@@ -282,7 +303,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         },
         panel=canonical.panel(latest),
         versions=versions,
-        fingerprint=flatten(run.fingerprint),
+        fingerprint=flat_text(run.fingerprint),
         others=others,
     )
 
@@ -310,8 +331,10 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         result=result,
         **context,
         timings=timing_rows(result.get("timings")),
-        fingerprint=flatten(result.get("fingerprint") or (job.run.fingerprint if job.run else {})),
-        spec=flatten(redact(job.spec)),
+        fingerprint=fingerprint_groups(
+            result.get("fingerprint") or (job.run.fingerprint if job.run else {})
+        ),
+        spec=flat_text(redact(job.spec)),
         d_bins=D_BINS,
     )
 
@@ -342,7 +365,7 @@ def compare(request: HttpRequest, slug: str) -> HttpResponse:
     fp_table = [
         {
             "key": key,
-            "cells": [fp.get(key, "—") for fp in fingerprints],
+            "cells": [fmt(fp[key]) if key in fp else "—" for fp in fingerprints],
             "differs": len({repr(fp.get(key)) for fp in fingerprints}) > 1,
         }
         for key in fp_keys

@@ -6,6 +6,7 @@
 // most once per animation frame, and never rebuilds its uPlot instance for new data.
 
 import { fetchSeries } from "./api.js";
+import { number } from "./numbers.js";
 
 // Okabe–Ito: distinguishable with every common colour-vision deficiency.
 export const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442"];
@@ -74,13 +75,8 @@ export class SeriesStore {
   changed(key) { for (const fn of this.listeners) fn(key); }
 }
 
-export function fmt(v) {
-  if (v === null || v === undefined) return "–";
-  if (!Number.isFinite(v)) return String(v);
-  const a = Math.abs(v);
-  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return Number(v.toPrecision(4)).toExponential();
-  return Number(v.toPrecision(4)).toString();
-}
+// The one number style (numbers.js, the same rule as the pages' Python).
+export function fmt(v) { return number(v); }
 
 // Room for the longest tick label, so "1.5e-4" is never cut at the edge.
 function axisSize(u, values) {

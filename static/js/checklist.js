@@ -6,6 +6,7 @@
 // compare. |d| = 0 exactly and non-finite tokens cannot sit on a log axis: listed below.
 
 import { PALETTE, fmt, tick } from "./charts.js";
+import { number } from "./numbers.js";
 
 const DASHES = [undefined, [8, 4], [2, 3], [12, 3, 3, 3], [4, 4], [1, 2]];
 
@@ -54,7 +55,7 @@ function drawHistogram(el) {
       ...series.map((s, i) => ({
         label: s.label, stroke: PALETTE[i % PALETTE.length], width: 2, dash: DASHES[i % DASHES.length],
         paths: uPlot.paths.stepped({ align: 0 }), points: { show: false },
-        value: (u, v) => (v == null ? "–" : `${(v * 100).toFixed(1)}%`),
+        value: (u, v) => (v == null ? "–" : `${number(v * 100, 3)}%`),
       })),
     ],
     legend: { live: true },

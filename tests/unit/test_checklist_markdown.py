@@ -122,7 +122,7 @@ def test_markdown_has_one_table_row_per_check_with_status_and_numbers() -> None:
     processed = next(line for line in table if line.startswith("| Processed logprobs"))
     assert "⚠️ needs fix" in processed
     assert "mean \\|d\\| 0.2794" in processed and "mean \\|d\\| 0.0256" in processed
-    assert "kl_k3 0.0587" in processed and "kl_k3 9.90e-04" in processed
+    assert "kl_k3 0.0587" in processed and "kl_k3 9.9e-4" in processed
     assert "raw \\| processed" in processed  # a pipe in a finding does not break the table
     assert "➖ n/a" in md and "✅ no fix needed" in md and "❌ could not run" in md
     # Every row has exactly the header's five cells: no unescaped pipe inside a cell.
