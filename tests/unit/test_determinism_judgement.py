@@ -82,7 +82,7 @@ def test_small_differences_warn_with_the_numbers() -> None:
     v, reasons = verdict([pair], {}, trainer(), DeterminismSpec(), engine_claims=False)
     assert v == "warn" and pair["verdict"] == "warn"
     assert reasons == [
-        "full batch: bit_equal_frac 0 (max |Δ| 1.00e-05) (warn): not bit-exact against batch size 1"
+        "full batch: bit_equal_frac 0 (max |Δ| 1e-5) (warn): not bit-exact against batch size 1"
     ]
 
 
