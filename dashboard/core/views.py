@@ -29,6 +29,7 @@ from dashboard.core.points import list_keys
 from dashboard.core.presenters import (
     D_BINS,
     comparison_context,
+    engine_answered,
     flatten,
     fmt,
     judge,
@@ -300,6 +301,8 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     if job.kind == Job.Kind.COMPARISON and result:
         thresholds = thresholds_for(job.project, job.spec.get("thresholds"))
         context.update(comparison_context(result, thresholds))
+    elif job.kind == Job.Kind.REPLAY and result:
+        context["engine"] = engine_answered(result)
     return _page(
         request,
         "job.html",
