@@ -71,8 +71,10 @@ class ServerReplay:
         if not server.dev_mode:
             raise dev_mode_error(server.url)
         self.server = server
-        self.extension = _extension_info(server)
+        # /weight_checker first: vLLM answers an unknown RPC method (no extension) with an
+        # exception that can drop the connection the next request would reuse.
         self.weight_checker = _weight_checker(server) is not None
+        self.extension = _extension_info(server)
         self.checksum_method: ChecksumMethod = (
             "parity_extension"
             if self.extension is not None
@@ -92,9 +94,14 @@ class ServerReplay:
     def checksums_unavailable(self) -> str | None:
         if self.checksum_method != "not_available":
             return None
+        checker = (
+            "its /weight_checker digests cannot be compared with any parameter"
+            if self.weight_checker
+            else "it serves no /weight_checker"
+        )
         return (
-            f"not available on this server ({self.server.url} serves no /weight_checker and "
-            "was not started with Parity's worker extension: --worker-extension-cls "
+            f"not available on this server ({self.server.url}: {checker}, and it was not "
+            "started with Parity's worker extension: --worker-extension-cls "
             "workers.weight_sync.WeightSyncExtension); the flags go by the tokens alone"
         )
 
