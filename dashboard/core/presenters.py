@@ -8,7 +8,7 @@ views stay thin.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dashboard.core.models import Project
@@ -297,13 +297,16 @@ def comparison_context(
     }
 
 
-def engine_answered(report: ComparisonReport) -> dict[str, Any]:
-    """Which engine adapter answered, its version, where, and what it could not report."""
-    engine = report.get("fingerprint", {}).get("engine", {})
+def engine_answered(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Which engine adapter answered a comparison or a replay, its version, where, and what it
+    could not report."""
+    fingerprint = report.get("fingerprint", {})
+    engine = fingerprint.get("engine", {})
     adapter = engine.get("adapter", "vllm")  # reports before adapters were in-process
     return {
         "label": ADAPTER_LABELS.get(adapter, adapter),
-        "version": engine.get("vllm_version"),
+        # A replay's fingerprint has the version beside the engine settings.
+        "version": engine.get("vllm_version") or fingerprint.get("vllm_version"),
         "url": engine.get("url"),
         "unknown": engine.get("unknown") or [],
     }

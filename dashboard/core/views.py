@@ -30,6 +30,7 @@ from dashboard.core.presenters import (
     D_BINS,
     comparison_context,
     determinism_context,
+    engine_answered,
     fingerprint_groups,
     flat_text,
     flatten,
@@ -323,6 +324,8 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         context.update(comparison_context(result, thresholds))
     elif job.kind == Job.Kind.DETERMINISM and result:
         context.update(determinism_context(result))
+    elif job.kind == Job.Kind.REPLAY and result:
+        context["engine"] = engine_answered(result)
     return _page(
         request,
         "job.html",

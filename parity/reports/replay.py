@@ -21,6 +21,9 @@ Value = float | int | None
 MetricValues = dict[str, Value]
 # "full": every parameter holds W_k; "partial": some do; "none": none does.
 UpdateStatus = Literal["full", "partial", "none"]
+# Who read the engine's weights: Parity's worker extension (in-process, or a server started
+# with it, through /collective_rpc), vLLM's own /weight_checker digests, or nobody.
+ChecksumMethod = Literal["parity_extension", "vllm_weight_checker", "not_available"]
 FlagName = Literal["stale_weights", "partial_update", "mismatch_spike"]
 
 
@@ -48,12 +51,19 @@ class ChecksumReport(TypedDict):
 
     n_params: int  # parameters both sides have
     matched: int
-    status: UpdateStatus
+    status: UpdateStatus | None  # None: the engine's weights could not be read (`unavailable`)
     not_updated: list[str]
     not_updated_detail: dict[str, NotUpdatedDetail]
     missing_in_engine: list[str]
     unchanged_in_engine: list[str]  # engine checksum equal to the previous update's
     unchanged_in_trainer: list[str]  # ... of those, the ones W_k did not change either
+    # Absent in results stored before engine adapters: then "parity_extension".
+    method: NotRequired[ChecksumMethod]
+    # method "not_available": why, in words ("not available on this server (...)").
+    unavailable: NotRequired[str]
+    # vllm_weight_checker: parameters whose digest cannot be compared with the trainer's,
+    # and why (e.g. a layer served from a repacked kernel copy: its parameter is empty).
+    not_comparable: NotRequired[dict[str, str]]
 
 
 # --- flags ---------------------------------------------------------------------------------
@@ -223,12 +233,15 @@ class UpdateInfo(TypedDict):
     received: int  # tensors the worker read
     sent: int  # ... and passed to load_weights
     withheld_by_extension: list[str]
-    loaded_vllm_params: int
+    loaded_vllm_params: int | None  # None: the engine does not say (a server's reload)
     running_requests_at_update: dict[str, int]  # request id -> output tokens so far
     # Layerwise load only: tied layers whose kernels Parity rebuilt after vLLM's reload.
     retied_kernels: NotRequired[list[RetiedKernel]]
     # Between batches only: what llm.reset_prefix_cache() returned (None: not called).
     reset_prefix_cache_returned: NotRequired[bool | None]
+    # A server: the endpoints the update went through, in order, and the directory of W_k.
+    server_calls: NotRequired[list[str]]
+    weights_path: NotRequired[str]
 
 
 class VllmCall(TypedDict):
@@ -301,6 +314,11 @@ class Capabilities(TypedDict):
     kv_block_size: int
     builtin_weight_transfer_config: bool
     extension: dict[str, Any] | None  # the worker extension's parity_extension_info()
+    # Which engine adapter answered (workers.engines.ADAPTER_LABELS); absent: in-process.
+    adapter: NotRequired[str]
+    url: NotRequired[str]
+    # A server: whether it serves vLLM's /weight_checker (digests of its parameters).
+    weight_checker: NotRequired[bool]
 
 
 class ReplayFingerprint(TypedDict):

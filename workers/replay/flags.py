@@ -172,6 +172,9 @@ def _partial(checksums: Mapping[str, Any]) -> Flag:
         detail=dict(checksums.get("not_updated_detail", {})),
     )
     status = checksums.get("status")
+    if status is None:
+        why = checksums.get("unavailable") or "the engine's weights could not be read"
+        return Flag(False, f"cannot be judged: checksums {why}", evidence)
     if status == "partial":
         more = " ..." if len(names) > 10 else ""
         return Flag(

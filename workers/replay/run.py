@@ -1,11 +1,15 @@
-"""The replay itself: start the engine on W0, measure the baseline, then for k = 1..N push W_k,
-sample, score at W_k and W_k-1 (workers.measure), compare checksums and decide the flags."""
+"""The replay itself: start the engine on W0 (or reach the user's server, which serves W0),
+measure the baseline, then for k = 1..N push W_k, sample, score at W_k and W_k-1
+(workers.measure), compare checksums and decide the flags.
+
+The engine is a `ReplayTarget`: Parity's own in-process vLLM (`engine.InProcessReplay`) or
+a vLLM server (`server.ServerReplay`); both offer the same steps, each through its own path."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -14,6 +18,7 @@ from parity.reports import Verdict
 from parity.reports.replay import (
     Baseline,
     CacheControl,
+    ChecksumMethod,
     ChecksumReport,
     InFlightReport,
     ReplayFingerprint,
@@ -21,34 +26,24 @@ from parity.reports.replay import (
 )
 from workers import measure
 from workers.replay.batch import Batch, compare_batches
-from workers.replay.checksums import expected_checksums, judge_checksums
-from workers.replay.engine import (
-    build_engine,
-    capabilities,
-    generate_batch,
-    shutdown_replay_engine,
-)
+from workers.replay.checksums import Checksums, judge_checksums
+from workers.replay.engine import InProcessReplay, build_engine
 from workers.replay.flags import flags_for_update
 from workers.replay.in_flight import generate_in_flight
 from workers.replay.prefix_cache import metric_summary, prefix_cache_report, prefix_cache_summary
 from workers.replay.report import ReplayResult, UpdateResult, headline
-from workers.replay.weights import (
-    Handle,
-    read_checkpoint,
-    trainer_state_load,
-    weights_source,
-    write_weights,
-)
+from workers.replay.server import ServerReplay
+from workers.replay.weights import Handle, read_checkpoint, trainer_state_load, weights_source
 from workers.reporting import JobOutcome, NullReporter, Reporter, UserError, json_safe
 from workers.specs import parse_spec
 from workers.specs.replay import ReplaySpec
 
 if TYPE_CHECKING:
     from parity.metrics import MetricsResult
-    from workers.rollout import Engine
+    from workers.engines.vllm_server import VllmServer
     from workers.trainer import Processing, TrainerModel
-    from workers.weight_sync import ParamChecksum
 
+ReplayTarget = InProcessReplay | ServerReplay
 _VERDICT_ORDER: tuple[Verdict, ...] = ("pass", "warn", "fail")
 
 
@@ -68,20 +63,45 @@ class _Replay:
     """What every step of one replay shares: the spec, the engine, the trainer, the prompts."""
 
     spec: ReplaySpec
-    engine: Engine
+    target: ReplayTarget
     trainer: TrainerModel
     prompt_ids: list[list[int]]
     thresholds: Thresholds
     processing: Processing | None = None
-    tmp_files: list[Path] = field(default_factory=list)
 
     def sample(self) -> Batch:
-        return generate_batch(self.engine, self.prompt_ids, self.spec.sampling)
+        return self.target.sample(self.prompt_ids, self.spec.sampling)
 
-    def checksums(self) -> dict[str, ParamChecksum]:
-        return cast(
-            "dict[str, ParamChecksum]", self.engine.llm.collective_rpc("parity_param_checksums")[0]
-        )
+    def checksums(
+        self,
+        state: Mapping[str, Any],
+        previous_expected: Checksums | None,
+        previous_engine: Checksums | None,
+    ) -> tuple[ChecksumReport, Checksums | None, Checksums | None]:
+        """(the judgement, the engine's checksums, `state`'s): the engine's weights read the
+        way this engine allows (`ReplayTarget.checksum_method`), or why they cannot be."""
+        t = self.target
+        engine = t.checksums()
+        if engine is None:
+            report = ChecksumReport(
+                n_params=0,
+                matched=0,
+                status=None,
+                not_updated=[],
+                not_updated_detail={},
+                missing_in_engine=[],
+                unchanged_in_engine=[],
+                unchanged_in_trainer=[],
+                method="not_available",
+                unavailable=t.checksums_unavailable or "not available",
+            )
+            return report, None, None
+        expected = t.expected_checksums(state, engine)
+        report = judge_checksums(engine, expected, previous_expected, previous_engine)
+        report["method"] = cast("ChecksumMethod", t.checksum_method)
+        if t.not_comparable:
+            report["not_comparable"] = dict(t.not_comparable)
+        return report, engine, expected
 
     def score(self, batch: Batch) -> measure.Scored:
         """The trainer's lt of the batch's tokens at the weights it holds now."""
@@ -112,39 +132,56 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
     n_updates = spec.updates
     total_steps = n_updates + 1
 
+    server: ServerReplay | None = None
+    if spec.server.url:
+        # Reached first: a server that cannot take updates fails the job in a second.
+        reporter.stage(f"connecting to the server at {spec.server.url}", 0.0)
+        t = time.perf_counter()
+        server = _open_server(spec, model)
+        timings["engine_start"] = time.perf_counter() - t
+
     reporter.stage("loading W0 and the trainer", 0.0)
     w0 = read_checkpoint(model)
-    trainer, _ = trainer_mod.get_trainer(model, spec.trainer)
-    # Rendered before the engine starts, so a prompt problem fails the job in a second.
-    rendered = prompt_sets.render_set(spec.prompt_items(), trainer.tokenizer)
+    try:
+        trainer, _ = trainer_mod.get_trainer(model, spec.trainer)
+        # Rendered before the engine starts, so a prompt problem fails the job in a second.
+        rendered = prompt_sets.render_set(spec.prompt_items(), trainer.tokenizer)
+    except BaseException:
+        if server is not None:
+            server.server.close()
+        raise
     notes = rendered.notes()
 
-    reporter.stage("starting the engine on W0", 0.02)
-    t = time.perf_counter()
-    engine = build_engine(model, spec.engine, spec.extension)
-    timings["engine_start"] = time.perf_counter() - t
+    target: ReplayTarget
+    if server is None:
+        reporter.stage("starting the engine on W0", 0.02)
+        t = time.perf_counter()
+        target = InProcessReplay(build_engine(model, spec.engine, spec.extension), spec.load_mode)
+        timings["engine_start"] = time.perf_counter() - t
+    else:
+        target = server
     try:
-        kept, skipped_notes = prompt_sets.fitting(rendered.ids, engine.max_model_len)
+        kept, skipped_notes = prompt_sets.fitting(rendered.ids, target.max_model_len)
     except UserError:
-        shutdown_replay_engine(engine)
+        target.close(model)
         raise
     prompt_ids = [rendered.ids[i] for i in kept]
     notes += skipped_notes
     for note in notes:
         reporter.stage(note, 0.02)
-    engine_settings = engine.effective_settings()
-    r = _Replay(spec, engine, trainer, prompt_ids, Thresholds.from_dict(spec.thresholds))
+    engine_settings = target.effective_settings()
+    r = _Replay(spec, target, trainer, prompt_ids, Thresholds.from_dict(spec.thresholds))
     updates: list[UpdateResult] = []
     try:
-        caps = capabilities(engine.llm)
+        caps = target.capabilities()
+        target.prepare(w0)
         reporter.stage("baseline at W0", 0.05)
         batch0 = r.sample()
         r.processing = trainer_mod.Processing.for_comparison(
             spec.trainer, spec.engine, batch0.rollout.effective
         )
         m0 = r.metrics(r.score(batch0))
-        cs0 = r.checksums()
-        expected0 = expected_checksums(w0, cs0)
+        checks0, cs0, expected0 = r.checksums(w0, None, None)
         # Control: the same requests again at W0, now served from the prefix cache. Any
         # difference is what caching alone does, with no weight change involved.
         control = r.sample()
@@ -152,7 +189,7 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
             metrics=m0.values,
             verdict=_verdict(m0.verdict),
             reasons=m0.reasons,
-            checksums=judge_checksums(cs0, expected0, None, None),
+            checksums=checks0,
             prompt_tokens=[len(p) for p in prompt_ids],
             num_cached_tokens_first_run=batch0.num_cached_tokens,
             prefix_cache_control=CacheControl(
@@ -168,14 +205,8 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
         for k in range(1, n_updates + 1):
             reporter.stage(f"update {k}/{n_updates}: pushing W_{k}", k / total_steps)
             wk, handle = next(states)
-            if handle is None:
-                path = write_weights(wk)
-                r.tmp_files.append(path)
-                handle = {"kind": "safetensors", "path": str(path)}
-            main, probe, update_info, in_flight = _push_and_sample(r, handle)
-            cs = r.checksums()
-            expected = expected_checksums(wk, cs)
-            checks = judge_checksums(cs, expected, prev_expected, prev_cs)
+            main, probe, update_info, in_flight = _push_and_sample(r, wk, handle)
+            checks, cs, expected = r.checksums(wk, prev_expected, prev_cs)
 
             reporter.stage(
                 f"update {k}/{n_updates}: scoring at W_{k} and W_{k - 1}", (k + 0.5) / total_steps
@@ -193,9 +224,9 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
             )
             prev_state, prev_cs, prev_expected = wk, cs, expected
     finally:
-        for path in r.tmp_files:
-            path.unlink(missing_ok=True)
-        shutdown_replay_engine(engine)
+        closing_note = target.close(model)
+        if closing_note:
+            notes.append(closing_note)
         # The trainer is cached for the next job: give it back its checkpoint weights.
         try:
             trainer_state_load(trainer, w0)
@@ -213,8 +244,11 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
         update_mode=spec.update_mode,
         pause_mode=spec.pause_mode if spec.update_mode == "in_flight" else None,
         reset_prefix_cache=spec.reset_prefix_cache,
-        load_mode=spec.load_mode,
-        extension=spec.extension,
+        # A server loads through its own reload_weights, with the extension it started with.
+        load_mode=spec.load_mode if server is None else "reload_weights",
+        extension=spec.extension
+        if server is None
+        else str((server.extension or {}).get("worker_class", "none")),
         source=spec.source.model_dump(mode="json"),
     )
     result = ReplayResult(
@@ -235,24 +269,35 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
     return result
 
 
+def _open_server(spec: ReplaySpec, model: str) -> ServerReplay:
+    """The user's server, connected, checked and able to take updates (UserError if not)."""
+    from workers import engines
+
+    engine, _ = engines.open_engine(model, spec.engine, spec.server)
+    try:
+        return ServerReplay(cast("VllmServer", engine))
+    except BaseException:
+        engines.release(engine)
+        raise
+
+
 def _push_and_sample(
-    r: _Replay, handle: Handle
+    r: _Replay, wk: Mapping[str, Any], handle: Handle | None
 ) -> tuple[Batch, Batch | None, UpdateInfo, InFlightReport | None]:
     """Push W_k into the engine and sample: (the batch the update is judged on, the same
     requests the other way round for the prefix-cache measurement, what the push did, what
     happened at an in-flight update's boundary)."""
     spec = r.spec
-    rpc_kwargs = {"handle": handle, "mode": spec.load_mode}
 
     def push() -> UpdateInfo:
-        t0 = time.perf_counter()
-        res = r.engine.llm.collective_rpc("parity_update_weights", kwargs=rpc_kwargs)[0]
-        return _update_info(res, time.perf_counter() - t0)
+        return r.target.push(wk, handle)
 
     probe: Batch | None = None
     if spec.update_mode == "in_flight":
+        # The spec refuses in_flight with a server: only the in-process step loop can.
+        assert isinstance(r.target, InProcessReplay)
         main, in_flight, update_info = generate_in_flight(
-            r.engine,
+            r.target.engine,
             r.prompt_ids,
             spec.sampling,
             push,
@@ -269,12 +314,12 @@ def _push_and_sample(
     if spec.reset_prefix_cache:
         if spec.measure_prefix_cache:
             probe = r.sample()  # no reset yet: W_k-1's prefix blocks still cached
-        reset_ok = r.engine.llm.reset_prefix_cache()
+        reset_ok = r.target.reset_prefix_cache()
         main = r.sample()
     else:
         main = r.sample()
         if spec.measure_prefix_cache:
-            reset_ok = r.engine.llm.reset_prefix_cache()
+            reset_ok = r.target.reset_prefix_cache()
             probe = r.sample()  # after a reset
     update_info["reset_prefix_cache_returned"] = reset_ok
     return main, probe, update_info, None
@@ -343,23 +388,6 @@ def _separation(a: measure.Scored, b: measure.Scored) -> float | None:
     d = np.abs(a.lt - b.lt)
     d = d[np.isfinite(d)]
     return float(d.mean()) if d.size else None
-
-
-def _update_info(res: Mapping[str, Any], seconds: float) -> UpdateInfo:
-    """What the worker extension's parity_update_weights reported, in counts."""
-    received, sent = list(res.get("received", [])), list(res.get("sent", []))
-    info = UpdateInfo(
-        rpc_seconds=seconds,
-        load_seconds=res.get("seconds"),
-        received=len(received),
-        sent=len(sent),
-        withheld_by_extension=sorted(set(received) - set(sent)),
-        loaded_vllm_params=len(res.get("loaded", [])),
-        running_requests_at_update=res.get("running_requests", {}),
-    )
-    if res.get("retied"):
-        info["retied_kernels"] = list(res["retied"])
-    return info
 
 
 def _verdict(v: str) -> Verdict:

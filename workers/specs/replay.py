@@ -11,6 +11,7 @@ from workers.specs.common import (
     EngineSettings,
     ModelRef,
     SamplingSettings,
+    ServerSettings,
     Settings,
     ThresholdOverrides,
     TrainerSettings,
@@ -112,13 +113,22 @@ class FlagSettings(Settings):
 
 
 class ReplaySpec(Settings):
-    """A weight-update replay (issue 4): N updates pushed into one running vLLM V1 engine."""
+    """A weight-update replay (issue 4): N updates pushed into one running vLLM V1 engine,
+    in-process or a server (`server.url`: its own update path, workers.replay.server)."""
 
     model: ModelRef = Field(
         "var/models/tiny-llama",
         min_length=1,
         max_length=500,
         description="Local model directory on the worker (W0).",
+    )
+    server: ServerSettings = Field(
+        default_factory=ServerSettings,
+        description=(
+            "Optional: replay into a vLLM server you already run (its URL; it needs "
+            "VLLM_SERVER_DEV_MODE=1 and must read the worker's files: W_k is handed to it as "
+            "a directory); empty: Parity builds vLLM in-process with the engine settings below."
+        ),
     )
     engine: EngineSettings = Field(default_factory=EngineSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
@@ -214,6 +224,14 @@ class ReplaySpec(Settings):
             raise ValueError("num_updates is required with a synthetic source")
         if self.sampling.n != 1:
             raise ValueError("sampling.n must be 1 in a replay (one sample per prompt)")
+        if self.server.url and self.update_mode == "in_flight":
+            # Landing the update half-way needs the engine's step loop (in_flight.py); over
+            # HTTP a request's progress is not visible until it ends (no streaming here).
+            raise ValueError(
+                "update_mode 'in_flight' is not supported against a server yet: Parity cannot "
+                "see how far a request has decoded over HTTP to land the update half-way; use "
+                "'between_batches', or leave server.url empty for the in-process engine"
+            )
         return self
 
     @property

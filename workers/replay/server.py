@@ -1,0 +1,305 @@
+"""A replay into a vLLM server the user runs: each update through the server's own path, and
+what it serves read by the server's own reporting where it can be.
+
+An update is vLLM's dev-mode reload (`VllmServer.update_weights_from_disk` without its reset:
+`/pause?mode=wait&clear_cache=false`, `/collective_rpc` reload_weights with W_k's directory,
+`/resume`), then `/reset_prefix_cache` as the spec says, so the prefix-cache measurement
+stays the in-process one (a plain /pause would clear the cache itself and hide it).
+Sampling goes through the adapter (`/v1/completions`), scoring stays on the worker.
+
+What the server serves, in order of what can be known:
+
+1. Parity's checksums through `/collective_rpc parity_param_checksums`, when the server was
+   started with `--worker-extension-cls workers.weight_sync.WeightSyncExtension`: every
+   parameter read through its serving kernel, as in-process.
+2. vLLM's `/weight_checker` (vLLM 0.32, dev mode): `{"checksums": {"dp0:pp0:pcp0:tp0:<vLLM
+   parameter name>": sha256 of its bytes}}` and nothing else (no dtype, shape or sums). Those
+   are compared with W_k fused into vLLM's parameters (qkv_proj, gate_up_proj) in the served
+   dtype. A parameter whose digest already differs from W0's at the start cannot be judged
+   and is listed with the reason: on the CPU backend every linear layer is served from a
+   repacked kernel copy and its parameter is emptied, so only embeddings, norms and an
+   untied head can be checked there (measured with vLLM 0.32.0).
+3. Neither: the checksum report says "not available on this server (why)"; the flags then
+   go by the tokens alone.
+
+`/weight_info` only returns the label set through `/update_weight_version` ("default" unless
+the trainer sets one), so it says nothing about the weights themselves and is not used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from parity.reports.replay import Capabilities, ChecksumMethod, UpdateInfo
+from workers.replay.batch import Batch
+from workers.replay.checksums import expected_checksums as extension_expected
+from workers.reporting import UserError
+from workers.specs import SamplingSettings
+
+if TYPE_CHECKING:
+    from workers.engines.vllm_server import VllmServer
+    from workers.replay.weights import Handle
+    from workers.weight_sync import ParamChecksum
+
+# vLLM's fused parameters and the HF parameters they hold, in order (its models'
+# packed_modules_mapping for Llama-, Qwen- and Mistral-style layers).
+PACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+_EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
+_SHM = Path("/dev/shm")
+
+
+def dev_mode_error(url: str) -> UserError:
+    return UserError(
+        f"the server at {url} does not serve vLLM's dev endpoints (/server_info, /pause, "
+        "/collective_rpc, /reset_prefix_cache), which a replay pushes its updates through: "
+        "start it with VLLM_SERVER_DEV_MODE=1 in its environment"
+    )
+
+
+class ServerReplay:
+    """The replay's engine when it is the user's vLLM server (see the module docstring)."""
+
+    adapter = "vllm-server"
+
+    def __init__(self, server: VllmServer) -> None:
+        if not server.dev_mode:
+            raise dev_mode_error(server.url)
+        self.server = server
+        # /weight_checker first: vLLM answers an unknown RPC method (no extension) with an
+        # exception that can drop the connection the next request would reuse.
+        self.weight_checker = _weight_checker(server) is not None
+        self.extension = _extension_info(server)
+        self.checksum_method: ChecksumMethod = (
+            "parity_extension"
+            if self.extension is not None
+            else "vllm_weight_checker"
+            if self.weight_checker
+            else "not_available"
+        )
+        # vllm_weight_checker: vLLM name -> why it cannot be judged (set by `prepare`).
+        self.not_comparable: dict[str, str] = {}
+        self._dirs: list[Path] = []
+
+    @property
+    def max_model_len(self) -> int:
+        return self.server.max_model_len
+
+    @property
+    def checksums_unavailable(self) -> str | None:
+        if self.checksum_method != "not_available":
+            return None
+        checker = (
+            "its /weight_checker digests cannot be compared with any parameter"
+            if self.weight_checker
+            else "it serves no /weight_checker"
+        )
+        return (
+            f"not available on this server ({self.server.url}: {checker}, and it was not "
+            "started with Parity's worker extension: --worker-extension-cls "
+            "workers.weight_sync.WeightSyncExtension); the flags go by the tokens alone"
+        )
+
+    def effective_settings(self) -> dict[str, Any]:
+        return {
+            **self.server.effective_settings(),
+            "adapter": self.adapter,
+            "vllm_version": self.server.version,
+        }
+
+    def capabilities(self) -> Capabilities:
+        cfg = self.server.config or {}
+        out = Capabilities(
+            vllm_version=self.server.version,
+            llm_collective_rpc=True,  # dev mode: /collective_rpc
+            llm_reset_prefix_cache=True,
+            pause_modes=["abort", "wait", "keep"],  # /pause?mode=
+            async_llm_pause_generation=True,
+            async_llm_resume_generation=True,
+            engine_core_multiprocessing=True,  # a server's engine core is its own process
+            async_scheduling=bool(cfg.get("scheduler_config", {}).get("async_scheduling")),
+            kv_block_size=int(cfg.get("cache_config", {}).get("block_size") or 0),
+            builtin_weight_transfer_config=cfg.get("weight_transfer_config") is not None,
+            extension=self.extension,
+            adapter=self.adapter,
+            url=self.server.url,
+            weight_checker=self.weight_checker,
+        )
+        return out
+
+    # --- the replay's steps -----------------------------------------------------------------
+
+    def sample(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings) -> Batch:
+        ro = self.server.generate(prompt_ids, sampling)
+        cached = (ro.extra or {}).get("num_cached_tokens") or [None] * len(ro.token_ids)
+        return Batch(ro, list(cached))
+
+    def push(self, state: Mapping[str, Any], handle: Handle | None) -> UpdateInfo:
+        """W_k into the server: a checkpoint directory as it is, else W_k written to a new
+        directory (in /dev/shm where it exists) that the server reads."""
+        if handle is not None and handle.get("kind") == "dir":
+            path = handle["path"]
+        else:
+            path = str(self._write(state))
+        t0 = time.perf_counter()
+        self.server.update_weights_from_disk(path, reset_prefix_cache=False)
+        return UpdateInfo(
+            rpc_seconds=time.perf_counter() - t0,
+            load_seconds=None,
+            received=len(state),
+            sent=len(state),
+            withheld_by_extension=[],
+            loaded_vllm_params=None,
+            running_requests_at_update={},
+            server_calls=[
+                "POST /pause?mode=wait&clear_cache=false",
+                "POST /collective_rpc reload_weights",
+                "POST /resume",
+            ],
+            weights_path=path,
+        )
+
+    def reset_prefix_cache(self) -> bool | None:
+        return self.server.reset_prefix_cache()
+
+    def prepare(self, w0: Mapping[str, Any]) -> None:
+        """With /weight_checker: find the parameters whose digest can be judged, i.e. the
+        ones that equal W0's while the server serves W0 (a replay starts there)."""
+        if self.checksum_method != "vllm_weight_checker":
+            return
+        digests = self._digests()
+        expected = self._fused_digests(w0, digests)
+        for name, digest in digests.items():
+            if name not in expected:
+                why = "no parameter of the checkpoint maps to it"
+            elif digest == _EMPTY_DIGEST:
+                why = (
+                    "vLLM's digest is of an empty tensor: the layer is served from a repacked "
+                    "kernel copy (vLLM's CPU backend), which /weight_checker does not read"
+                )
+            elif digest != expected[name]:
+                why = (
+                    "its digest differs from W0's in the served dtype while the server serves "
+                    "W0 (padded, quantised or repacked on load)"
+                )
+            else:
+                continue
+            self.not_comparable[name] = why
+        if len(self.not_comparable) == len(digests):
+            self.checksum_method = "not_available"
+
+    def checksums(self) -> dict[str, ParamChecksum] | None:
+        if self.checksum_method == "parity_extension":
+            return cast(
+                "dict[str, ParamChecksum]", self.server.collective_rpc("parity_param_checksums")[0]
+            )
+        if self.checksum_method == "vllm_weight_checker":
+            return {
+                name: _digest_only(digest, "vllm_weight_checker")
+                for name, digest in self._digests().items()
+                if name not in self.not_comparable
+            }
+        return None
+
+    def expected_checksums(
+        self, state: Mapping[str, Any], engine: Mapping[str, ParamChecksum]
+    ) -> dict[str, ParamChecksum]:
+        if self.checksum_method == "parity_extension":
+            return extension_expected(state, engine)
+        digests = self._fused_digests(state, {name: "" for name in engine})
+        return {name: _digest_only(d, "checkpoint") for name, d in digests.items()}
+
+    def close(self, w0_path: str) -> str | None:
+        """Put the server back on W0 (from `w0_path`, the model directory) and delete the
+        directories written for it; a note when W0 could not be restored."""
+        note = None
+        try:
+            self.server.update_weights_from_disk(w0_path)
+        except UserError as exc:
+            note = (
+                f"the server at {self.server.url} could not be put back on W0 ({exc}); it "
+                "still serves the replay's last update"
+            )
+        finally:
+            for d in self._dirs:
+                shutil.rmtree(d, ignore_errors=True)
+            self.server.close()
+        return note
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _write(self, state: Mapping[str, Any]) -> Path:
+        from workers.weight_sync import write_weight_file
+
+        d = Path(tempfile.mkdtemp(prefix="parity-replay-", dir=_SHM if _SHM.is_dir() else None))
+        self._dirs.append(d)
+        write_weight_file(state, directory=d, name="model")
+        return d
+
+    def _digests(self) -> dict[str, str]:
+        """/weight_checker's digests under vLLM parameter names (the rank prefix dropped:
+        a replay runs one rank)."""
+        res = _weight_checker(self.server) or {}
+        return {key.rsplit(":", 1)[-1]: v for key, v in res.get("checksums", {}).items()}
+
+    def _fused_digests(self, state: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, str]:
+        """sha256 of W's tensor behind each vLLM parameter name (fused ones concatenated in
+        vLLM's order), in the dtype the server serves, as vLLM hashes its parameters."""
+        import torch
+
+        dtype = getattr(torch, str(self.server.settings.dtype), None)
+        out = {}
+        for name in names:
+            tensor = _vllm_tensor(state, name)
+            if tensor is None:
+                continue
+            t = tensor.to(dtype) if isinstance(dtype, torch.dtype) else tensor
+            flat = t.detach().cpu().contiguous().view(-1).view(torch.uint8)
+            out[name] = hashlib.sha256(flat.numpy().tobytes()).hexdigest()
+        return out
+
+
+def _vllm_tensor(state: Mapping[str, Any], name: str) -> Any:
+    """W's tensor for a vLLM parameter name: itself, or the HF parts of a fused one."""
+    import torch
+
+    if name in state:
+        return state[name]
+    for fused, parts in PACKED.items():
+        if f".{fused}." in f".{name}":
+            keys = [name.replace(f".{fused}.", f".{p}.") for p in parts]
+            if all(k in state for k in keys):
+                return torch.cat([state[k] for k in keys], dim=0)
+    return None
+
+
+def _digest_only(digest: str, source: str) -> ParamChecksum:
+    """A checksum entry that has only a digest (vLLM's /weight_checker gives no sums)."""
+    nan = float("nan")
+    return cast(
+        "ParamChecksum",
+        {"sha256": digest, "dtype": "", "shape": [], "sum": nan, "abs_sum": nan, "source": source},
+    )
+
+
+def _extension_info(server: VllmServer) -> dict[str, Any] | None:
+    """Parity's worker extension's info, None when the server was started without it."""
+    try:
+        results = server.collective_rpc("parity_extension_info")
+    except UserError:  # the workers have no such method: a 500 naming it
+        return None
+    return results[0] if results and isinstance(results[0], dict) else None
+
+
+def _weight_checker(server: VllmServer) -> dict[str, Any] | None:
+    """/weight_checker's checksums, None when the server does not serve it (older vLLM)."""
+    try:
+        res = server.dev_post("/weight_checker", {"action": "checksum"})
+    except UserError:
+        return None
+    return res if isinstance(res, dict) and "checksums" in res else None
