@@ -21,7 +21,7 @@ from parity.reports.comparison import (
 )
 from parity.reports.determinism import DeterminismReport
 from parity.reports.numbers import number
-from workers.engines import ADAPTER_LABELS
+from workers.engines import ADAPTER_LABELS, ENGINE_NAMES
 
 SEVERITY_CSS = {"error": "fail", "warning": "warn"}
 
@@ -305,6 +305,7 @@ def engine_answered(report: Mapping[str, Any]) -> dict[str, Any]:
     adapter = engine.get("adapter", "vllm")  # reports before adapters were in-process
     return {
         "label": ADAPTER_LABELS.get(adapter, adapter),
+        "name": ENGINE_NAMES.get(adapter, adapter),
         # A replay's fingerprint has the version beside the engine settings.
         "version": engine.get("vllm_version") or fingerprint.get("vllm_version"),
         "url": engine.get("url"),
@@ -387,6 +388,7 @@ def determinism_context(report: DeterminismReport) -> dict[str, Any]:
         "reasons": report["reasons"],
         "engine": {
             "label": engine.get("label") or ADAPTER_LABELS.get(engine["adapter"], "?"),
+            "name": ENGINE_NAMES.get(engine["adapter"], engine["adapter"]),
             "version": engine.get("version"),
             "url": engine.get("url"),
             "unknown": engine.get("unknown") or [],

@@ -93,7 +93,7 @@ function scatter(el, s) {
   const u = new uPlot({
     width: size, height: Math.min(size, 420),
     scales: { x: { time: false, range: [lo, hi] }, y: { range: [lo, hi] } },
-    axes: [{ label: "lr (vLLM)" }, { label: "lt (trainer)", size: 56 }],
+    axes: [{ label: "lr (engine)" }, { label: "lt (trainer)", size: 56 }],
     cursor: { points: { size: 8 } },
     series: [
       { label: "lr", value: (u, v) => fmt(v) },

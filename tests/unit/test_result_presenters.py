@@ -91,3 +91,23 @@ def test_timings_follow_the_pipeline_whatever_order_they_are_stored_in() -> None
         "b.engine load",
         "b.score",
     ]
+
+
+@pytest.mark.parametrize(
+    ("adapter", "label", "name"),
+    [
+        ("vllm", "vLLM (in-process)", "vLLM"),
+        ("vllm-server", "vLLM server", "vLLM"),
+        ("sglang", "SGLang server", "SGLang"),
+    ],
+)
+def test_the_page_names_the_engine_that_answered_beside_its_version(
+    adapter: str, label: str, name: str
+) -> None:
+    # An SGLang comparison read "SGLang server · vLLM 0.5.23": the version is the engine's.
+    from dashboard.core.presenters import engine_answered
+
+    report = {"fingerprint": {"engine": {"adapter": adapter, "vllm_version": "0.5.23"}}}
+    engine = engine_answered(report)
+
+    assert (engine["label"], engine["name"], engine["version"]) == (label, name, "0.5.23")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from workers.engines.base import (
     ADAPTER_LABELS,
+    ENGINE_NAMES,
     UNKNOWN,
     ManagedEngine,
     RolloutEngine,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADAPTER_LABELS",
+    "ENGINE_NAMES",
     "UNKNOWN",
     "ManagedEngine",
     "RolloutEngine",

@@ -33,6 +33,10 @@ ADAPTER_LABELS = {
 }
 
 
+# The engine behind each adapter, as pages name it beside its version ("SGLang 0.5.23").
+ENGINE_NAMES = {"vllm": "vLLM", "vllm-server": "vLLM", "sglang": "SGLang"}
+
+
 class Unsupported(Exception):
     """The engine has no way to do this (e.g. a server started without its dev endpoints)."""
 
