@@ -91,3 +91,15 @@ def test_timings_follow_the_pipeline_whatever_order_they_are_stored_in() -> None
         "b.engine load",
         "b.score",
     ]
+
+
+def test_the_engine_that_answered_is_named_with_its_own_version() -> None:
+    """An SGLang server's version was shown as "vLLM 0.5.23"."""
+    from dashboard.core.presenters import engine_answered
+
+    sglang = {"fingerprint": {"engine": {"adapter": "sglang", "vllm_version": "0.5.23"}}}
+    in_process = {"fingerprint": {"vllm_version": "0.32.0", "engine": {}}}
+
+    assert engine_answered(sglang)["version"] == "SGLang 0.5.23"
+    assert engine_answered(sglang)["label"] == "SGLang server"
+    assert engine_answered(in_process)["version"] == "vLLM 0.32.0"

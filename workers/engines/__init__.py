@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from workers.engines.base import (
+    ADAPTER_ENGINES,
     ADAPTER_LABELS,
     UNKNOWN,
     ManagedEngine,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from workers.specs import EngineSettings, ServerSettings
 
 __all__ = [
+    "ADAPTER_ENGINES",
     "ADAPTER_LABELS",
     "UNKNOWN",
     "ManagedEngine",
