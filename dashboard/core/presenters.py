@@ -21,7 +21,7 @@ from parity.reports.comparison import (
 )
 from parity.reports.determinism import DeterminismReport
 from parity.reports.numbers import number
-from workers.engines import ADAPTER_LABELS, ENGINE_NAMES
+from workers.engines import ADAPTER_ENGINES, ADAPTER_LABELS
 
 SEVERITY_CSS = {"error": "fail", "warning": "warn"}
 
@@ -297,17 +297,23 @@ def comparison_context(
     }
 
 
+def engine_version(adapter: str, version: str | None) -> str | None:
+    """An engine's version with the engine's name ("SGLang 0.5.23"); None when unknown."""
+    return f"{ADAPTER_ENGINES.get(adapter, adapter)} {version}" if version else None
+
+
 def engine_answered(report: Mapping[str, Any]) -> dict[str, Any]:
     """Which engine adapter answered a comparison or a replay, its version, where, and what it
     could not report."""
     fingerprint = report.get("fingerprint", {})
     engine = fingerprint.get("engine", {})
     adapter = engine.get("adapter", "vllm")  # reports before adapters were in-process
+    # A replay's fingerprint has the version beside the engine settings; either way it is
+    # the answering engine's own (an SGLang server's under the same key).
+    version = engine.get("vllm_version") or fingerprint.get("vllm_version")
     return {
         "label": ADAPTER_LABELS.get(adapter, adapter),
-        "name": ENGINE_NAMES.get(adapter, adapter),
-        # A replay's fingerprint has the version beside the engine settings.
-        "version": engine.get("vllm_version") or fingerprint.get("vllm_version"),
+        "version": engine_version(adapter, version),
         "url": engine.get("url"),
         "unknown": engine.get("unknown") or [],
     }
@@ -388,8 +394,7 @@ def determinism_context(report: DeterminismReport) -> dict[str, Any]:
         "reasons": report["reasons"],
         "engine": {
             "label": engine.get("label") or ADAPTER_LABELS.get(engine["adapter"], "?"),
-            "name": ENGINE_NAMES.get(engine["adapter"], engine["adapter"]),
-            "version": engine.get("version"),
+            "version": engine_version(engine["adapter"], engine.get("version")),
             "url": engine.get("url"),
             "unknown": engine.get("unknown") or [],
         },

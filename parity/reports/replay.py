@@ -22,8 +22,11 @@ MetricValues = dict[str, Value]
 # "full": every parameter holds W_k; "partial": some do; "none": none does.
 UpdateStatus = Literal["full", "partial", "none"]
 # Who read the engine's weights: Parity's worker extension (in-process, or a server started
-# with it, through /collective_rpc), vLLM's own /weight_checker digests, or nobody.
-ChecksumMethod = Literal["parity_extension", "vllm_weight_checker", "not_available"]
+# with it, through /collective_rpc), vLLM's own /weight_checker digests, SGLang's own
+# /weights_checker digests, or nobody.
+ChecksumMethod = Literal[
+    "parity_extension", "vllm_weight_checker", "sglang_weights_checker", "not_available"
+]
 FlagName = Literal["stale_weights", "partial_update", "mismatch_spike"]
 
 
@@ -61,7 +64,7 @@ class ChecksumReport(TypedDict):
     method: NotRequired[ChecksumMethod]
     # method "not_available": why, in words ("not available on this server (...)").
     unavailable: NotRequired[str]
-    # vllm_weight_checker: parameters whose digest cannot be compared with the trainer's,
+    # A server's weight checker: parameters whose digest cannot be compared with the trainer's,
     # and why (e.g. a layer served from a repacked kernel copy: its parameter is empty).
     not_comparable: NotRequired[dict[str, str]]
 
@@ -225,6 +228,17 @@ class RetiedKernel(TypedDict):
     note: NotRequired[str]
 
 
+class WeightVersion(TypedDict):
+    """What an engine that labels its weights (SGLang) says it serves after update k, which
+    the replay labelled "k": /model_info's weight_version, and the versions the /generate
+    results the update is judged on report. A label only: checksums say what the weights are."""
+
+    expected: str
+    reported: str
+    sampled: list[str | None]  # distinct, in order; None: a result without a version
+    matches: bool  # reported and every sampled one equal `expected`
+
+
 class UpdateInfo(TypedDict):
     """What pushing W_k into the engine did (the worker extension's report)."""
 
@@ -242,6 +256,8 @@ class UpdateInfo(TypedDict):
     # A server: the endpoints the update went through, in order, and the directory of W_k.
     server_calls: NotRequired[list[str]]
     weights_path: NotRequired[str]
+    # An engine that labels its weights (SGLang): what it says it serves after the update.
+    weight_version: NotRequired[WeightVersion]
 
 
 class VllmCall(TypedDict):
@@ -317,7 +333,8 @@ class Capabilities(TypedDict):
     # Which engine adapter answered (workers.engines.ADAPTER_LABELS); absent: in-process.
     adapter: NotRequired[str]
     url: NotRequired[str]
-    # A server: whether it serves vLLM's /weight_checker (digests of its parameters).
+    # A server: whether it serves its own weight checker (vLLM's /weight_checker, SGLang's
+    # /weights_checker: digests of its parameters).
     weight_checker: NotRequired[bool]
 
 

@@ -131,8 +131,7 @@ def test_a_server_certificate_says_why_max_num_seqs_was_not_varied() -> None:
     assert "not-applicable" in html and "fixed when it starts" in html
     assert context["engine"] == {
         "label": "vLLM server",
-        "name": "vLLM",
-        "version": "0.32.0",
+        "version": "vLLM 0.32.0",
         "url": "http://10.0.0.5:8000",
         "unknown": [],
     }

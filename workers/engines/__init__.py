@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from workers.engines.base import (
+    ADAPTER_ENGINES,
     ADAPTER_LABELS,
-    ENGINE_NAMES,
     UNKNOWN,
     ManagedEngine,
     RolloutEngine,
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from workers.specs import EngineSettings, ServerSettings
 
 __all__ = [
+    "ADAPTER_ENGINES",
     "ADAPTER_LABELS",
-    "ENGINE_NAMES",
     "UNKNOWN",
     "ManagedEngine",
     "RolloutEngine",

@@ -31,10 +31,8 @@ ADAPTER_LABELS = {
     "vllm-server": "vLLM server",
     "sglang": "SGLang server",
 }
-
-
-# The engine behind each adapter, as pages name it beside its version ("SGLang 0.5.23").
-ENGINE_NAMES = {"vllm": "vLLM", "vllm-server": "vLLM", "sglang": "SGLang"}
+# The engine each adapter runs, as its version is named ("SGLang 0.5.23").
+ADAPTER_ENGINES = {"vllm": "vLLM", "vllm-server": "vLLM", "sglang": "SGLang"}
 
 
 class Unsupported(Exception):

@@ -3,8 +3,8 @@
 It talks HTTP only (httpx) and never imports sglang, so Parity's venv needs none of SGLang's
 pins. Endpoints used, as SGLang 0.5.23 serves them: `/generate` (token-id prompts,
 `return_logprob`, `logprob_start_len`), `/begin_weight_update` + `/update_weights_from_disk` +
-`/end_weight_update`, `/flush_cache`, `/pause_generation`, `/continue_generation`,
-`/server_info`, `/model_info`, `/health`.
+`/end_weight_update`, `/weights_checker`, `/flush_cache`, `/pause_generation`,
+`/continue_generation`, `/server_info`, `/model_info`, `/health`.
 
 What the server cannot tell a client (so `ServerInfo.unknown` says it rather than guessing):
 - which distribution its logprobs are of: by default log_softmax(logits / T) over the full
@@ -49,6 +49,10 @@ class Sample:
     # The top-k token ids and their logprobs at each sampled position, when asked.
     top_ids: list[list[int]] | None = None
     top_logprobs: list[list[float]] | None = None
+    # Prompt tokens served from the radix cache, and the weight version that served the
+    # request (meta_info's cached_tokens, weight_version); None when the server omits them.
+    cached_tokens: int | None = None
+    weight_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,9 @@ class SGLangClient:
     def update_weights_from_disk(
         self, model_path: str, *, weight_version: str | None = None
     ) -> str:
-        """Load new weights from a checkpoint directory into the running server.
+        """Load new weights from a checkpoint directory into the running server, labelled
+        `weight_version` (what /model_info and each /generate result report from then on); the
+        server flushes its radix cache after the load (SGLang's default, flush_cache=true).
 
         Bracketed by /begin_weight_update and /end_weight_update, as SGLang 0.5.23 requires
         for in-place-quantized weights (plain bf16 weights load without it; the bracket is
@@ -197,6 +203,24 @@ class SGLangClient:
         if not result.get("success"):
             raise SGLangError(f"SGLang could not load {model_path!r}: {result.get('message')}")
         return str(result.get("message", ""))
+
+    def weights_checker(self) -> dict[str, str] | None:
+        """SGLang's own digest of every parameter it serves (/weights_checker, action
+        "checksum"; SGLang 0.5.23): name -> hex digest (on CPU the first 8 bytes of the sha256
+        of its bytes; on GPU SGLang's own kernel hash). None when the server has no such
+        endpoint (older SGLang)."""
+        try:
+            res = self._call("POST", "/weights_checker", {"action": "checksum"})
+        except SGLangError:
+            return None
+        ranks = res.get("ranks") if isinstance(res, dict) else None
+        if not ranks:
+            return None
+        return {str(k): str(v) for k, v in ranks[0].get("checksums", {}).items()}
+
+    def weight_version(self) -> str:
+        """The weight version the server serves (/model_info)."""
+        return str(self._call("GET", "/model_info").get("weight_version", ""))
 
     def flush_cache(self) -> None:
         """Drop the radix (prefix) cache; SGLang refuses while requests are in flight."""
@@ -270,4 +294,6 @@ def _sequence(
         prompt_logprobs=prompt,
         top_ids=None if tops is None else [[int(t) for _, t, _ in row] for row in tops],
         top_logprobs=None if tops is None else [[float(lp) for lp, _, _ in row] for row in tops],
+        cached_tokens=None if meta.get("cached_tokens") is None else int(meta["cached_tokens"]),
+        weight_version=None if meta.get("weight_version") is None else str(meta["weight_version"]),
     )

@@ -123,7 +123,14 @@ class SGLangServer:
             topk_ids=[s.top_ids or [] for _, s in samples] if k else None,
             topk_logprobs=[s.top_logprobs or [] for _, s in samples] if k else None,
             seconds=time.perf_counter() - started,
-            extra={"engine": self.adapter, "url": self.url},
+            extra={
+                "engine": self.adapter,
+                "url": self.url,
+                # Per sample, as SGLang reports them: prompt tokens from the radix cache and
+                # the weight version that served it.
+                "num_cached_tokens": [s.cached_tokens for _, s in samples],
+                "weight_versions": [s.weight_version for _, s in samples],
+            },
         )
 
     def effective_sampling(self, sampling: SamplingSettings) -> dict[str, Any]:
@@ -153,9 +160,10 @@ class SGLangServer:
         sample = self.client.generate([prompt_token_ids], greedy, prompt_logprobs=True)[0]
         return list(sample.prompt_logprobs or [])
 
-    def update_weights_from_disk(self, path: str) -> None:
-        """SGLang's own update path; it flushes the radix cache itself."""
-        self.client.update_weights_from_disk(path)
+    def update_weights_from_disk(self, path: str, *, weight_version: str | None = None) -> None:
+        """SGLang's own update path, labelled `weight_version`; it flushes the radix cache
+        itself."""
+        self.client.update_weights_from_disk(path, weight_version=weight_version)
 
     def reset_prefix_cache(self) -> None:
         self.client.flush_cache()

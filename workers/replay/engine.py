@@ -20,6 +20,7 @@ from workers.specs import EngineSettings, SamplingSettings
 
 if TYPE_CHECKING:
     from workers.rollout import Engine
+    from workers.trainer import Kind
     from workers.weight_sync import ParamChecksum
 
 
@@ -150,6 +151,9 @@ class InProcessReplay:
     checksum_method = "parity_extension"
     checksums_unavailable: str | None = None
     not_comparable: dict[str, str] = {}  # noqa: RUF012 - never written: every param is read
+    # The trainer scores the kind the spec's logprobs_mode says; seeds reproduce a batch.
+    logprobs_kind: Kind | None = None
+    unseeded: str | None = None
 
     def __init__(self, engine: Engine, load_mode: str) -> None:
         self.engine = engine

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from parity.metrics import MetricsResult, scalar_values
 from parity.reports.replay import (
     Baseline,
+    CacheControl,
     CacheSide,
     MetricSummary,
     PrefixCacheReport,
@@ -80,8 +81,14 @@ def _mean(xs: Sequence[object]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def prefix_cache_summary(baseline: Baseline, updates: Sequence[UpdateResult]) -> PrefixCacheSummary:
-    """What reset_prefix_cache measurably did over the whole replay, in numbers and words."""
+def prefix_cache_summary(
+    baseline: Baseline, updates: Sequence[UpdateResult], unseeded: str | None = None
+) -> PrefixCacheSummary:
+    """What reset_prefix_cache measurably did over the whole replay, in numbers and words.
+
+    `unseeded`: why two runs of the same requests sample different tokens on this engine
+    (None: the seeds reproduce them); then only the cache hits and the metrics against W_k
+    are compared, never the tokens."""
     control = baseline["prefix_cache_control"]
     measured = [u.prefix_cache for u in updates if u.prefix_cache["measured"]]
     if not measured:
@@ -93,7 +100,9 @@ def prefix_cache_summary(baseline: Baseline, updates: Sequence[UpdateResult]) ->
     kl_with = _mean([pc["with_reset"]["metrics"]["kl_k3"] for pc in measured])
     differ = sum(1 for pc in measured if not pc["outputs"]["identical"])
     hits = [sum(x or 0 for x in pc["without_reset"]["num_cached_tokens"]) for pc in measured]
-    if differ == 0:
+    if unseeded is not None:
+        words = _unseeded_words(unseeded, control, hits, (without, with_, kl_without, kl_with))
+    elif differ == 0:
         words = (
             "reset_prefix_cache() changed nothing measurable: the requests after each "
             "update gave identical tokens and logprobs with and without it"
@@ -105,7 +114,7 @@ def prefix_cache_summary(baseline: Baseline, updates: Sequence[UpdateResult]) ->
             f"{fmt(without)} without the reset vs {fmt(with_)} with it "
             f"(kl_k3 {fmt(kl_without)} vs {fmt(kl_with)})"
         )
-    if control["identical"] is False:
+    if control["identical"] is False and unseeded is None:
         words += (
             "; note: at W0 a cached rerun already differs from the first run "
             f"(lr max diff {fmt(control['lr_abs_diff_max_on_common_tokens'])}), "
@@ -122,4 +131,31 @@ def prefix_cache_summary(baseline: Baseline, updates: Sequence[UpdateResult]) ->
         cached_prompt_tokens_without_reset=hits,
         control_at_w0=control,
         summary=words,
+    )
+
+
+def _unseeded_words(
+    unseeded: str,
+    control: CacheControl,
+    hits: list[int],
+    means: tuple[float | None, float | None, float | None, float | None],
+) -> str:
+    """The summary where tokens cannot be compared: the cache hits and the metrics only."""
+    without, with_, kl_without, kl_with = means
+    control_hits = sum(x or 0 for x in control["num_cached_tokens"])
+    if not any(hits) and control_hits:
+        cache = (
+            "the engine dropped its prefix cache itself at every update: no prompt token "
+            f"came from the cache after an update without a reset ({control_hits} did in a "
+            "rerun at W0)"
+        )
+    else:
+        cache = (
+            f"prompt tokens from the cache after each update without a reset: {hits} "
+            f"({control_hits} in a rerun at W0)"
+        )
+    return (
+        f"{cache}; mean abs_diff_mean against W_k {fmt(without)} without the reset vs "
+        f"{fmt(with_)} with it (kl_k3 {fmt(kl_without)} vs {fmt(kl_with)}); tokens not "
+        f"compared: {unseeded}"
     )

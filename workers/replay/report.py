@@ -30,6 +30,7 @@ from parity.reports.replay import (
     UpdateInfo,
     UpdateReport,
 )
+from workers.engines.base import ADAPTER_ENGINES
 from workers.replay.flags import Flag, flags_summary
 
 
@@ -220,8 +221,9 @@ def headline(r: ReplayResult) -> str:
 
 def text_report(r: ReplayResult) -> str:
     """The CLI's report: one line per update, the flags that fired, the prefix cache."""
+    engine = ADAPTER_ENGINES.get(r.capabilities.get("adapter", "vllm"), "vLLM")
     lines = [
-        f"replay of {len(r.updates)} updates on {r.model} (vLLM "
+        f"replay of {len(r.updates)} updates on {r.model} ({engine} "
         f"{r.capabilities.get('vllm_version')}): verdict {r.verdict}, {r.seconds:.1f} s"
     ]
     b = r.baseline["metrics"]
@@ -234,7 +236,7 @@ def text_report(r: ReplayResult) -> str:
             f"  update {u.step}: vs W_k abs_diff_mean {fmt(m.get('abs_diff_mean'))} kl_k3 "
             f"{fmt(m.get('kl_k3'))} | vs W_k-1 abs_diff_mean {fmt(p.get('abs_diff_mean'))} "
             f"kl_k3 {fmt(p.get('kl_k3'))} | params {u.checksums['matched']}/"
-            f"{u.checksums['n_params']} match W_k"
+            f"{u.checksums['n_params']} match W_k" + _served_version(u.update)
         )
         for name in u.fired():
             lines.append(f"    FLAG {name}: {u.flags[name].reason}")
@@ -242,3 +244,13 @@ def text_report(r: ReplayResult) -> str:
     lines.extend(f"  ENGINE FINDING: {finding}" for finding in r.engine_findings())
     lines.extend(f"  note: {note}" for note in r.notes)
     return "\n".join(lines)
+
+
+def _served_version(info: UpdateInfo) -> str:
+    """The update's weight version where the engine labels its weights (SGLang), else ""."""
+    v = info.get("weight_version")
+    if v is None:
+        return ""
+    if v["matches"]:
+        return f" | weight_version {v['reported']}"
+    return f" | weight_version {v['reported']} (expected {v['expected']}; /generate {v['sampled']})"

@@ -2,8 +2,9 @@
 measure the baseline, then for k = 1..N push W_k, sample, score at W_k and W_k-1
 (workers.measure), compare checksums and decide the flags.
 
-The engine is a `ReplayTarget`: Parity's own in-process vLLM (`engine.InProcessReplay`) or
-a vLLM server (`server.ServerReplay`); both offer the same steps, each through its own path."""
+The engine is a `ReplayTarget`: Parity's own in-process vLLM (`engine.InProcessReplay`), a
+vLLM server (`server.ServerReplay`) or an SGLang server (`sglang.SGLangReplay`); all offer the
+same steps, each through its own path."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from workers.replay.in_flight import generate_in_flight
 from workers.replay.prefix_cache import metric_summary, prefix_cache_report, prefix_cache_summary
 from workers.replay.report import ReplayResult, UpdateResult, headline
 from workers.replay.server import ServerReplay
+from workers.replay.sglang import SGLangReplay
 from workers.replay.weights import Handle, read_checkpoint, trainer_state_load, weights_source
 from workers.reporting import JobOutcome, NullReporter, Reporter, UserError, json_safe
 from workers.specs import parse_spec
@@ -40,10 +42,12 @@ from workers.specs.replay import ReplaySpec
 
 if TYPE_CHECKING:
     from parity.metrics import MetricsResult
+    from workers.engines.sglang_server import SGLangServer
     from workers.engines.vllm_server import VllmServer
     from workers.trainer import Processing, TrainerModel
 
-ReplayTarget = InProcessReplay | ServerReplay
+ServerTarget = ServerReplay | SGLangReplay
+ReplayTarget = InProcessReplay | ServerTarget
 _VERDICT_ORDER: tuple[Verdict, ...] = ("pass", "warn", "fail")
 
 
@@ -132,7 +136,7 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
     n_updates = spec.updates
     total_steps = n_updates + 1
 
-    server: ServerReplay | None = None
+    server: ServerTarget | None = None
     if spec.server.url:
         # Reached first: a server that cannot take updates fails the job in a second.
         reporter.stage(f"connecting to the server at {spec.server.url}", 0.0)
@@ -178,7 +182,7 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
         reporter.stage("baseline at W0", 0.05)
         batch0 = r.sample()
         r.processing = trainer_mod.Processing.for_comparison(
-            spec.trainer, spec.engine, batch0.rollout.effective
+            spec.trainer, spec.engine, batch0.rollout.effective, target.logprobs_kind
         )
         m0 = r.metrics(r.score(batch0))
         checks0, cs0, expected0 = r.checksums(w0, None, None)
@@ -235,7 +239,11 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
 
     verdicts = [baseline["verdict"]] + [u.verdict for u in updates]
     any_flag = any(u.fired() for u in updates)
-    overall: Verdict = "fail" if any_flag else max(verdicts, key=_VERDICT_ORDER.index)
+    wrong_versions = _wrong_weight_versions(updates)
+    notes += wrong_versions
+    overall: Verdict = (
+        "fail" if any_flag or wrong_versions else max(verdicts, key=_VERDICT_ORDER.index)
+    )
     fingerprint = ReplayFingerprint(
         kind="replay",
         vllm_version=caps.get("vllm_version"),
@@ -244,11 +252,9 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
         update_mode=spec.update_mode,
         pause_mode=spec.pause_mode if spec.update_mode == "in_flight" else None,
         reset_prefix_cache=spec.reset_prefix_cache,
-        # A server loads through its own reload_weights, with the extension it started with.
-        load_mode=spec.load_mode if server is None else "reload_weights",
-        extension=spec.extension
-        if server is None
-        else str((server.extension or {}).get("worker_class", "none")),
+        # A server loads through its own update path, with the extension it started with.
+        load_mode=spec.load_mode if server is None else server.load_mode,
+        extension=spec.extension if server is None else server.extension_name,
         source=spec.source.model_dump(mode="json"),
     )
     result = ReplayResult(
@@ -259,7 +265,7 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
         capabilities=caps,
         baseline=baseline,
         updates=updates,
-        prefix_cache_summary=prefix_cache_summary(baseline, updates),
+        prefix_cache_summary=prefix_cache_summary(baseline, updates, target.unseeded),
         verdict=overall,
         seconds=time.perf_counter() - started,
         timings=timings,
@@ -269,16 +275,38 @@ def run_replay(spec: ReplaySpec, reporter: Reporter | None = None) -> ReplayResu
     return result
 
 
-def _open_server(spec: ReplaySpec, model: str) -> ServerReplay:
+def _open_server(spec: ReplaySpec, model: str) -> ServerTarget:
     """The user's server, connected, checked and able to take updates (UserError if not)."""
     from workers import engines
 
     engine, _ = engines.open_engine(model, spec.engine, spec.server)
     try:
-        return ServerReplay(cast("VllmServer", engine))
+        if spec.server.engine == "sglang":
+            return SERVER_REPLAYS["sglang"](cast("SGLangServer", engine))
+        return SERVER_REPLAYS["vllm"](cast("VllmServer", engine))
     except BaseException:
         engines.release(engine)
         raise
+
+
+# The replay target of each engine a server URL may be (tests plant faults through it).
+SERVER_REPLAYS: dict[str, Any] = {"vllm": ServerReplay, "sglang": SGLangReplay}
+
+
+def _wrong_weight_versions(updates: list[UpdateResult]) -> list[str]:
+    """A note for every update after which the engine said it serves another weight version
+    than the replay gave it (engines that label their weights: SGLang)."""
+    out = []
+    for u in updates:
+        v = u.update.get("weight_version")
+        if v is not None and not v["matches"]:
+            out.append(
+                f"after update {u.step} the server reported weight_version {v['reported']!r} "
+                f"(/model_info) and {v['sampled']} (its /generate results), not the "
+                f"{v['expected']!r} the update set: another client changed its weights, or "
+                "the update did not take"
+            )
+    return out
 
 
 def _push_and_sample(
@@ -322,6 +350,8 @@ def _push_and_sample(
             reset_ok = r.target.reset_prefix_cache()
             probe = r.sample()  # after a reset
     update_info["reset_prefix_cache_returned"] = reset_ok
+    if isinstance(r.target, SGLangReplay):
+        update_info["weight_version"] = r.target.weight_version(main)
     return main, probe, update_info, None
 
 

@@ -29,29 +29,24 @@ the trainer sets one), so it says nothing about the weights themselves and is no
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from parity.reports.replay import Capabilities, ChecksumMethod, UpdateInfo
 from workers.replay.batch import Batch
 from workers.replay.checksums import expected_checksums as extension_expected
+from workers.replay.digests import WeightDirs, digest_only, served_digests
 from workers.reporting import UserError
 from workers.specs import SamplingSettings
 
 if TYPE_CHECKING:
     from workers.engines.vllm_server import VllmServer
     from workers.replay.weights import Handle
+    from workers.trainer import Kind
     from workers.weight_sync import ParamChecksum
 
-# vLLM's fused parameters and the HF parameters they hold, in order (its models'
-# packed_modules_mapping for Llama-, Qwen- and Mistral-style layers).
-PACKED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 _EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
-_SHM = Path("/dev/shm")
 
 
 def dev_mode_error(url: str) -> UserError:
@@ -66,6 +61,11 @@ class ServerReplay:
     """The replay's engine when it is the user's vLLM server (see the module docstring)."""
 
     adapter = "vllm-server"
+    # How the server loads W_k; the trainer scores the kind its logprobs_mode says (spec).
+    load_mode = "reload_weights"
+    logprobs_kind: Kind | None = None
+    # Two runs of the same requests with the same seeds sample the same tokens.
+    unseeded: str | None = None
 
     def __init__(self, server: VllmServer) -> None:
         if not server.dev_mode:
@@ -84,11 +84,16 @@ class ServerReplay:
         )
         # vllm_weight_checker: vLLM name -> why it cannot be judged (set by `prepare`).
         self.not_comparable: dict[str, str] = {}
-        self._dirs: list[Path] = []
+        self._dirs = WeightDirs()
 
     @property
     def max_model_len(self) -> int:
         return self.server.max_model_len
+
+    @property
+    def extension_name(self) -> str:
+        """The worker extension the server was started with ("none")."""
+        return str((self.extension or {}).get("worker_class", "none"))
 
     @property
     def checksums_unavailable(self) -> str | None:
@@ -145,7 +150,7 @@ class ServerReplay:
         if handle is not None and handle.get("kind") == "dir":
             path = handle["path"]
         else:
-            path = str(self._write(state))
+            path = str(self._dirs.write(state))
         t0 = time.perf_counter()
         self.server.update_weights_from_disk(path, reset_prefix_cache=False)
         return UpdateInfo(
@@ -200,7 +205,7 @@ class ServerReplay:
             )
         if self.checksum_method == "vllm_weight_checker":
             return {
-                name: _digest_only(digest, "vllm_weight_checker")
+                name: digest_only(digest, "vllm_weight_checker")
                 for name, digest in self._digests().items()
                 if name not in self.not_comparable
             }
@@ -212,7 +217,7 @@ class ServerReplay:
         if self.checksum_method == "parity_extension":
             return extension_expected(state, engine)
         digests = self._fused_digests(state, {name: "" for name in engine})
-        return {name: _digest_only(d, "checkpoint") for name, d in digests.items()}
+        return {name: digest_only(d, "checkpoint") for name, d in digests.items()}
 
     def close(self, w0_path: str) -> str | None:
         """Put the server back on W0 (from `w0_path`, the model directory) and delete the
@@ -226,20 +231,11 @@ class ServerReplay:
                 "still serves the replay's last update"
             )
         finally:
-            for d in self._dirs:
-                shutil.rmtree(d, ignore_errors=True)
+            self._dirs.remove()
             self.server.close()
         return note
 
     # --- helpers ---------------------------------------------------------------------------
-
-    def _write(self, state: Mapping[str, Any]) -> Path:
-        from workers.weight_sync import write_weight_file
-
-        d = Path(tempfile.mkdtemp(prefix="parity-replay-", dir=_SHM if _SHM.is_dir() else None))
-        self._dirs.append(d)
-        write_weight_file(state, directory=d, name="model")
-        return d
 
     def _digests(self) -> dict[str, str]:
         """/weight_checker's digests under vLLM parameter names (the rank prefix dropped:
@@ -250,41 +246,7 @@ class ServerReplay:
     def _fused_digests(self, state: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, str]:
         """sha256 of W's tensor behind each vLLM parameter name (fused ones concatenated in
         vLLM's order), in the dtype the server serves, as vLLM hashes its parameters."""
-        import torch
-
-        dtype = getattr(torch, str(self.server.settings.dtype), None)
-        out = {}
-        for name in names:
-            tensor = _vllm_tensor(state, name)
-            if tensor is None:
-                continue
-            t = tensor.to(dtype) if isinstance(dtype, torch.dtype) else tensor
-            flat = t.detach().cpu().contiguous().view(-1).view(torch.uint8)
-            out[name] = hashlib.sha256(flat.numpy().tobytes()).hexdigest()
-        return out
-
-
-def _vllm_tensor(state: Mapping[str, Any], name: str) -> Any:
-    """W's tensor for a vLLM parameter name: itself, or the HF parts of a fused one."""
-    import torch
-
-    if name in state:
-        return state[name]
-    for fused, parts in PACKED.items():
-        if f".{fused}." in f".{name}":
-            keys = [name.replace(f".{fused}.", f".{p}.") for p in parts]
-            if all(k in state for k in keys):
-                return torch.cat([state[k] for k in keys], dim=0)
-    return None
-
-
-def _digest_only(digest: str, source: str) -> ParamChecksum:
-    """A checksum entry that has only a digest (vLLM's /weight_checker gives no sums)."""
-    nan = float("nan")
-    return cast(
-        "ParamChecksum",
-        {"sha256": digest, "dtype": "", "shape": [], "sum": nan, "abs_sum": nan, "source": source},
-    )
+        return served_digests(state, names, str(self.server.settings.dtype))
 
 
 def _extension_info(server: VllmServer) -> dict[str, Any] | None:
