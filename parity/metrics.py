@@ -17,7 +17,7 @@ reductions are `reduceat` over (sequence x position bucket) pieces (max |d| only
 in a block that can hold a veto). The loop runs over fixed-size blocks, never over tokens or
 sequences. Exact quantiles: a 1/16-octave histogram of |d| (its key is the top 16 bits of the
 float64, monotone in |d|; counted with `add.at` into one table) says which bin holds each
-wanted order statistic; the pass keeps the |d| of the bins a 64K-token sample predicts, and
+wanted order statistic; the pass keeps the |d| of the bins a 256K-token sample predicts, and
 only those are partitioned (a missed prediction costs one more pass). lr strata: the block's
 few low-lr tokens' (1, |d|, k3) are dotted with one 0/1 row per lr edge.
 
@@ -72,7 +72,7 @@ QUANTILES = (
     ("abs_diff_p999", 0.999),
 )
 
-# 64K float64 = 512 KiB per scratch buffer: the ~6 live buffers fit in L3, and numpy's per-call
+# 64K float64 = 512 KiB per scratch row: the dozen rows (~6 MiB) fit in L3, and numpy's per-call
 # overhead (~1-2 us a call, ~40 calls a block) stays small (measured on a 2-core AVX-512 VM:
 # 64K is ~5-10% faster than 32K and 8K is ~25% slower; past 64K no gain).
 _BLOCK = 1 << 16
