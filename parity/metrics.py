@@ -11,17 +11,21 @@ AVX-512 numpy runs them as scalar libm calls, ~5 ns a token each, which alone is
 numpy.sum over lt and lr), so everything else is arranged around them in one cache-blocked
 pass (`_scan`). Each block of `_BLOCK` tokens is converted to float64 once, and every
 per-token quantity (d, |d|, expm1(d), the k3 terms, rho, exp(lr)) lives only in block-sized
-scratch buffers that stay in cache. Sums are `add.reduce` or short BLAS dots; per-sequence
-and per-position reductions are `reduceat` over (sequence x position bucket) pieces. The loop
-runs over fixed-size blocks, never over tokens or sequences. Exact quantiles: a 1/16-octave
-histogram of |d| (its key is the top 16 bits of the float64, monotone in |d|) says which bin
-holds each wanted order statistic; the pass keeps the |d| of the bins a 64K-token sample
-predicts, and only those are partitioned (a missed prediction costs one more pass).
+scratch buffers that stay in cache. Quantities that are only summed share one buffer, summed
+by one einsum and squared by one row-wise BLAS dot call; per-sequence and per-position
+reductions are `reduceat` over (sequence x position bucket) pieces (max |d| only; min d only
+in a block that can hold a veto). The loop runs over fixed-size blocks, never over tokens or
+sequences. Exact quantiles: a 1/16-octave histogram of |d| (its key is the top 16 bits of the
+float64, monotone in |d|; counted with `add.at` into one table) says which bin holds each
+wanted order statistic; the pass keeps the |d| of the bins a 256K-token sample predicts, and
+only those are partitioned (a missed prediction costs one more pass). lr strata: the block's
+few low-lr tokens' (1, |d|, k3) are dotted with one 0/1 row per lr edge.
 
-Precision: sums are pairwise or BLAS (relative error ~1e-15). Variances (`is_std`,
-`prob_diff_std`, `prob_pearson`) come from raw moments in the same pass, so their absolute
-error is ~1e-8 when the spread is tiny next to the mean. The top lr stratum is the totals
-minus the other strata, so its absolute error is ~1e-16 of the overall sums.
+Precision: sums are BLAS dots or einsum's SIMD accumulators (relative error ~1e-14).
+Variances (`is_std`, `prob_diff_std`, `prob_pearson`) come from raw moments in the same pass,
+so their absolute error is ~1e-8 when the spread is tiny next to the mean. lr strata are
+differences of sums below each edge, and the top one is the totals minus the rest, so a
+stratum's absolute error is ~1e-16 of the sums below its upper edge.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ CLAMP = 20.0
 # A probability off by a factor e marks a sequence as catastrophic; rho below this vetoes it.
 CATASTROPHIC_ABS_DIFF = 1.0
 VETO_RHO = 1e-4
+# No token of a block whose smallest d is above this has rho < VETO_RHO (exp(-9.01) = 1.2e-4).
+_VETO_D = math.log(VETO_RHO) + 0.2
 # Stratification buckets of METRICS.md. lr edges are inclusive below; the top bucket is
 # [-0.5, 0] and also takes the odd lr > 0 that rounding produces.
 LR_EDGES = (-10.0, -5.0, -2.0, -0.5)
@@ -66,7 +72,7 @@ QUANTILES = (
     ("abs_diff_p999", 0.999),
 )
 
-# 64K float64 = 512 KiB per scratch buffer: the ~6 live buffers fit in L3, and numpy's per-call
+# 64K float64 = 512 KiB per scratch row: the dozen rows (~6 MiB) fit in L3, and numpy's per-call
 # overhead (~1-2 us a call, ~40 calls a block) stays small (measured on a 2-core AVX-512 VM:
 # 64K is ~5-10% faster than 32K and 8K is ~25% slower; past 64K no gain).
 _BLOCK = 1 << 16
@@ -462,16 +468,16 @@ class _Scan:
     s_absp: float = 0.0
     max_absp: float = 0.0
     zeros: int = 0
+    d_max: float = -math.inf
+    d_min: float = math.inf
     signed_zero_pairs: int = 0
     counts: IntArray = field(default_factory=lambda: np.zeros(_N_KEYS, dtype=np.int64))
     cand_e: list[FloatArray] = field(default_factory=list)
     # Every |d| whose key bin q_tab marks (the bins a sample predicts to hold the quantiles).
     q_tab: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(_N_KEYS, dtype=bool))
     q_vals: list[FloatArray] = field(default_factory=list)
-    # Count, sum |d| and sum k3 per lr bucket below the top one, added up block by block.
-    low_n: FloatArray = field(default_factory=lambda: np.zeros(len(LR_EDGES)))
-    low_a: FloatArray = field(default_factory=lambda: np.zeros(len(LR_EDGES)))
-    low_k: FloatArray = field(default_factory=lambda: np.zeros(len(LR_EDGES)))
+    # Row j: count, sum |d| and sum k3 of the tokens with lr < LR_EDGES[j].
+    below: FloatArray = field(default_factory=lambda: np.zeros((len(LR_EDGES), 3)))
 
 
 # OpenBLAS runs ddot on two threads above 10000 elements; on a loaded machine the second
@@ -483,16 +489,25 @@ _DOT_SLICE = 8192
 _vecdot: Any = getattr(np, "vecdot", None)
 
 
-def _dot(x: FloatArray, y: FloatArray) -> float:
-    n = x.shape[0]
-    full = n - n % _DOT_SLICE if _vecdot is not None else 0
-    s = 0.0
+def _dots(x: FloatArray, y: FloatArray) -> FloatArray:
+    """Dot products over the last axis (the others broadcast), every ddot on the calling
+    thread: (rows, n) x (rows, n) -> (rows,), (r, 1, n) x (1, c, n) -> (r, c)."""
+    n = x.shape[-1]
+    if _vecdot is None:  # numpy < 2: einsum's own loops are single-threaded
+        return np.einsum("...i,...i->...", x, y)  # type: ignore[no-any-return]
+    full = n - n % _DOT_SLICE
+    s: Any = 0.0
     if full:
-        rows = (full // _DOT_SLICE, _DOT_SLICE)
-        s = float(_vecdot(x[:full].reshape(rows), y[:full].reshape(rows)).sum())
-    for i in range(full, n, _DOT_SLICE):
-        s += float(np.dot(x[i : i + _DOT_SLICE], y[i : i + _DOT_SLICE]))
-    return s
+        xs = x[..., :full].reshape(*x.shape[:-1], full // _DOT_SLICE, _DOT_SLICE)
+        ys = y[..., :full].reshape(*y.shape[:-1], full // _DOT_SLICE, _DOT_SLICE)
+        s = _vecdot(xs, ys).sum(axis=-1)
+    if full < n:
+        s = s + _vecdot(x[..., full:], y[..., full:])
+    return s  # type: ignore[no-any-return]
+
+
+def _dot(x: FloatArray, y: FloatArray) -> float:
+    return float(_dots(x, y))
 
 
 def _scan(
@@ -515,12 +530,18 @@ def _scan(
     conv_lr = lr.dtype != np.float64
     b_lt = np.empty(size) if conv_lt else None
     b_lr = np.empty(size) if conv_lr else None
-    b_d, b_a, b_e, b_k, b_q = (np.empty(size) for _ in range(5))
+    b_d, b_a, b_e, b_k = (np.empty(size) for _ in range(4))
+    b_w = np.empty((4, size))  # rho, exp(lr), exp(lt) - exp(lr), its abs
     b_key = np.empty(size, dtype=np.int64)
+    b_is_q = np.empty(size, dtype=bool)
     add_red = np.add.reduce
     add_at, max_at, min_at = np.add.reduceat, np.maximum.reduceat, np.minimum.reduceat
+    add_one_at = np.add.at
     sd, sa, sk, smax, smin = seg["d"], seg["a"], seg["k"], seg["max"], seg["min"]
     lo_lr_edge = LR_EDGES[-1]
+    lr_edges = np.array(LR_EDGES)
+    b_low = np.empty((3, size))
+    b_low[0] = 1.0
 
     for bi, c0 in enumerate(range(0, n, _BLOCK)):
         c1 = min(c0 + _BLOCK, n)
@@ -533,7 +554,7 @@ def _scan(
         if b_lr is not None:
             np.copyto(b_lr[:m], lrc)
             lrc = b_lr[:m]
-        d, a, e, k, q, key = b_d[:m], b_a[:m], b_e[:m], b_k[:m], b_q[:m], b_key[:m]
+        d, a, e, k, key, is_q = b_d[:m], b_a[:m], b_e[:m], b_k[:m], b_key[:m], b_is_q[:m]
 
         np.subtract(ltc, lrc, out=d)
         dd = _dot(d, d)
@@ -549,10 +570,17 @@ def _scan(
         loc = bounds[j0:j1] - c0
         add_at(d, loc, out=sd[j0:j1])
         add_at(a, loc, out=sa[j0:j1])
-        max_at(d, loc, out=smax[j0:j1])
-        min_at(d, loc, out=smin[j0:j1])
-        dmax = float(smax[j0:j1].max())
-        dmin = float(smin[j0:j1].min())
+        max_at(a, loc, out=smax[j0:j1])
+        dmax = float(d.max())
+        dmin = float(d.min())
+        r.d_max = max(r.d_max, dmax)
+        r.d_min = min(r.d_min, dmin)
+        # Only a block with a d this low can hold a vetoed token; elsewhere no sequence's
+        # minimum matters, so the (rarely needed) per-segment minimum is skipped.
+        if dmin < _VETO_D:
+            min_at(d, loc, out=smin[j0:j1])
+        else:
+            smin[j0:j1] = np.inf
 
         clamped = dmax > CLAMP or dmin < -CLAMP
         if clamped:
@@ -564,23 +592,19 @@ def _scan(
             # expm1(d) >= d for every double (faithful rounding), so each k3 term is >= 0.
             np.subtract(e, d, out=k)
         add_at(k, loc, out=sk[j0:j1])
-        # Moments of rho itself, not of rho - 1: when most rho are tiny, 1 + 2E[e] + E[e^2]
-        # cancels down to noise.
-        rho = q
-        np.add(e, 1.0, out=rho)
-        r.s_rho += float(add_red(rho))
-        r.s_rho2 += _dot(rho, rho)
 
         # Clip/TIS/MIS need rho only where |d| is past the smallest cut; keep just those.
         if max(dmax, -dmin) > t0:
             r.cand_e.append(e[np.flatnonzero(a > t0)])
 
         np.right_shift(a.view(np.int64), _KEY_SHIFT, out=key)
-        bc = np.bincount(key)
-        r.counts[: bc.size] += bc
-        hit = np.flatnonzero(qtab[key])
+        # add.at into one running table: no per-block table to allocate, fill and add.
+        zeros_before = int(r.counts[0])
+        add_one_at(r.counts, key, 1)
+        qtab.take(key, out=is_q)
+        hit = np.flatnonzero(is_q)
         r.q_vals.append(a[hit])
-        if bc[0]:
+        if r.counts[0] != zeros_before:  # key 0: |d| is zero (or subnormal)
             z = np.flatnonzero(a == 0.0)
             r.zeros += int(z.size)
             # -0.0 == 0.0 but is not bitwise equal; only a zero pair can differ like that.
@@ -588,32 +612,39 @@ def _scan(
 
         low = np.flatnonzero(lrc < lo_lr_edge)
         if low.size:
-            # Bucket id = number of lower edges at or below lr (0 for lr < -10), computed
-            # here while the few low-lr tokens are in cache.
-            lr_s = lrc[low]
-            b = np.greater_equal(lr_s, LR_EDGES[0]).astype(np.intp)
-            for edge in LR_EDGES[1:-1]:
-                b += lr_s >= edge
-            nb = len(LR_EDGES)
-            r.low_n += np.bincount(b, minlength=nb)
-            r.low_a += np.bincount(b, weights=a[low], minlength=nb)
-            r.low_k += np.bincount(b, weights=k[low], minlength=nb)
+            # Sums below each lr edge are dot products of the few low-lr tokens' (1, |d|, k3)
+            # with a 0/1 row per edge: one call, where bucket ids and a bincount per sum took
+            # a dozen. Strata are differences of these (_lr_strata).
+            ones_a_k = b_low[:, : low.size]
+            np.take(a, low, out=ones_a_k[1])
+            np.take(k, low, out=ones_a_k[2])
+            is_below = np.greater.outer(lr_edges, lrc[low]).astype(np.float64)
+            r.below += _dots(is_below[:, None, :], ones_a_k[None, :, :])
 
-        pr = q
+        # The quantities that are only summed share one buffer, so one call sums them all
+        # (einsum's SIMD accumulators: twice as fast as add.reduce) and one squares them.
+        # Moments of rho itself, not of rho - 1: when most rho are tiny, 1 + 2E[e] + E[e^2]
+        # cancels down to noise.
+        w = b_w[:, :m]
+        rho, pr, p, abs_p = w
+        np.add(e, 1.0, out=rho)
         np.exp(lrc, out=pr)
-        p = k  # the k3 terms are folded into the segment sums and strata by now
         np.multiply(pr, e, out=p)  # exp(lt) - exp(lr) = exp(lr) * (rho - 1)
         if clamped:
             big = np.flatnonzero(a > CLAMP)
             p[big] = np.exp(ltc[big]) - pr[big]
-        r.s_pr += float(add_red(pr))
-        r.s_prpr += _dot(pr, pr)
+        np.abs(p, out=abs_p)
+        s_rho, s_pr, s_p, s_absp = np.einsum("ij->i", w).tolist()
+        s_rho2, s_prpr, s_pp = _dots(w[:3], w[:3]).tolist()
+        r.s_rho += s_rho
+        r.s_rho2 += s_rho2
+        r.s_pr += s_pr
+        r.s_prpr += s_prpr
         r.s_prp += _dot(pr, p)
-        r.s_pp += _dot(p, p)
-        r.s_p += float(add_red(p))
-        np.abs(p, out=p)
-        r.s_absp += float(add_red(p))
-        r.max_absp = max(r.max_absp, float(p.max()))
+        r.s_pp += s_pp
+        r.s_p += s_p
+        r.s_absp += s_absp
+        r.max_absp = max(r.max_absp, float(abs_p.max()))
 
     r.s_d = float(sd.sum())
     r.s_a = float(sa.sum())
@@ -642,8 +673,10 @@ def _key_of(x: float) -> int:
 
 
 # Sample size for predicting which key bins hold the quantiles. A window of +-5 sigma of the
-# sample rank misses with probability ~1e-6, and a miss only costs one more pass.
-_QSAMPLE = 1 << 16
+# sample rank misses with probability ~1e-6, and a miss only costs one more pass. 256K
+# tokens narrow the windows to ~1-2 bins per quantile, so the scan keeps half the |d| that a
+# 64K sample made it keep.
+_QSAMPLE = 1 << 18
 _QSIGMA = 5.0
 
 
@@ -653,15 +686,17 @@ def _quantile_bins_guess(lt: np.ndarray, lr: np.ndarray) -> npt.NDArray[np.bool_
     m = min(n, _QSAMPLE)
     step = max(n // m, 1)
     s = np.abs(lt[::step][:m].astype(np.float64) - lr[::step][:m].astype(np.float64))
-    s.sort()
-    sk = s.view(np.int64) >> _KEY_SHIFT
-    tab = np.zeros(_N_KEYS, dtype=bool)
+    windows = []
     for _, qv in QUANTILES:
         c = qv * (m - 1)
         half = _QSIGMA * math.sqrt(m * qv * (1.0 - qv)) + 2.0
-        lo = max(0, int(c - half))
-        hi = min(m - 1, int(c + half) + 1)
-        tab[int(sk[lo]) : int(sk[hi]) + 1] = True
+        windows.append((max(0, int(c - half)), min(m - 1, int(c + half) + 1)))
+    # The key of the sample's rank-r value, from the sample's own key histogram: no sort.
+    below = np.cumsum(np.bincount(s.view(np.int64) >> _KEY_SHIFT))
+    tab = np.zeros(_N_KEYS, dtype=bool)
+    for lo, hi in windows:
+        key_lo, key_hi = np.searchsorted(below, (lo, hi), side="right")
+        tab[key_lo : key_hi + 1] = True
     return tab
 
 
@@ -692,14 +727,11 @@ def _quantiles(r: _Scan, lt: np.ndarray, lr: np.ndarray, n: int) -> dict[str, fl
             tab[b] = True
         a = np.abs(lt.astype(np.float64) - lr.astype(np.float64))
         vals = a[tab[a.view(np.int64) >> _KEY_SHIFT]]
-    # vals holds the marked bins whole; key bin b is the value range [b's edge, b+1's edge).
+    # vals holds the marked bins whole.
+    val_keys = vals.view(np.int64) >> _KEY_SHIFT
     order_stat: dict[int, float] = {}
     for b in set(bins.values()):
-        lo_v, hi_v = _key_value(b), _key_value(b + 1)
-        sel = vals >= lo_v
-        if not math.isnan(hi_v):  # the bin of inf has no upper edge
-            sel &= vals < hi_v
-        in_bin = vals[sel]
+        in_bin = vals[np.flatnonzero(val_keys == b)]  # a bool mask index is ~3x slower
         below = int(cum[b - 1]) if b > 0 else 0
         local = {rank: rank - below for rank, rb in bins.items() if rb == b}
         part = np.partition(in_bin, sorted(local.values()))
@@ -938,7 +970,7 @@ def compute_metrics(
 
         if scan is not None and n > 0:
             assert bounds is not None and seg is not None
-            _token_values(values, scan, n, t, seg)
+            _token_values(values, scan, n, t)
             values.update(_quantiles(scan, lt_u, lr_u, n))
             histogram = _histogram(
                 scan.counts, scan.zeros, float(values["abs_diff_max"] or 0), hist_bins
@@ -976,10 +1008,8 @@ def _pos_bounds() -> list[tuple[str, int | None, int | None]]:
     return list(zip(POS_LABELS, list(POS_EDGES), highs, strict=True))
 
 
-def _token_values(
-    values: dict[str, Value], r: _Scan, n: int, t: Thresholds, seg: dict[str, FloatArray]
-) -> None:
-    dmax, dmin = float(seg["max"].max()), float(seg["min"].min())
+def _token_values(values: dict[str, Value], r: _Scan, n: int, t: Thresholds) -> None:
+    dmax, dmin = r.d_max, r.d_min
     mean_rho = r.s_rho / n
     mean_rho2 = r.s_rho2 / n
     var_rho = max(mean_rho2 - mean_rho * mean_rho, 0.0)
@@ -1049,8 +1079,8 @@ def _sequences(
     p_d = np.bincount(seg_piece, weights=seg["d"], minlength=n_p)
     p_a = np.bincount(seg_piece, weights=seg["a"], minlength=n_p)
     p_k = np.bincount(seg_piece, weights=seg["k"], minlength=n_p)
-    p_max = _segment_reduce(np.maximum, seg["max"], seg_piece, n_p, -np.inf)
-    p_min = _segment_reduce(np.minimum, seg["min"], seg_piece, n_p, np.inf)
+    p_max = _segment_reduce(np.maximum, seg["max"], seg_piece, n_p, -np.inf)  # of |d|
+    p_min = _segment_reduce(np.minimum, seg["min"], seg_piece, n_p, np.inf)  # of d, for veto
 
     s_n = np.bincount(pieces.seq, weights=pieces.length, minlength=n_seq)
     s_d = np.bincount(pieces.seq, weights=p_d, minlength=n_seq)
@@ -1060,7 +1090,7 @@ def _sequences(
     has = s_n > 0
     n_s = s_n[has]
     big_s = s_d[has]
-    max_abs = np.maximum(s_max[has], -s_min[has])
+    max_abs = s_max[has]
     lpd = -big_s / n_s  # mean_t lr - mean_t lt
     values: dict[str, Value] = {}
     if n_s.size:
@@ -1100,20 +1130,16 @@ def _list_with_none(v: npt.NDArray[Any], has: npt.NDArray[np.bool_]) -> list[Any
 
 
 def _lr_strata(r: _Scan, n: int) -> list[dict[str, Any]]:
-    """Count, sum |d| and sum k3 per lr bucket: the scan's sums below the top edge.
+    """Count, sum |d| and sum k3 per lr bucket: differences of the scan's sums below each edge.
 
-    The top bucket, which holds most tokens, is what the totals leave: its absolute error is
-    ~1e-16 of the overall sums rather than of its own.
+    A bucket's sums have an absolute error of ~1e-16 of the sums below its upper edge; the top
+    bucket, which holds most tokens, is what the totals leave.
     """
-    c = np.append(r.low_n, 0.0)
-    sa = np.append(r.low_a, 0.0)
-    sk = np.append(r.low_k, 0.0)
-    c[-1] = n - c[:-1].sum()
-    sa[-1] = max(r.s_a - sa[:-1].sum(), 0.0)
-    sk[-1] = max(r.s_k - sk[:-1].sum(), 0.0)
+    below = np.vstack((np.zeros(3), r.below, (n, r.s_a, r.s_k)))
+    per_bucket = np.maximum(np.diff(below, axis=0), 0.0)
     return [
-        _stratum(lab, lo, hi, float(c[i]), float(sa[i]), float(sk[i]))
-        for i, (lab, lo, hi) in enumerate(_lr_bounds())
+        _stratum(lab, lo, hi, float(c), float(sa), float(sk))
+        for (lab, lo, hi), (c, sa, sk) in zip(_lr_bounds(), per_bucket, strict=True)
     ]
 
 
