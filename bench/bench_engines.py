@@ -5,9 +5,9 @@
 Baseline: the in-process engine's `generate` (warm). Measured: the vLLM server adapter's
 `generate` on a local vLLM server started with the same engine settings (HTTP, one request
 per prompt, sent concurrently), and the SGLang adapter's on a local SGLang server (CPU engine,
-same dtype; skipped when scripts/install-sglang.sh has not built its venv). All are warmed up
-first; runs alternate and the medians are compared. Also prints the one-off costs (engine
-build, server starts). No assertions: this prints numbers.
+same dtype; skipped when scripts/install-sglang.sh has not built its venv). One engine runs at
+a time, each warmed up first, and the medians are compared. Also prints the one-off costs
+(engine build, server starts). No assertions: this prints numbers.
 """
 
 from __future__ import annotations
@@ -50,47 +50,59 @@ def main() -> int:
     prompt_ids = prompts.render(items, AutoTokenizer.from_pretrained(model))
 
     logs = Path(tempfile.mkdtemp(prefix="bench-engines-"))
-    procs = {"vLLM server": start_server(model, settings, logs / "vllm.log")}
+
+    def timed(engine: Any) -> tuple[float, int]:
+        """(median seconds of `generate`, tokens sampled), after one warm-up."""
+        engine.generate(prompt_ids, sampling)
+        seconds, tokens = [], 0
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            ro = engine.generate(prompt_ids, sampling)
+            seconds.append(time.perf_counter() - t)
+            tokens = sum(len(ids) for ids in ro.token_ids)
+        return statistics.median(seconds), tokens
+
+    # One engine alive at a time: an idle server's engine still holds threads that slow the
+    # others down (measured: in-process 8.9 s beside two idle servers, far less alone).
+    started = time.perf_counter()
+    engine, _ = rollout.get_engine(model, settings)
+    build_s = time.perf_counter() - started
+    try:
+        base, tokens = timed(engine)
+    finally:
+        rollout.shutdown_engine()
+    print(f"{len(prompt_ids)} prompts x {args.max_tokens} tokens ({tokens} sampled), warm:")
+    print(f"  in-process generate:     median {base:.3f} s  (engine build {build_s:.1f} s)")
+
+    servers: list[tuple[str, Any, Any, str]] = [
+        (
+            "vLLM server",
+            lambda: start_server(model, settings, logs / "vllm.log"),
+            vllm_server,
+            "vllm",
+        )
+    ]
     if sglang_installed():
-        procs["SGLang server"] = start_sglang_server(
-            model, logs / "sglang.log", dtype=settings.dtype
+        servers.append(
+            (
+                "SGLang server",
+                lambda: start_sglang_server(model, logs / "sglang.log", dtype=settings.dtype),
+                sglang_server,
+                "sglang",
+            )
         )
     else:
         print("SGLang venv absent (bash scripts/install-sglang.sh): SGLang not measured")
-    try:
-        started = time.perf_counter()
-        engine, _ = rollout.get_engine(model, settings)
-        build_s = time.perf_counter() - started
-        engines: dict[str, Any] = {"in-process": engine}
-        engines["vLLM server"] = vllm_server.connect(
-            ServerSettings(url=procs["vLLM server"].url), model, settings
-        )
-        if "SGLang server" in procs:
-            engines["SGLang server"] = sglang_server.connect(
-                ServerSettings(url=procs["SGLang server"].url, engine="sglang"), model, settings
-            )
-        for eng in engines.values():
-            eng.generate(prompt_ids, sampling)  # warm-up
-        times: dict[str, list[float]] = {name: [] for name in engines}
-        tokens = 0
-        for _ in range(args.repeats):
-            for name, eng in engines.items():
-                t = time.perf_counter()
-                ro = eng.generate(prompt_ids, sampling)
-                times[name].append(time.perf_counter() - t)
-                tokens = sum(len(ids) for ids in ro.token_ids)
-        for name, eng in engines.items():
-            if name != "in-process":
-                eng.close()
-    finally:
-        for proc in procs.values():
+    for name, start, adapter, kind in servers:
+        proc = start()
+        try:
+            client = adapter.connect(ServerSettings(url=proc.url, engine=kind), model, settings)
+            try:
+                t, _ = timed(client)
+            finally:
+                client.close()
+        finally:
             proc.stop()
-        rollout.shutdown_engine()
-    base = statistics.median(times["in-process"])
-    print(f"{len(prompt_ids)} prompts x {args.max_tokens} tokens ({tokens} sampled), warm:")
-    print(f"  in-process generate:    median {base:.3f} s  (engine build {build_s:.1f} s)")
-    for name, proc in procs.items():
-        t = statistics.median(times[name])
         print(
             f"  {name} generate: median {t:.3f} s  (server start {proc.start_seconds:.1f} s)"
             f"  ratio / in-process: {t / base:.2f}x"
