@@ -43,7 +43,7 @@ from workers.checklist.report import ChecklistResult, abs_d_histogram, summarise
 from workers.checklist.rows import build_rows, overall_verdict
 from workers.checklist.server_rows import build_server_rows
 from workers.reporting import JobOutcome, NullReporter, Reporter, UserError, json_safe
-from workers.specs import ChecklistSpec, DeterminismSpec, parse_spec
+from workers.specs import ChecklistSpec, DeterminismSpec, parse_spec, redact
 
 if TYPE_CHECKING:
     from workers.engines import RolloutEngine
@@ -179,7 +179,8 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
         engine_builds=builds,
         seconds=time.perf_counter() - started,
         timings=timings,
-        spec=spec.model_dump(mode="json"),
+        # The API key stays out of the stored result (pages and the Markdown show it).
+        spec=redact(spec.model_dump(mode="json")),
         notes=rendered.notes() + variants.notes,
         engine=answered,
     )
