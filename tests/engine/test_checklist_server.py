@@ -66,7 +66,7 @@ def test_engine_options_say_which_flag_and_show_what_was_measured(
     assert processed["status"] == "needs-restart", processed["reason"]
     assert processed["before"]["abs_diff_mean"] > 0.05  # raw logprobs vs T=0.7, top_p=0.9
     assert (
-        "`--logprobs-mode processed_logprobs` (a server's settings are fixed at its start)"
+        "--logprobs-mode processed_logprobs (a server's settings are fixed at its start)"
         in (processed["reason"])
     )
     head = by["fp32_head"]

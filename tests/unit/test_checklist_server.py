@@ -94,12 +94,12 @@ def test_a_single_check_plans_only_what_its_row_needs() -> None:
 
 def test_restart_flags_are_each_engines_own() -> None:
     assert needs_restart("vllm", "processed_logprobs") == (
-        "needs the server restarted with `--logprobs-mode processed_logprobs` "
+        "needs the server restarted with --logprobs-mode processed_logprobs "
         "(a server's settings are fixed at its start)"
     )
     assert needs_restart("vllm", "processed_logprobs", "fp32_head") == (
-        "needs the server restarted with `--logprobs-mode processed_logprobs` "
-        '`--hf-overrides \'{"head_dtype": "float32"}\'` (a server\'s settings are fixed at '
+        "needs the server restarted with --logprobs-mode processed_logprobs "
+        '--hf-overrides \'{"head_dtype": "float32"}\' (a server\'s settings are fixed at '
         "its start)"
     )
     assert RESTART_FLAGS["vllm"]["neutral_defaults"] == "--generation-config vllm"
@@ -131,8 +131,8 @@ def test_v1_server_rows_measure_what_they_can_and_name_the_flag() -> None:
     assert processed["before"]["variant"] == "explicit" and processed["after"] is None
     assert processed["reason"].startswith("the server returns raw logprobs (vLLM's default): ")
     assert processed["reason"].endswith(
-        "processed logprobs needs the server restarted with `--logprobs-mode "
-        "processed_logprobs` (a server's settings are fixed at its start)"
+        "processed logprobs needs the server restarted with --logprobs-mode "
+        "processed_logprobs (a server's settings are fixed at its start)"
     )
     head = rows["fp32_head"]
     assert head["status"] == "needs-restart"
@@ -140,11 +140,11 @@ def test_v1_server_rows_measure_what_they_can_and_name_the_flag() -> None:
         "explicit",
         "fp32_trainer",
     ]
-    assert '`--hf-overrides \'{"head_dtype": "float32"}\'`' in head["reason"]
+    assert '--hf-overrides \'{"head_dtype": "float32"}\'' in head["reason"]
     assert rows["runtime_defaults"]["status"] == "not-applicable"
     every = rows["all_fixes"]
     assert every["status"] == "needs-restart" and every["after"] is None
-    assert "`--logprobs-mode processed_logprobs` `--hf-overrides" in every["reason"]
+    assert "--logprobs-mode processed_logprobs --hf-overrides" in every["reason"]
 
 
 def test_a_server_already_running_the_fixes_passes_from_its_measurement() -> None:
@@ -152,13 +152,13 @@ def test_a_server_already_running_the_fixes_passes_from_its_measurement() -> Non
     rows = rows_of(FIXED_SERVER, m)
     assert rows["processed_logprobs"]["status"] == "pass"
     assert rows["processed_logprobs"]["reason"].startswith(
-        "the server already returns processed logprobs (`--logprobs-mode processed_logprobs`)"
+        "the server already returns processed logprobs (--logprobs-mode processed_logprobs)"
     )
     assert rows["processed_logprobs"]["after"]["abs_diff_mean"] == 0.01
     assert rows["fp32_head"]["status"] == "pass"
     assert rows["fp32_head"]["after"]["variant"] == "fp32_trainer"
     assert (
-        "the server fills unset sampling fields with neutral defaults (`--generation-config vllm`)"
+        "the server fills unset sampling fields with neutral defaults (--generation-config vllm)"
         in rows["runtime_defaults"]["reason"]
     )
     every = rows["all_fixes"]
@@ -174,7 +174,7 @@ def test_runtime_defaults_are_fixed_in_the_request_on_a_server() -> None:
     assert "temperature 1.0 → 0.6" in row["reason"]
     assert row["reason"].endswith(
         "Fix it in the request (every field explicit, measured here) or restart the server "
-        "with `--generation-config vllm`"
+        "with --generation-config vllm"
     )
 
 
@@ -184,9 +184,9 @@ def test_sglang_rows_name_sglang_flags_and_its_logprobs() -> None:
     assert processed["status"] == "needs-fix"
     assert "no processed-logprobs mode at any setting" in processed["reason"]
     assert "processing='temperature'" in processed["reason"]
-    assert "`--enable-fp32-lm-head`" in rows["fp32_head"]["reason"]
+    assert "--enable-fp32-lm-head" in rows["fp32_head"]["reason"]
     assert "--logprobs-mode" not in rows["all_fixes"]["reason"]
-    assert "`--enable-fp32-lm-head`" in rows["all_fixes"]["reason"]
+    assert "--enable-fp32-lm-head" in rows["all_fixes"]["reason"]
 
 
 def test_a_variant_that_failed_is_could_not_run_not_restart() -> None:

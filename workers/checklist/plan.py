@@ -148,11 +148,11 @@ RESTART_WHY = "a server's settings are fixed at its start"
 
 def needs_restart(engine: str, *settings: str) -> str:
     """The row text for fixes a server can only get at its start: "needs the server
-    restarted with `<flag>` ... (a server's settings are fixed at its start)"."""
+    restarted with <flag> ... (a server's settings are fixed at its start)"."""
     flags = [RESTART_FLAGS[engine][s] for s in settings]
     return (
         "needs the server restarted with "
-        + " ".join(f"`{f}`" for f in flags if f is not None)
+        + " ".join(f for f in flags if f is not None)
         + f" ({RESTART_WHY})"
     )
 

@@ -78,7 +78,7 @@ def _processed(spec: ChecklistSpec, served: Served, measured: Mapping[str, Measu
             "processed_logprobs",
             "pass",
             "the server already returns processed logprobs "
-            f"(`{RESTART_FLAGS['vllm']['processed_logprobs']}`){_assumed(served, 'logprobs_mode')}"
+            f"({RESTART_FLAGS['vllm']['processed_logprobs']}){_assumed(served, 'logprobs_mode')}"
             f": {gap(m.cell('after'))} against a trainer that applies the same processing "
             f"({desc})",
             after=m.cell("after"),
@@ -144,7 +144,7 @@ def _runtime_defaults(spec: ChecklistSpec, served: Served, measured: Mapping[str
     flag = RESTART_FLAGS[served.engine]["neutral_defaults"]
     if not differs:
         why = (
-            f"the server fills unset sampling fields with neutral defaults (`{flag}`)"
+            f"the server fills unset sampling fields with neutral defaults ({flag})"
             if served.neutral_defaults
             else "the server's defaults change none of the sampling parameters you leave unset"
         )
@@ -169,7 +169,7 @@ def _runtime_defaults(spec: ChecklistSpec, served: Served, measured: Mapping[str
         "needs-fix",
         "the server applied the model's generation_config.json to fields you left unset: "
         f"{listed} (requested → effective); {gap_words}. Fix it in the request (every "
-        f"field explicit, measured here) or restart the server with `{flag}`",
+        f"field explicit, measured here) or restart the server with {flag}",
         before=before,
         after=after,
         details=details,
@@ -203,7 +203,7 @@ def _fp32_head(spec: ChecklistSpec, served: Served, measured: Mapping[str, Measu
             "fp32_head",
             "pass",
             f"the server already computes the lm_head in fp32 "
-            f"(`{RESTART_FLAGS[served.engine]['fp32_head']}`){_assumed(served, 'head_dtype')}; "
+            f"({RESTART_FLAGS[served.engine]['fp32_head']}){_assumed(served, 'head_dtype')}; "
             f"with the trainer's in fp32 too: {gap(after)}",
             after=after,
             details=details,
