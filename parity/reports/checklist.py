@@ -14,7 +14,9 @@ from parity.reports import Verdict
 
 VERSION = 1
 
-Status = Literal["pass", "needs-fix", "not-applicable", "could-not-run"]
+# "needs-restart": the check's fix is an engine option of a server the user runs, fixed at
+# its start; the row says which flag and shows what could be measured without it.
+Status = Literal["pass", "needs-fix", "not-applicable", "could-not-run", "needs-restart"]
 # The four checks of the spec (workers.specs.checklist.CHECKS), the summary row, then the
 # batch-invariance row (spec.include_determinism; a determinism certificate, not a fix).
 RowCheck = Literal[
@@ -55,6 +57,7 @@ class Recommendation(TypedDict, total=False):
 
     vllm_llm: str  # offline `LLM(...)`
     vllm_serve: str  # `vllm serve` flags
+    sglang_serve: str  # `python -m sglang.launch_server` flags
     trainer: str  # what the trainer side must do
 
 
@@ -215,3 +218,6 @@ class ChecklistReport(TypedDict):
     # What the run had to work around (chats rendered as plain text, prompts too long for
     # the engine skipped); absent from results stored before it existed: .get("notes", []).
     notes: NotRequired[list[str]]
+    # Which engine answered (adapter, label, version, url, unknown); absent from results
+    # stored before the checklist ran against servers: in-process vLLM.
+    engine: NotRequired[dict[str, Any]]

@@ -22,6 +22,10 @@ loop really sees with the V1 default, and "after" the gap that remains with the 
     engine processed / vllm / fp32 head ... fp32 both sides = all fixes
     replay engine(s) (workers.replay) ..... weight updates with / without reset, in flight
 
+Against a server the user runs (`spec.server.url`) only the variants that change the trainer
+or the request run there; a fix that is an engine start option is not run, and its row says
+"needs-restart" with the exact flag (`plan.plan_server_variants`, `server_rows`).
+
 One module per concern: `plan` (which variants and replays), `run` (measuring them through
 `workers.measure`, the job entry point), `rows` (the pure judgement), `recommendations` (the
 settings to use), `report` (the result and its JSON, `parity.reports.checklist`), `markdown`
@@ -32,9 +36,12 @@ Importing the package imports no torch, vLLM or transformers.
 from workers.checklist.markdown import render_markdown
 from workers.checklist.measured import Measured
 from workers.checklist.plan import (
+    Served,
     Variant,
     explicit,
     in_flight_offered,
+    needs_restart,
+    plan_server_variants,
     plan_variants,
     replay_plan,
     replay_spec_for,
@@ -47,13 +54,16 @@ from workers.checklist.run import run_checklist, run_checklist_job
 __all__ = [
     "ChecklistResult",
     "Measured",
+    "Served",
     "Variant",
     "abs_d_histogram",
     "build_rows",
     "explicit",
     "in_flight_offered",
     "matters",
+    "needs_restart",
     "overall_verdict",
+    "plan_server_variants",
     "plan_variants",
     "recommendation",
     "render_markdown",

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from workers import cli
-from workers.checklist.markdown import md_cell
+from workers.checklist.markdown import answered_by, md_cell
 from workers.checklist.measured import num
 from workers.checklist.run import run_checklist
 from workers.reporting import PrintReporter, UserError
@@ -74,7 +74,8 @@ def format_text(result: Mapping[str, Any]) -> str:
 
     lines = [
         f"verdict: {str(result['verdict']).upper()}  ({result['engine_builds']} engine "
-        f"builds, {num(result['seconds'])} s)"
+        f"builds, {num(result['seconds'])} s)",
+        f"engine: {answered_by(result)}",
     ]
     for row in result["rows"]:
         lines.append(

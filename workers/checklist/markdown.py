@@ -21,12 +21,15 @@ STATUS_MD = {
     "needs-fix": "⚠️ needs fix",
     "not-applicable": "➖ n/a",
     "could-not-run": "❌ could not run",
+    # Not a failure: the fix is a start option of the user's server (the reason names it).
+    "needs-restart": "🔁 needs server restart",
 }
 # Escaped pipes: these names live in a Markdown table.
 _CELL_NAMES = {"abs_diff_mean": "mean \\|d\\|", "kl_k3": "kl_k3", "abs_diff_max": "max \\|d\\|"}
 _CODE_BLOCKS = (
     ("vllm_llm", "vLLM (offline `LLM`)", "python"),
     ("vllm_serve", "vLLM server", "bash"),
+    ("sglang_serve", "SGLang server", "bash"),
     ("trainer", "Trainer", "python"),
 )
 
@@ -73,13 +76,25 @@ def _status(row: Mapping[str, Any]) -> str:
     return STATUS_MD.get(row["status"], row["status"])
 
 
+def answered_by(result: Mapping[str, Any]) -> str:
+    """Which engine answered, in words: "vLLM server 0.32.0 at http://..." (results stored
+    before servers: the in-process vLLM of `vllm_version`)."""
+    engine = result.get("engine") or {}
+    if not engine:
+        return f"vLLM {result.get('vllm_version')}"
+    words = f"{engine.get('label')} {engine.get('version')}"
+    if engine.get("url"):
+        words += f" at {engine['url']}"
+    return words
+
+
 def render_markdown(result: Mapping[str, Any]) -> str:
     """A Markdown report of a checklist result (a `ChecklistReport`, or an older or partial
     one): the rows with status and measured before/after numbers, then each row's
     recommendation in code blocks. Numbers that were not measured are shown as "—", never
     filled in."""
     req = result.get("sampling_requested") or {}
-    meta = [f"model `{result.get('model')}`", f"vLLM {result.get('vllm_version')}"]
+    meta = [f"model `{result.get('model')}`", answered_by(result)]
     if req:
         shown = ("temperature", "top_p", "top_k", "min_p")
         meta.append("sampling " + ", ".join(f"{k}={req[k]}" for k in shown if k in req))
@@ -98,7 +113,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     recommendations = [
         _recommendation(row)
         for row in rows
-        if (row["status"] == "needs-fix" or row["check"] == "all_fixes")
+        if (row["status"] in ("needs-fix", "needs-restart") or row["check"] == "all_fixes")
         and row.get("recommendation")
     ]
     footer = ""
@@ -106,6 +121,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         footer = f"_{result.get('engine_builds')} engine builds, {num(result.get('seconds'))} s._"
     text = _template("report.md").substitute(
         verdict=result.get("verdict", "?"),
+        before="as configured" if (result.get("engine") or {}).get("url") else "V1 default",
         meta=" · ".join(meta),
         rows="\n".join(table),
         others="\nOther measured variants:\n\n" + "\n".join(others) + "\n" if others else "",

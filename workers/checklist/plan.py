@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from parity.reports.checklist import ReplayKey
 from workers.specs import (
@@ -103,6 +103,111 @@ def plan_variants(spec: ChecklistSpec) -> list[Variant]:
     return [v for v in every if v.name in want]
 
 
+# --- against a server the user runs -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the checklist plans with about a running server: the settings its checks
+    concern, as the adapter reports them (`assumed`: those it could not report, taken from
+    the spec)."""
+
+    engine: Literal["vllm", "sglang"]
+    # The distribution its logprobs describe (workers.engines.logprobs_kind).
+    logprobs: Literal["raw", "processed", "temperature"]
+    # Whether unset sampling fields get neutral defaults (vLLM generation_config="vllm",
+    # SGLang --sampling-defaults openai) rather than the model's generation_config.json.
+    neutral_defaults: bool
+    head_dtype: Literal["model", "float32"]
+    dtype: str
+    assumed: frozenset[str] = frozenset()
+
+
+# The exact start option of each engine setting a check may need (verified against vLLM
+# 0.32's arg_utils/ModelConfig and SGLang 0.5.23's server args; None: the engine has none).
+RESTART_FLAGS: dict[str, dict[str, str | None]] = {
+    "vllm": {
+        "processed_logprobs": "--logprobs-mode processed_logprobs",
+        "raw_logprobs": "--logprobs-mode raw_logprobs",
+        "neutral_defaults": "--generation-config vllm",
+        "fp32_head": '--hf-overrides \'{"head_dtype": "float32"}\'',
+        "batch_invariant": "VLLM_BATCH_INVARIANT=1 (environment)",
+    },
+    "sglang": {
+        # SGLang returns log_softmax(logits / T) over the full vocabulary, or with
+        # SGLANG_RETURN_ORIGINAL_LOGPROB=1 the raw ones; no setting gives processed ones.
+        "processed_logprobs": None,
+        "raw_logprobs": "SGLANG_RETURN_ORIGINAL_LOGPROB=1 (environment)",
+        "neutral_defaults": "--sampling-defaults openai",
+        "fp32_head": "--enable-fp32-lm-head",
+        "batch_invariant": "--enable-deterministic-inference",
+    },
+}
+RESTART_WHY = "a server's settings are fixed at its start"
+
+
+def needs_restart(engine: str, *settings: str) -> str:
+    """The row text for fixes a server can only get at its start: "needs the server
+    restarted with <flag> ... (a server's settings are fixed at its start)"."""
+    flags = [RESTART_FLAGS[engine][s] for s in settings]
+    return (
+        "needs the server restarted with "
+        + " ".join(f for f in flags if f is not None)
+        + f" ({RESTART_WHY})"
+    )
+
+
+def plan_server_variants(spec: ChecklistSpec, served: Served) -> list[Variant]:
+    """The variants the selected checks need against a running server, in run order: only
+    those that change the trainer or the request, since the engine's settings are the
+    server's. Each row then says which of its fixes need a restart (`needs_restart`).
+
+        as_configured ...... the server as it runs, the user's sampling as given
+        explicit ........... the same server, every sampling field explicit
+        fp32_trainer ....... explicit's tokens re-scored with an fp32 lm_head on the trainer
+    """
+    engine = spec.engine  # what the adapter reports is applied when it connects
+    t_model = spec.trainer.model_copy(update={"head_dtype": "model", "processing": "processed"})
+    checks = set(spec.checks)
+    want: set[str] = set()
+    if spec.full or "runtime_defaults" in checks:
+        want.add("as_configured")
+    if checks & {"processed_logprobs", "runtime_defaults", "fp32_head"}:
+        want.add("explicit")
+    if "fp32_head" in checks or spec.full:
+        want |= {"explicit", "fp32_trainer"}
+    fp32_label = (
+        "fp32 lm_head on both sides (the server's is fp32)"
+        if served.head_dtype == "float32"
+        else "fp32 lm_head on the trainer only"
+    )
+    every = [
+        Variant(
+            "as_configured",
+            "as configured: the server's own settings, sampling as given",
+            engine,
+            t_model,
+            explicit_sampling=False,
+        ),
+        Variant(
+            "explicit",
+            "the server's own settings, every sampling field explicit",
+            engine,
+            t_model,
+            explicit_sampling=True,
+        ),
+        Variant(
+            "fp32_trainer",
+            fp32_label,
+            engine,
+            t_model.model_copy(update={"head_dtype": "float32"}),
+            explicit_sampling=True,
+            rescore_of="explicit",
+        ),
+    ]
+    return [v for v in every if v.name in want]
+
+
 def explicit(sampling: SamplingSettings) -> SamplingSettings:
     """`sampling` with every field the engine could fill set to what the trainer assumes
     (vLLM's neutral default where unset): nothing is left to generation_config."""
@@ -111,6 +216,29 @@ def explicit(sampling: SamplingSettings) -> SamplingSettings:
 
 
 # --- the weight-update replays -------------------------------------------------------------
+
+
+# The servers whose updates `workers.replay` drives (its server path: vLLM's dev-mode
+# endpoints, workers/replay/server.py).
+REPLAY_SERVER_ENGINES = ("vllm",)
+
+
+def replay_not_offered(spec: ChecklistSpec, key: ReplayKey) -> str | None:
+    """Why a planned replay cannot run against the spec's server; None when it can."""
+    if not spec.server.url:
+        return None
+    if spec.server.engine not in REPLAY_SERVER_ENGINES:
+        return (
+            f"weight-update replays against a {spec.server.engine} server are not supported "
+            f"by this Parity (workers.replay drives {', '.join(REPLAY_SERVER_ENGINES)} "
+            "servers only)"
+        )
+    if key == "in_flight":
+        return (
+            "an update in flight is replayed only on an engine Parity builds: over HTTP it "
+            "cannot see how far a request has decoded to land the update half-way"
+        )
+    return None
 
 
 def replay_plan(spec: ChecklistSpec) -> list[tuple[ReplayKey, str]]:
@@ -140,6 +268,7 @@ def replay_spec_for(spec: ChecklistSpec, model_path: str, mode: ReplayKey) -> Re
     )
     common: dict[str, Any] = {
         "model": model_path,
+        "server": spec.server,
         "engine": engine,
         "trainer": trainer,
         "sampling": sampling,

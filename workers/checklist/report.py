@@ -61,6 +61,8 @@ class ChecklistResult:
     timings: dict[str, float]
     spec: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # Which engine answered (run.engine_answered): adapter, label, version, url, unknown.
+    engine: dict[str, Any] = field(default_factory=dict)
 
     def histograms(self) -> Histograms:
         """Per-variant |d| counts on the common edges, for one overlaid chart."""
@@ -95,6 +97,7 @@ class ChecklistResult:
             "spec": self.spec,
             "markdown": "",
             "notes": self.notes,
+            "engine": self.engine,
         }
         out: ChecklistReport = json_safe(body)
         out["markdown"] = render_markdown(out)

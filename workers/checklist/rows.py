@@ -23,6 +23,7 @@ from parity.reports.checklist import (
 )
 from parity.reports.determinism import DeterminismReport
 from workers.checklist.measured import Measured, as_verdict, gap, num, with_numbers, worst
+from workers.checklist.plan import needs_restart
 from workers.checklist.recommendations import recommendation
 from workers.specs import CHECK_LABELS, NEUTRAL_SAMPLING, ChecklistSpec
 
@@ -132,16 +133,21 @@ def build_rows(
     return rows
 
 
-def determinism_row(report: DeterminismReport | str) -> Row:
+def determinism_row(report: DeterminismReport | str, server: str | None = None) -> Row:
     """The batch-invariance row from a determinism certificate (or why it could not run):
     pass when every batch shape was bit-exact against batch size 1, else needs-fix with the
     certificate's numbers. Not part of 'all fixes together': only loops that rely on batch
-    invariance need it."""
+    invariance need it. `server`: the engine of the server it ran against, if any (its
+    batch-invariant mode is a start option)."""
     rec: Recommendation = {
         "vllm_serve": "VLLM_BATCH_INVARIANT=1 vllm serve MODEL ...  # GPU kernels only",
         "trainer": "use the same batch-invariant kernels in the trainer, then re-certify "
         "(python -m workers.determinism)",
     }
+    if server == "sglang":
+        rec["sglang_serve"] = (
+            "python -m sglang.launch_server --model-path MODEL --enable-deterministic-inference"
+        )
     if isinstance(report, str):
         return _row("determinism", "could-not-run", report, recommendation=rec)
     pairs = [
@@ -151,10 +157,13 @@ def determinism_row(report: DeterminismReport | str) -> Row:
     details = {"verdict": report["verdict"], "reasons": report["reasons"], "pairs": pairs}
     if report["verdict"] == "pass":
         return _row("determinism", "pass", report["reasons"][0], details=details)
+    restart = ""
+    if server is not None:
+        restart = ". Batch-invariant kernels " + needs_restart(server, "batch_invariant")
     return _row(
         "determinism",
         "needs-fix",
-        "not batch-invariant: " + "; ".join(report["reasons"]),
+        "not batch-invariant: " + "; ".join(report["reasons"]) + restart,
         details=details,
         recommendation=rec,
     )

@@ -1,6 +1,10 @@
 """Running the checklist: every planned variant through the one measurement pipeline
 (`workers.measure`), then the weight-update replays (`workers.replay`), then the rows.
 
+Against a server the user runs (`spec.server.url`), the variants are the ones that change only
+the trainer or the request (`plan.plan_server_variants`), all on that server; the replay and
+the certificate run against it too, and `server_rows` judges the rows.
+
 Variants run grouped by engine settings, so one warm engine serves every variant it can
 (`workers.rollout.get_engine` keys on model + settings); a variant whose effective sampling
 equals an earlier one's on the same engine scores that rollout instead of sampling again, and
@@ -25,19 +29,24 @@ from workers import measure, rollout
 from workers import prompts as prompt_sets
 from workers.checklist.measured import Measured, as_verdict, num
 from workers.checklist.plan import (
+    Served,
     Variant,
     explicit,
     in_flight_offered,
+    plan_server_variants,
     plan_variants,
+    replay_not_offered,
     replay_plan,
     replay_spec_for,
 )
 from workers.checklist.report import ChecklistResult, abs_d_histogram, summarise_replay
 from workers.checklist.rows import build_rows, overall_verdict
+from workers.checklist.server_rows import build_server_rows
 from workers.reporting import JobOutcome, NullReporter, Reporter, UserError, json_safe
-from workers.specs import ChecklistSpec, DeterminismSpec, parse_spec
+from workers.specs import ChecklistSpec, DeterminismSpec, parse_spec, redact
 
 if TYPE_CHECKING:
+    from workers.engines import RolloutEngine
     from workers.rollout import Rollout
 
 
@@ -95,9 +104,6 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
         raise UserError(f"thresholds: {exc}") from None
     model_path = rollout.resolve_model(spec.model)
     items = prompt_sets.load(spec.prompt_set, spec.prompts, spec.num_prompts)
-    plan = plan_variants(spec)
-    replay_steps = replay_plan(spec)
-    progress = Progress(reporter, len(plan) + len(replay_steps) + spec.include_determinism)
 
     from transformers import AutoTokenizer
 
@@ -106,9 +112,26 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
     rendered = prompt_sets.render_set(items, tokenizer)
     for note in rendered.notes():
         reporter.stage(note)
-    variants = _Variants(spec, model_path, rendered.ids, thresholds, progress)
-    for i, v in enumerate(plan):
-        variants.run(i, v)
+    from workers import engines
+
+    server: RolloutEngine | None = None
+    served: Served | None = None
+    if spec.server.url:
+        # Reached first: a server that is down or serves another model fails the job now.
+        reporter.stage(f"connecting to the server at {spec.server.url}", 0.0)
+        server, _ = engines.open_engine(model_path, spec.engine, spec.server)
+        served = served_by(spec, server)
+    try:
+        plan = plan_variants(spec) if served is None else plan_server_variants(spec, served)
+        replay_steps = replay_plan(spec)
+        progress = Progress(reporter, len(plan) + len(replay_steps) + spec.include_determinism)
+        variants = _Variants(spec, model_path, rendered.ids, thresholds, progress, server)
+        for i, v in enumerate(plan):
+            variants.run(i, v)
+    finally:
+        if server is not None:
+            # The replay and the certificate open their own connections.
+            engines.release(server)
     measured = variants.measured
     builds = variants.builds
 
@@ -128,7 +151,10 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
         certificate = run_certificate(spec, model_path, progress, len(plan) + len(replay_steps))
         if not isinstance(certificate, str):
             timings["determinism.total_s"] = certificate["wall_s"]
-    rows = build_rows(spec, measured, replays, certificate)
+    if served is None:
+        rows = build_rows(spec, measured, replays, certificate)
+    else:
+        rows = build_server_rows(spec, served, measured, replays, certificate)
     overall = overall_verdict(rows)
     for m in measured.values():
         for k, s in m.seconds.items():
@@ -140,11 +166,11 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
         if rep is not None and rep["status"] != "not-offered":
             timings[f"replay_{key}.total_s"] = float(rep["seconds"])
     reporter.stage(f"checklist done: verdict {overall}, {builds} engine builds", 1.0)
-    import vllm
-
+    answered = engine_answered(server)
     return ChecklistResult(
         model=model_path,
-        vllm_version=str(vllm.__version__),
+        # The vLLM that answered: the server's own, none for SGLang.
+        vllm_version=answered["version"] if answered["adapter"].startswith("vllm") else None,
         sampling_requested=spec.sampling.requested(),
         rows=rows,
         variants=list(measured.values()),
@@ -153,9 +179,51 @@ def run_checklist(spec: ChecklistSpec, reporter: Reporter | None = None) -> Chec
         engine_builds=builds,
         seconds=time.perf_counter() - started,
         timings=timings,
-        spec=spec.model_dump(mode="json"),
+        # The API key stays out of the stored result (pages and the Markdown show it).
+        spec=redact(spec.model_dump(mode="json")),
         notes=rendered.notes() + variants.notes,
+        engine=answered,
     )
+
+
+def served_by(spec: ChecklistSpec, engine: RolloutEngine) -> Served:
+    """What the connected server runs with, as the checklist plans with it."""
+    from workers.engines import logprobs_kind
+
+    settings = engine.settings
+    if spec.server.engine == "sglang":
+        info = getattr(engine, "info", None)
+        neutral = getattr(info, "sampling_defaults", None) == "openai"
+    else:
+        neutral = settings.generation_config == "vllm"
+    return Served(
+        engine=spec.server.engine,
+        logprobs=logprobs_kind(engine),
+        neutral_defaults=neutral,
+        head_dtype=settings.head_dtype,
+        dtype=settings.dtype,
+        assumed=frozenset(getattr(engine, "assumed", ())),
+    )
+
+
+def engine_answered(server: RolloutEngine | None) -> dict[str, Any]:
+    """Which engine answered the checklist's variants (the in-process vLLM when `server` is
+    None): adapter, label, version, url, and what the server could not report."""
+    from workers.engines import ADAPTER_LABELS
+
+    if server is None:
+        import vllm
+
+        return {"adapter": "vllm", "label": ADAPTER_LABELS["vllm"], "version": vllm.__version__}
+    eff = server.effective_settings()
+    return {
+        "adapter": server.adapter,
+        "label": ADAPTER_LABELS.get(server.adapter, server.adapter),
+        "version": server.version,
+        "url": eff.get("url"),
+        "unknown": eff.get("unknown", []),
+        "settings": eff,
+    }
 
 
 class _Variants:
@@ -168,9 +236,12 @@ class _Variants:
         prompt_ids: list[list[int]],
         thresholds: Thresholds,
         progress: Progress,
+        server: RolloutEngine | None = None,
     ) -> None:
         self.spec, self.model_path, self.prompt_ids = spec, model_path, prompt_ids
         self.thresholds, self.progress = thresholds, progress
+        # The user's server, when every variant samples there (connected once).
+        self.server = server
         self.sampling_explicit = explicit(spec.sampling)
         self.measured: dict[str, Measured] = {}
         self.builds = 0
@@ -185,7 +256,7 @@ class _Variants:
         m = Measured(v.name, v.label, "measured")
         try:
             ro, eng_settings = self._rollout(i, v, m)
-            m.engine = {k: eng_settings.get(k) for k in _ENGINE_KEYS}
+            m.engine = dict(eng_settings)
             m.sampling = {
                 "requested": ro.requested,
                 "effective": ro.effective,
@@ -198,7 +269,19 @@ class _Variants:
             self.progress.say(i, v.label, "scoring with the trainer", 0.6)
             # The trainer applies the sampling processing it was told about (the requested
             # parameters): what an RL trainer computes its importance ratios with.
-            result = measure.measure(self.model_path, v.trainer, v.engine, ro, self.thresholds)
+            if self.server is None:
+                result = measure.measure(self.model_path, v.trainer, v.engine, ro, self.thresholds)
+            else:
+                from workers.engines import logprobs_kind
+
+                result = measure.measure(
+                    self.model_path,
+                    v.trainer,
+                    self.server.settings,
+                    ro,
+                    self.thresholds,
+                    engine_kind=logprobs_kind(self.server),
+                )
             m.seconds["score_s"] = result.scored.seconds
             m.trainer = {
                 "dtype": v.trainer.dtype,
@@ -229,18 +312,26 @@ class _Variants:
                 )
             m.engine_reused, m.rollout_of = True, v.rescore_of
             return self.rollouts[v.rescore_of]
-        self.progress.say(i, v.label, "loading engine")
-        # The engine first, on its own: its default sampling parameters decide whether an
-        # earlier rollout already holds the tokens this variant would sample.
-        engine, reused = rollout.get_engine(self.model_path, v.engine)
-        self.builds += 0 if reused else 1
-        m.engine_reused = reused
-        if not reused:
-            m.seconds["engine_load_s"] = engine.load_seconds
         sampling = self.sampling_explicit if v.explicit_sampling else self.spec.sampling
-        # Same engine, same effective parameters, same seeds: the same tokens. Reuse them
-        # (e.g. explicit fields on a model whose generation_config sets none).
-        effective = rollout.sampling_dict(rollout.effective_sampling(sampling, engine.llm))
+        engine: RolloutEngine
+        if self.server is not None:
+            engine, reused = self.server, bool(self.rollouts)
+            m.engine_reused = reused
+            # The adapter's own merge of the request with the server's defaults.
+            effective = self.server.effective_sampling(sampling)  # type: ignore[attr-defined]
+        else:
+            self.progress.say(i, v.label, "loading engine")
+            # The engine first, on its own: its default sampling parameters decide whether
+            # an earlier rollout already holds the tokens this variant would sample.
+            built, reused = rollout.get_engine(self.model_path, v.engine)
+            engine = built
+            self.builds += 0 if reused else 1
+            m.engine_reused = reused
+            if not reused:
+                m.seconds["engine_load_s"] = built.load_seconds
+            # Same engine, same effective parameters, same seeds: the same tokens. Reuse
+            # them (e.g. explicit fields on a model whose generation_config sets none).
+            effective = rollout.sampling_dict(rollout.effective_sampling(sampling, built.llm))
         key = (v.engine.model_dump_json(), json.dumps(effective, sort_keys=True))
         if key in self.by_key:
             m.rollout_of = self.by_key[key]
@@ -255,8 +346,21 @@ class _Variants:
                     self.notes.append(note)
                     self.progress.say(i, v.label, note, 0.3)
             self.by_key[key] = v.name
-        self.rollouts[v.name] = (ro, engine.effective_settings())
+        self.rollouts[v.name] = (ro, _variant_engine(engine))
         return self.rollouts[v.name]
+
+
+def _variant_engine(engine: RolloutEngine) -> dict[str, Any]:
+    """The engine settings a variant ran with: as the engine reports them, else (a server
+    that does not report one) as the adapter took them, and the kind of its logprobs."""
+    from workers.engines import logprobs_kind
+
+    reported = engine.effective_settings()
+    out = {k: reported.get(k, getattr(engine.settings, k)) for k in _ENGINE_KEYS}
+    if "logprobs_mode" not in reported:
+        out["logprobs_mode"] = logprobs_kind(engine)
+    out["adapter"] = engine.adapter
+    return out
 
 
 class _ReplayReporter:
@@ -285,6 +389,11 @@ def run_replays(
     builds = 0
     for j, (key, label) in enumerate(steps):
         index = offset + j
+        not_offered = replay_not_offered(spec, key)
+        if not_offered is not None:
+            replays[key] = {"status": "not-offered", "reason": not_offered}
+            progress.say(index, label, f"skipped: {not_offered}", 1.0)
+            continue
         if key == "in_flight":
             between = replays.get("between_batches")
             caps = None
@@ -313,7 +422,8 @@ def run_replays(
             }
             progress.say(index, label, f"could not run: {error}", 1.0)
             continue
-        builds += 1  # every replay builds its own engine (workers.replay.build_engine)
+        # Every replay builds its own engine (workers.replay.build_engine), except on a server.
+        builds += 0 if spec.server.url else 1
         replays[key] = summarise_replay(result)
     return builds
 
@@ -336,6 +446,7 @@ def run_certificate(
         prompt_set=spec.prompt_set,
         prompts=spec.prompts,
         num_prompts=min(4, spec.num_prompts or 4),
+        server=spec.server,
         engine=spec.engine,
         trainer=spec.trainer,
         sampling=sampling,
@@ -368,6 +479,7 @@ def run_checklist_job(spec: Mapping[str, Any], reporter: Reporter) -> JobOutcome
             "model": parsed.model,
             "model_path": result.model,
             "vllm_version": result.vllm_version,
+            "engine_answered": {k: v for k, v in result.engine.items() if k != "settings"},
             "sampling_requested": result.sampling_requested,
             "engine": parsed.engine.model_dump(mode="json"),
             "trainer": parsed.trainer.model_dump(mode="json"),

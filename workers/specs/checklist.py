@@ -10,6 +10,7 @@ from workers.specs.common import (
     EngineSettings,
     PromptSpec,
     SamplingSettings,
+    ServerSettings,
     ThresholdOverrides,
     TrainerSettings,
 )
@@ -65,11 +66,21 @@ class ChecklistSpec(PromptSpec):
             "engine (from the model's generation_config.json under generation_config='auto')."
         ),
     )
+    server: ServerSettings = Field(
+        default_factory=ServerSettings,
+        description=(
+            "Optional: check a server you already run (its URL). Its settings are fixed at "
+            "its start: the checks that change only the trainer or the request run against "
+            "it, the others say which flag to restart it with; empty: Parity builds vLLM "
+            "in-process for each variant."
+        ),
+    )
     engine: EngineSettings = Field(
         default_factory=EngineSettings,
         description=(
             "The engine as the user runs it; logprobs_mode, generation_config and head_dtype "
-            "are set by each variant."
+            "are set by each variant. With a server URL, only what the server cannot report "
+            "is taken from here."
         ),
     )
     trainer: TrainerSettings = Field(
