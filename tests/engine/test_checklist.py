@@ -156,8 +156,9 @@ def test_all_fixes_row_and_the_job_contract(full: Any) -> None:
     assert result["markdown"].startswith("## vLLM V1 migration checklist")
     # Progress names each variant, in order, and only goes forward.
     messages = [m for m, _ in reporter.stages]
-    assert any(m.startswith("variant 1/8: V1 defaults") for m in messages)
-    assert any(m.startswith("variant 8/8: one weight update in flight") for m in messages)
+    assert any(m.startswith("variant 1/9: V1 defaults") for m in messages)
+    assert any(m.startswith("variant 8/9: one weight update in flight") for m in messages)
+    assert any(m.startswith("variant 9/9: batch invariance") for m in messages)
     fractions = [p for _, p in reporter.stages if p is not None]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
