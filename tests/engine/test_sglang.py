@@ -277,3 +277,29 @@ def test_a_determinism_certificate_runs_on_sglang(sglang_url: str, tiny_model: P
         "SGLang greedy: "
         + "; ".join(f"{p['run']} bit_equal {p['bit_equal_frac']}" for p in r["pairs"])
     )
+
+
+def test_a_checklist_runs_against_sglang_with_its_replay_and_restart_flags(
+    sglang_url: str, tiny_model: Path
+) -> None:
+    from workers.checklist import run_checklist_job
+    from workers.reporting import NullReporter
+
+    spec = {
+        "model": str(tiny_model),
+        "num_prompts": 4,
+        "sampling": {"temperature": 0.7, "top_p": 0.9, "max_tokens": 8, "logprobs_topk": 0},
+        "replay_updates": 1,
+        "replay_max_tokens": 8,
+        "server": {"url": sglang_url, "engine": "sglang"},
+    }
+    result = run_checklist_job(spec, NullReporter()).result
+    rows = {r["check"]: r for r in result["rows"]}
+
+    assert result["engine"]["adapter"] == "sglang" and result["engine_builds"] == 0
+    # The weight updates went through SGLang's own update API (it was refused before).
+    assert rows["weight_updates"]["status"] != "could-not-run", rows["weight_updates"]
+    # The test server runs float32: the fp32-head fix is already in place, and said so.
+    assert rows["fp32_head"]["status"] == "not-applicable"
+    assert "float32" in rows["fp32_head"]["reason"]
+    print({check: row["status"] for check, row in rows.items()})

@@ -218,9 +218,9 @@ def explicit(sampling: SamplingSettings) -> SamplingSettings:
 # --- the weight-update replays -------------------------------------------------------------
 
 
-# The servers whose updates `workers.replay` drives (its server path: vLLM's dev-mode
-# endpoints, workers/replay/server.py).
-REPLAY_SERVER_ENGINES = ("vllm",)
+# The servers whose updates `workers.replay` drives through their own update path (vLLM's
+# dev-mode endpoints: workers/replay/server.py; SGLang's update API: workers/replay/sglang.py).
+REPLAY_SERVER_ENGINES = ("vllm", "sglang")
 
 
 def replay_not_offered(spec: ChecklistSpec, key: ReplayKey) -> str | None:
