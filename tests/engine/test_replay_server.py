@@ -117,6 +117,20 @@ def test_a_stale_reload_on_the_server_is_flagged(
 def test_without_the_extension_vllms_weight_checker_reads_what_it_can(
     vllm_server: LocalServer, tiny_model: Path
 ) -> None:
+    from workers.engines.vllm_server import connect
+    from workers.specs import EngineSettings, ServerSettings
+
+    # A replay starts on W0, and /weight_checker's digests are judged against W0's: the
+    # session's server is shared with other tests that load other weights into it, so it is
+    # put back on the model's own weights first (a suite run once found it on others and
+    # rightly reported every digest as not comparable).
+    control = connect(
+        ServerSettings(url=vllm_server.url, api_key=vllm_server.api_key),
+        str(tiny_model),
+        EngineSettings(),
+    )
+    control.update_weights_from_disk(str(tiny_model))
+    control.close()
     result = run_replay(_spec(tiny_model, vllm_server, num_updates=2, measure_prefix_cache=False))
     check_shape(json_safe(result.to_dict()), ReplayReport)
 
