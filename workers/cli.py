@@ -218,6 +218,30 @@ def report_only_on_stdout() -> Iterator[None]:
         yield
 
 
+# The output flags of the CLIs that end in a verdict (compare, determinism); never spec fields.
+VERDICT_OUTPUT_FLAGS = ("json", "fail_on")
+_SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
+
+
+def add_verdict_output_flags(parser: argparse.ArgumentParser) -> None:
+    """`--json` and `--fail-on` (VERDICT_OUTPUT_FLAGS)."""
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument(
+        "--fail-on",
+        choices=["never", "fail", "warn"],
+        help="exit 1 when the verdict is this bad or worse (default never)",
+    )
+
+
+def verdict_exit_code(args: argparse.Namespace, verdict: str) -> int:
+    """1 when `--fail-on` names `verdict`'s level or a milder one (a verdict this CLI does
+    not know counts as fail), else 0."""
+    fail_on = getattr(args, "fail_on", None) or "never"
+    if fail_on != "never" and _SEVERITY.get(verdict, 2) >= _SEVERITY[fail_on]:
+        return 1
+    return 0
+
+
 def fail(exc: UserError) -> int:
     """Print a user error the way every Parity CLI does; the exit status for it."""
     print(f"error: {exc}", file=sys.stderr)

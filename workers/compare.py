@@ -351,21 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m workers.compare",
         description="Compare vLLM V1 and the trainer (transformers) on the same sampled tokens.",
     )
-    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.add_argument(
-        "--fail-on",
-        choices=["never", "fail", "warn"],
-        help="exit 1 when the verdict is this bad or worse (default never)",
-    )
+    cli.add_verdict_output_flags(parser)
     return parser
 
 
 def spec_from_args(args: argparse.Namespace) -> ComparisonSpec:
     """The ComparisonSpec the parsed flags describe (UserError on invalid values)."""
-    return cli.spec_from_args(ComparisonSpec, args, output_flags=_OUTPUT_FLAGS)
-
-
-_OUTPUT_FLAGS = ("json", "fail_on")
+    return cli.spec_from_args(ComparisonSpec, args, output_flags=cli.VERDICT_OUTPUT_FLAGS)
 
 
 _KEY_METRICS = (
@@ -454,9 +446,6 @@ def format_report(outcome: JobOutcome, worst: int = 3) -> str:
     return "\n".join(lines)
 
 
-_SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -470,10 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"verdict": outcome.verdict, "result": outcome.result}, indent=1))
     else:
         print(format_report(outcome))
-    fail_on = getattr(args, "fail_on", "never")
-    if fail_on != "never" and _SEVERITY.get(outcome.verdict, 2) >= _SEVERITY[fail_on]:
-        return 1
-    return 0
+    return cli.verdict_exit_code(args, outcome.verdict)
 
 
 if __name__ == "__main__":

@@ -132,3 +132,25 @@ def test_ping_echoes_its_spec() -> None:
 
     outcome = ping({"hello": "world"}, NullReporter())
     assert outcome.result["echo"] == {"hello": "world"} and outcome.result["pong"]
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "verdict", "code"),
+    [
+        (None, "fail", 0),
+        ("never", "fail", 0),
+        ("fail", "warn", 0),
+        ("fail", "fail", 1),
+        ("warn", "warn", 1),
+        ("warn", "pass", 0),
+        ("warn", "something-new", 1),  # an unknown verdict counts as fail
+    ],
+)
+def test_fail_on_sets_the_exit_code_of_the_verdict_clis(
+    fail_on: str | None, verdict: str, code: int
+) -> None:
+    import argparse
+
+    from workers.cli import verdict_exit_code
+
+    assert verdict_exit_code(argparse.Namespace(fail_on=fail_on), verdict) == code

@@ -18,9 +18,6 @@ from workers import cli
 from workers.reporting import PrintReporter, UserError
 from workers.specs import DeterminismSpec
 
-_OUTPUT_FLAGS = ("json", "fail_on")
-_SEVERITY = {"pass": 0, "warn": 1, "fail": 2}
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags: one per spec field (workers.cli), plus the output options."""
@@ -32,18 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
             "size 1, full batch, shuffled and another max_num_seqs."
         ),
     )
-    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.add_argument(
-        "--fail-on",
-        choices=["never", "fail", "warn"],
-        help="exit 1 when the verdict is this bad or worse (default never)",
-    )
+    cli.add_verdict_output_flags(parser)
     return parser
 
 
 def spec_from_args(args: argparse.Namespace) -> DeterminismSpec:
     """The DeterminismSpec the parsed flags describe (UserError on invalid values)."""
-    return cli.spec_from_args(DeterminismSpec, args, output_flags=_OUTPUT_FLAGS)
+    return cli.spec_from_args(DeterminismSpec, args, output_flags=cli.VERDICT_OUTPUT_FLAGS)
 
 
 def format_report(r: Mapping[str, Any]) -> str:
@@ -110,7 +102,4 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=1, default=str))
     else:
         print(format_report(report))
-    fail_on = getattr(args, "fail_on", None) or "never"
-    if fail_on != "never" and _SEVERITY[report["verdict"]] >= _SEVERITY[fail_on]:
-        return 1
-    return 0
+    return cli.verdict_exit_code(args, report["verdict"])
