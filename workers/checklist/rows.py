@@ -510,6 +510,16 @@ def _row_fp32_head(spec: ChecklistSpec, measured: Mapping[str, Measured]) -> Row
     )
 
 
+def all_fixes_not_measured(spec: ChecklistSpec, rec: Recommendation) -> Row:
+    """The 'all fixes together' row of a checklist that did not run every check."""
+    return _row(
+        "all_fixes",
+        "not-applicable",
+        "measured only when all four checks run (this run: " + ", ".join(spec.checks) + ")",
+        recommendation=rec,
+    )
+
+
 def _row_all_fixes(
     spec: ChecklistSpec,
     measured: Mapping[str, Measured],
@@ -518,12 +528,7 @@ def _row_all_fixes(
 ) -> Row:
     rec = recommendation("all_fixes", spec)
     if not spec.full:
-        return _row(
-            "all_fixes",
-            "not-applicable",
-            "measured only when all four checks run (this run: " + ", ".join(spec.checks) + ")",
-            recommendation=rec,
-        )
+        return all_fixes_not_measured(spec, rec)
     missing = _missing(measured, "v1_defaults", "all_fixes")
     if missing:
         return _row("all_fixes", "could-not-run", missing, recommendation=rec)

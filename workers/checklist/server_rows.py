@@ -26,6 +26,7 @@ from workers.checklist.rows import (
     _row,
     _row_weight_updates,
     _sampling_desc,
+    all_fixes_not_measured,
     determinism_row,
     matters,
 )
@@ -240,12 +241,7 @@ def _all_fixes(
 ) -> Row:
     rec = recommendation("all_fixes", spec)
     if not spec.full:
-        return _row(
-            "all_fixes",
-            "not-applicable",
-            "measured only when all four checks run (this run: " + ", ".join(spec.checks) + ")",
-            recommendation=rec,
-        )
+        return all_fixes_not_measured(spec, rec)
     missing = _missing(measured, "as_configured", "fp32_trainer")
     if missing:
         return _row("all_fixes", "could-not-run", missing, recommendation=rec)
