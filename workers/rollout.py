@@ -16,7 +16,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,6 +340,23 @@ def model_sampling_defaults(llm: Any) -> dict[str, Any]:
         for k in (*SAMPLING_FIELDS, "max_tokens")
         if getattr(defaults, k) != getattr(neutral, k)
     }
+
+
+def server_sampling(sampling: SamplingSettings, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """What a server samples with for a request of `sampling`: each field as asked, else the
+    server's default for it (`defaults`), else the neutral value; greedy (T=0) ignores
+    top-p, top-k and min-p. vLLM's merge (completion/protocol.py to_sampling_params), which
+    SGLang's /generate shares with its preferred sampling params."""
+    out = {
+        k: getattr(sampling, k)
+        if getattr(sampling, k) is not None
+        else defaults.get(k, NEUTRAL_SAMPLING[k])
+        for k in SAMPLING_FIELDS
+    }
+    if out["temperature"] < 1e-5:
+        out.update(top_p=1.0, top_k=0, min_p=0.0)
+    out.update(max_tokens=sampling.max_tokens, n=sampling.n, seed=sampling.seed)
+    return out
 
 
 def effective_sampling(sampling: SamplingSettings, llm: Any) -> Any:

@@ -31,8 +31,8 @@ from typing import Any
 from workers.engines.base import UNKNOWN, PauseMode, Progress, Unsupported
 from workers.engines.sglang import ServerInfo, SGLangClient, SGLangError
 from workers.reporting import UserError
-from workers.rollout import SAMPLING_FIELDS, Rollout
-from workers.specs import NEUTRAL_SAMPLING, EngineSettings, SamplingSettings, ServerSettings
+from workers.rollout import SAMPLING_FIELDS, Rollout, server_sampling
+from workers.specs import EngineSettings, SamplingSettings, ServerSettings
 
 # Prompts per /generate request: the server batches within one; several give a progress bar.
 CHUNK = 16
@@ -137,17 +137,9 @@ class SGLangServer:
         """What the server runs: each field as asked, else the server's preferred sampling
         params, else SGLang's own defaults (the same neutral values as vLLM's); greedy
         (T=0) ignores top-p, top-k and min-p."""
-        out = {
-            k: getattr(sampling, k)
-            if getattr(sampling, k) is not None
-            else self.preferred.get(k, NEUTRAL_SAMPLING[k])
-            for k in SAMPLING_FIELDS
-        }
+        out = server_sampling(sampling, self.preferred)
         if out["top_k"] is not None and out["top_k"] < 0:  # SGLang's "all" is -1
             out["top_k"] = 0
-        if out["temperature"] < 1e-5:
-            out.update(top_p=1.0, top_k=0, min_p=0.0)
-        out.update(max_tokens=sampling.max_tokens, n=sampling.n, seed=sampling.seed)
         return out
 
     def close(self) -> None:

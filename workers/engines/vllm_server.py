@@ -29,8 +29,8 @@ from pydantic import ValidationError
 
 from workers.engines.base import UNKNOWN, PauseMode, Progress, Unsupported
 from workers.reporting import UserError
-from workers.rollout import SAMPLING_FIELDS, Rollout
-from workers.specs import NEUTRAL_SAMPLING, EngineSettings, SamplingSettings, ServerSettings
+from workers.rollout import SAMPLING_FIELDS, Rollout, server_sampling
+from workers.specs import EngineSettings, SamplingSettings, ServerSettings
 
 # Concurrent requests in flight: enough for the server to batch, few enough for one client.
 MAX_IN_FLIGHT = 64
@@ -197,16 +197,7 @@ class VllmServer:
         """The sampling parameters the server runs for this request, by vLLM's own merge
         (user -> server default -> neutral, completion/protocol.py to_sampling_params) and
         its greedy normalisation (sampling_params.py: T=0 resets top-p, top-k, min-p)."""
-        out = {
-            k: getattr(sampling, k)
-            if getattr(sampling, k) is not None
-            else self.model_defaults.get(k, NEUTRAL_SAMPLING[k])
-            for k in SAMPLING_FIELDS
-        }
-        if out["temperature"] < 1e-5:
-            out.update(top_p=1.0, top_k=0, min_p=0.0)
-        out.update(max_tokens=sampling.max_tokens, n=sampling.n, seed=sampling.seed)
-        return out
+        return server_sampling(sampling, self.model_defaults)
 
     def _rollout(
         self,
