@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import httpx
 
+from workers.engines import http
 from workers.reporting import UserError
 from workers.specs import SamplingSettings
 
@@ -119,7 +120,7 @@ class SGLangClient:
 
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         try:
-            response = self._http.request(method, path, json=body)
+            response = http.request(self._http, method, path, body)
         except httpx.HTTPError as exc:
             raise SGLangError(
                 f"SGLang server at {self.base_url} unreachable ({path}): {exc}"
@@ -204,18 +205,15 @@ class SGLangClient:
             raise SGLangError(f"SGLang could not load {model_path!r}: {result.get('message')}")
         return str(result.get("message", ""))
 
-    def weights_checker(self) -> dict[str, str] | None:
+    def weights_checker(self) -> dict[str, str]:
         """SGLang's own digest of every parameter it serves (/weights_checker, action
         "checksum"; SGLang 0.5.23): name -> hex digest (on CPU the first 8 bytes of the sha256
-        of its bytes; on GPU SGLang's own kernel hash). None when the server has no such
-        endpoint (older SGLang)."""
-        try:
-            res = self._call("POST", "/weights_checker", {"action": "checksum"})
-        except SGLangError:
-            return None
+        of its bytes; on GPU SGLang's own kernel hash). SGLangError when it cannot be read
+        (older SGLang has no such endpoint)."""
+        res = self._call("POST", "/weights_checker", {"action": "checksum"})
         ranks = res.get("ranks") if isinstance(res, dict) else None
         if not ranks:
-            return None
+            raise SGLangError(f"SGLang /weights_checker answered without checksums: {res!r:.200}")
         return {str(k): str(v) for k, v in ranks[0].get("checksums", {}).items()}
 
     def weight_version(self) -> str:

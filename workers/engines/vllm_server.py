@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from workers.engines import http
 from workers.engines.base import UNKNOWN, PauseMode, Progress, Unsupported
 from workers.reporting import UserError
 from workers.rollout import SAMPLING_FIELDS, Rollout, server_sampling
@@ -348,9 +349,15 @@ def _token_id(token: str) -> int:
 def _call(
     client: httpx.Client, method: str, url: str, path: str, body: dict[str, Any] | None = None
 ) -> Any:
-    """One request, with every failure a user can cause worded for them (UserError)."""
+    """One request (`workers.engines.http.request`), with every failure a user can cause
+    worded for them (UserError)."""
     try:
-        response = client.request(method, path, json=body)
+        response = http.request(client, method, path, body)
+    except http.DROPPED:
+        raise UserError(
+            f"the server at {url} closed the connection without answering {path}, twice; "
+            "check the server's log"
+        ) from None
     except httpx.TimeoutException:
         raise UserError(
             f"the server at {url} did not answer {path} within {client.timeout.read} s"

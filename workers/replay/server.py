@@ -84,6 +84,8 @@ class ServerReplay:
         )
         # vllm_weight_checker: vLLM name -> why it cannot be judged (set by `prepare`).
         self.not_comparable: dict[str, str] = {}
+        # Why the last read of /weight_checker failed (None when it answered).
+        self.read_error: str | None = None
         self._dirs = WeightDirs()
 
     @property
@@ -97,6 +99,11 @@ class ServerReplay:
 
     @property
     def checksums_unavailable(self) -> str | None:
+        if self.read_error is not None:
+            return (
+                f"not read: /weight_checker failed ({self.read_error}); the flags go by the "
+                "tokens alone"
+            )
         if self.checksum_method != "not_available":
             return None
         checker = (
@@ -178,6 +185,9 @@ class ServerReplay:
         if self.checksum_method != "vllm_weight_checker":
             return
         digests = self._digests()
+        if digests is None:
+            self.checksum_method = "not_available"
+            return
         expected = self._fused_digests(w0, digests)
         for name, digest in digests.items():
             if name not in expected:
@@ -204,9 +214,12 @@ class ServerReplay:
                 "dict[str, ParamChecksum]", self.server.collective_rpc("parity_param_checksums")[0]
             )
         if self.checksum_method == "vllm_weight_checker":
+            digests = self._digests()
+            if digests is None:
+                return None
             return {
                 name: digest_only(digest, "vllm_weight_checker")
-                for name, digest in self._digests().items()
+                for name, digest in digests.items()
                 if name not in self.not_comparable
             }
         return None
@@ -237,11 +250,20 @@ class ServerReplay:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _digests(self) -> dict[str, str]:
+    def _digests(self) -> dict[str, str] | None:
         """/weight_checker's digests under vLLM parameter names (the rank prefix dropped:
-        a replay runs one rank)."""
-        res = _weight_checker(self.server) or {}
-        return {key.rsplit(":", 1)[-1]: v for key, v in res.get("checksums", {}).items()}
+        a replay runs one rank); None when this read failed, with why in `read_error` (a
+        failed read is no evidence about the weights: it must not be judged as digests)."""
+        try:
+            res = self.server.dev_post("/weight_checker", {"action": "checksum"})
+        except UserError as exc:
+            self.read_error = str(exc)
+            return None
+        if not isinstance(res, dict) or not isinstance(res.get("checksums"), dict):
+            self.read_error = "its answer holds no checksums"
+            return None
+        self.read_error = None
+        return {key.rsplit(":", 1)[-1]: v for key, v in res["checksums"].items()}
 
     def _fused_digests(self, state: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, str]:
         """sha256 of W's tensor behind each vLLM parameter name (fused ones concatenated in

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from parity.reports.replay import Capabilities, ChecksumMethod, UpdateInfo, WeightVersion
 from workers import engines
+from workers.engines.sglang import SGLangError
 from workers.replay.batch import Batch
 from workers.replay.digests import WeightDirs, digest_only, served_digests
 from workers.reporting import UserError
@@ -61,7 +62,9 @@ class SGLangReplay:
         self.raw_info = client.raw_server_info()
         # What the server served before the replay, restored by `close`.
         self.start_version = client.weight_version()
-        self.weights_checker = client.weights_checker() is not None
+        # Why the last read of /weights_checker failed (None when it answered).
+        self.read_error: str | None = None
+        self.weights_checker = self._digests() is not None
         self.checksum_method: ChecksumMethod = (
             "sglang_weights_checker" if self.weights_checker else "not_available"
         )
@@ -86,12 +89,17 @@ class SGLangReplay:
 
     @property
     def checksums_unavailable(self) -> str | None:
+        if self.read_error is not None and self.weights_checker:
+            return (
+                f"not read: /weights_checker failed ({self.read_error}); the flags go by the "
+                "tokens and the weight versions alone"
+            )
         if self.checksum_method != "not_available":
             return None
         why = (
             "none of its /weights_checker digests equals W0's while it serves W0"
             if self.weights_checker
-            else "it serves no /weights_checker (older SGLang)"
+            else f"its /weights_checker cannot be read (older SGLang has none): {self.read_error}"
         )
         return (
             f"not available on this SGLang server ({self.server.url}: {why}); the flags go "
@@ -190,7 +198,10 @@ class SGLangReplay:
         hashed as SGLang hashes on CPU, while the server serves W0 (a replay starts there)."""
         if self.checksum_method != "sglang_weights_checker":
             return
-        digests = self.server.client.weights_checker() or {}
+        digests = self._digests()
+        if digests is None:
+            self.checksum_method = "not_available"
+            return
         expected = self._served_digests(w0, digests)
         for name, digest in digests.items():
             if name not in expected:
@@ -210,7 +221,9 @@ class SGLangReplay:
     def checksums(self) -> dict[str, ParamChecksum] | None:
         if self.checksum_method != "sglang_weights_checker":
             return None
-        digests = self.server.client.weights_checker() or {}
+        digests = self._digests()
+        if digests is None:
+            return None
         return {
             name: digest_only(digest, "sglang_weights_checker")
             for name, digest in digests.items()
@@ -240,6 +253,17 @@ class SGLangReplay:
             self._dirs.remove()
             self.server.close()
         return note
+
+    def _digests(self) -> dict[str, str] | None:
+        """/weights_checker's digests; None when this read failed, with why in `read_error`
+        (a failed read is no evidence about the weights: it must not be judged as digests)."""
+        try:
+            digests = self.server.client.weights_checker()
+        except SGLangError as exc:
+            self.read_error = str(exc)
+            return None
+        self.read_error = None
+        return digests
 
     def _served_digests(self, state: Mapping[str, Any], like: Mapping[str, str]) -> dict[str, str]:
         """W's digests under the names of `like` (SGLang's), as long as SGLang's, in the
