@@ -49,7 +49,7 @@ def matters(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
     return isinstance(kb, int | float) and isinstance(ka, int | float) and kb > 2 * ka and kb > 1e-3
 
 
-def _sampling_desc(eff: Mapping[str, Any]) -> str:
+def sampling_desc(eff: Mapping[str, Any]) -> str:
     parts = [f"T={num(float(eff['temperature']))}"]
     if eff["top_p"] < 1.0:
         parts.append(f"top_p={num(float(eff['top_p']))}")
@@ -67,7 +67,7 @@ def _sampling_desc(eff: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _neutral(eff: Mapping[str, Any]) -> bool:
+def is_neutral(eff: Mapping[str, Any]) -> bool:
     return all(eff[k] == v for k, v in NEUTRAL_SAMPLING.items()) or (
         float(eff["temperature"]) < 1e-5
         and eff["repetition_penalty"] == 1.0
@@ -76,7 +76,7 @@ def _neutral(eff: Mapping[str, Any]) -> bool:
     )
 
 
-def _row(
+def make_row(
     check: RowCheck,
     status: Status,
     reason: str,
@@ -100,7 +100,7 @@ def _row(
     }
 
 
-def _missing(measured: Mapping[str, Measured], *names: str) -> str | None:
+def not_measured(measured: Mapping[str, Measured], *names: str) -> str | None:
     """The could-not-run reason when a variant the row needs did not run, else None."""
     for name in names:
         m = measured.get(name)
@@ -123,7 +123,7 @@ def build_rows(
     builders: dict[str, Callable[[], Row]] = {
         "processed_logprobs": lambda: _row_processed(spec, measured),
         "runtime_defaults": lambda: _row_runtime_defaults(spec, measured),
-        "weight_updates": lambda: _row_weight_updates(spec, replays),
+        "weight_updates": lambda: row_weight_updates(spec, replays),
         "fp32_head": lambda: _row_fp32_head(spec, measured),
     }
     rows = [builders[check]() for check in spec.checks]
@@ -149,18 +149,18 @@ def determinism_row(report: DeterminismReport | str, server: str | None = None) 
             "python -m sglang.launch_server --model-path MODEL --enable-deterministic-inference"
         )
     if isinstance(report, str):
-        return _row("determinism", "could-not-run", report, recommendation=rec)
+        return make_row("determinism", "could-not-run", report, recommendation=rec)
     pairs = [
         {k: p[k] for k in ("run", "bit_equal_frac", "abs_diff_max", "diverged_seqs")}  # type: ignore[literal-required]
         for p in report["pairs"]
     ]
     details = {"verdict": report["verdict"], "reasons": report["reasons"], "pairs": pairs}
     if report["verdict"] == "pass":
-        return _row("determinism", "pass", report["reasons"][0], details=details)
+        return make_row("determinism", "pass", report["reasons"][0], details=details)
     restart = ""
     if server is not None:
         restart = ". Batch-invariant kernels " + needs_restart(server, "batch_invariant")
-    return _row(
+    return make_row(
         "determinism",
         "needs-fix",
         "not batch-invariant: " + "; ".join(report["reasons"]) + restart,
@@ -171,16 +171,16 @@ def determinism_row(report: DeterminismReport | str, server: str | None = None) 
 
 def _row_processed(spec: ChecklistSpec, measured: Mapping[str, Measured]) -> Row:
     rec = recommendation("processed_logprobs", spec)
-    missing = _missing(measured, "raw_logprobs", "processed")
+    missing = not_measured(measured, "raw_logprobs", "processed")
     if missing:
-        return _row("processed_logprobs", "could-not-run", missing, recommendation=rec)
+        return make_row("processed_logprobs", "could-not-run", missing, recommendation=rec)
     raw, proc = measured["raw_logprobs"], measured["processed"]
     before, after = raw.cell("before"), proc.cell("after")
     eff = proc.sampling["effective"]
-    desc = _sampling_desc(eff)
+    desc = sampling_desc(eff)
     details = {"sampling": eff, "trainer_processing": proc.trainer.get("processing")}
-    if _neutral(eff):
-        return _row(
+    if is_neutral(eff):
+        return make_row(
             "processed_logprobs",
             "not-applicable",
             f"sampling at {desc} leaves the distribution unprocessed: raw and processed "
@@ -203,7 +203,7 @@ def _row_processed(spec: ChecklistSpec, measured: Mapping[str, Measured]) -> Row
             f"at {desc} raw and processed logprobs give the same gap here "
             f"({gap(before)} vs {gap(after)})"
         )
-    return _row(
+    return make_row(
         "processed_logprobs",
         status,
         reason,
@@ -216,9 +216,9 @@ def _row_processed(spec: ChecklistSpec, measured: Mapping[str, Measured]) -> Row
 
 def _row_runtime_defaults(spec: ChecklistSpec, measured: Mapping[str, Measured]) -> Row:
     rec = recommendation("runtime_defaults", spec)
-    missing = _missing(measured, "genconfig_auto", "processed")
+    missing = not_measured(measured, "genconfig_auto", "processed")
     if missing:
-        return _row("runtime_defaults", "could-not-run", missing, recommendation=rec)
+        return make_row("runtime_defaults", "could-not-run", missing, recommendation=rec)
     auto, fixed = measured["genconfig_auto"], measured["processed"]
     before, after = auto.cell("before"), fixed.cell("after")
     differs = auto.sampling["changed_by_defaults"]
@@ -231,7 +231,7 @@ def _row_runtime_defaults(spec: ChecklistSpec, measured: Mapping[str, Measured])
     }
     if not differs:
         sets = ", ".join(f"{k}={num(v)}" for k, v in model_defaults.items())
-        return _row(
+        return make_row(
             "runtime_defaults",
             "not-applicable",
             "generation_config='auto' changes none of the sampling parameters you leave "
@@ -252,7 +252,7 @@ def _row_runtime_defaults(spec: ChecklistSpec, measured: Mapping[str, Measured])
             f"the gap barely changes ({gap(before)} vs {gap(after)} with every field "
             "explicit), but the engine samples with parameters you did not ask for"
         )
-    return _row(
+    return make_row(
         "runtime_defaults",
         "needs-fix",
         f"generation_config='auto' (vLLM's default) applied the model's "
@@ -308,10 +308,10 @@ def _not_run(rep: ReplayEntry | None) -> str:
     return "measured"
 
 
-def _row_weight_updates(spec: ChecklistSpec, replays: Replays) -> Row:
+def row_weight_updates(spec: ChecklistSpec, replays: Replays) -> Row:
     rec = recommendation("weight_updates", spec)
     if not spec.include_replay:
-        return _row(
+        return make_row(
             "weight_updates",
             "not-applicable",
             "skipped: include_replay is off, so no weight update was replayed",
@@ -319,7 +319,7 @@ def _row_weight_updates(spec: ChecklistSpec, replays: Replays) -> Row:
         )
     rep = replays.get("between_batches")
     if rep is None or rep["status"] != "measured":
-        return _row(
+        return make_row(
             "weight_updates",
             "could-not-run",
             f"the weight-update replay could not run: {_not_run(rep)}",
@@ -416,7 +416,7 @@ def _row_weight_updates(spec: ChecklistSpec, replays: Replays) -> Row:
         )
     if notes:
         reason += ". " + "; ".join(notes)
-    return _row(
+    return make_row(
         "weight_updates",
         status,
         reason,
@@ -430,9 +430,9 @@ def _row_weight_updates(spec: ChecklistSpec, replays: Replays) -> Row:
 
 def _row_fp32_head(spec: ChecklistSpec, measured: Mapping[str, Measured]) -> Row:
     rec = recommendation("fp32_head", spec)
-    missing = _missing(measured, "processed", "all_fixes")
+    missing = not_measured(measured, "processed", "all_fixes")
     if missing:
-        return _row("fp32_head", "could-not-run", missing, recommendation=rec)
+        return make_row("fp32_head", "could-not-run", missing, recommendation=rec)
     model_head, both = measured["processed"], measured["all_fixes"]
     one = measured.get("fp32_trainer_only")
     before = model_head.cell("before")
@@ -463,7 +463,7 @@ def _row_fp32_head(spec: ChecklistSpec, measured: Mapping[str, Measured]) -> Row
         "notes": notes,
     }
     if both.engine.get("head_dtype") != "float32":
-        return _row(
+        return make_row(
             "fp32_head",
             "could-not-run",
             f"vLLM ran the lm_head in {both.engine.get('head_dtype')} despite "
@@ -474,7 +474,7 @@ def _row_fp32_head(spec: ChecklistSpec, measured: Mapping[str, Measured]) -> Row
             recommendation=rec,
         )
     if model_head.engine.get("dtype") == "float32":
-        return _row(
+        return make_row(
             "fp32_head",
             "not-applicable",
             "the model runs in float32: the lm_head is already fp32 on both sides",
@@ -498,7 +498,7 @@ def _row_fp32_head(spec: ChecklistSpec, measured: Mapping[str, Measured]) -> Row
         )
     if notes:
         reason += ". " + "; ".join(notes)
-    return _row(
+    return make_row(
         "fp32_head",
         status,
         reason,
@@ -512,7 +512,7 @@ def _row_fp32_head(spec: ChecklistSpec, measured: Mapping[str, Measured]) -> Row
 
 def all_fixes_not_measured(spec: ChecklistSpec, rec: Recommendation) -> Row:
     """The 'all fixes together' row of a checklist that did not run every check."""
-    return _row(
+    return make_row(
         "all_fixes",
         "not-applicable",
         "measured only when all four checks run (this run: " + ", ".join(spec.checks) + ")",
@@ -529,9 +529,9 @@ def _row_all_fixes(
     rec = recommendation("all_fixes", spec)
     if not spec.full:
         return all_fixes_not_measured(spec, rec)
-    missing = _missing(measured, "v1_defaults", "all_fixes")
+    missing = not_measured(measured, "v1_defaults", "all_fixes")
     if missing:
-        return _row("all_fixes", "could-not-run", missing, recommendation=rec)
+        return make_row("all_fixes", "could-not-run", missing, recommendation=rec)
     v1, fixed = measured["v1_defaults"], measured["all_fixes"]
     before, after = v1.cell("before"), fixed.cell("after")
     reasons = [f"comparison: {r}" for r in fixed.reasons]
@@ -562,7 +562,7 @@ def _row_all_fixes(
     if unknown:
         words += f". Not measured: {', '.join(unknown)}"
     status: Status = "pass" if final == "pass" else "needs-fix"
-    return _row(
+    return make_row(
         "all_fixes",
         status,
         words,

@@ -21,14 +21,14 @@ from workers.checklist.measured import Measured, gap, worst
 from workers.checklist.plan import RESTART_FLAGS, Served, needs_restart
 from workers.checklist.recommendations import recommendation
 from workers.checklist.rows import (
-    _missing,
-    _neutral,
-    _row,
-    _row_weight_updates,
-    _sampling_desc,
     all_fixes_not_measured,
     determinism_row,
+    is_neutral,
+    make_row,
     matters,
+    not_measured,
+    row_weight_updates,
+    sampling_desc,
 )
 from workers.specs import ChecklistSpec
 
@@ -55,7 +55,7 @@ def build_server_rows(
     builders = {
         "processed_logprobs": lambda: _processed(spec, served, measured),
         "runtime_defaults": lambda: _runtime_defaults(spec, served, measured),
-        "weight_updates": lambda: _row_weight_updates(spec, replays),
+        "weight_updates": lambda: row_weight_updates(spec, replays),
         "fp32_head": lambda: _fp32_head(spec, served, measured),
     }
     rows = [builders[check]() for check in spec.checks]
@@ -67,15 +67,15 @@ def build_server_rows(
 
 def _processed(spec: ChecklistSpec, served: Served, measured: Mapping[str, Measured]) -> Row:
     rec = recommendation("processed_logprobs", spec)
-    missing = _missing(measured, "explicit")
+    missing = not_measured(measured, "explicit")
     if missing:
-        return _row("processed_logprobs", "could-not-run", missing, recommendation=rec)
+        return make_row("processed_logprobs", "could-not-run", missing, recommendation=rec)
     m = measured["explicit"]
     eff = m.sampling["effective"]
-    desc = _sampling_desc(eff)
+    desc = sampling_desc(eff)
     details = {"sampling": eff, "trainer_processing": m.trainer.get("processing")}
     if served.logprobs == "processed":
-        return _row(
+        return make_row(
             "processed_logprobs",
             "pass",
             "the server already returns processed logprobs "
@@ -87,8 +87,8 @@ def _processed(spec: ChecklistSpec, served: Served, measured: Mapping[str, Measu
             recommendation=rec,
         )
     before = m.cell("before")
-    if _neutral(eff):
-        return _row(
+    if is_neutral(eff):
+        return make_row(
             "processed_logprobs",
             "not-applicable",
             f"sampling at {desc} leaves the distribution unprocessed: raw and processed "
@@ -100,7 +100,7 @@ def _processed(spec: ChecklistSpec, served: Served, measured: Mapping[str, Measu
     if served.engine == "sglang":
         truncates = eff["top_p"] < 1.0 or eff["top_k"] > 0 or eff["min_p"] > 0
         status: Status = "needs-fix" if truncates else "pass"
-        return _row(
+        return make_row(
             "processed_logprobs",
             status,
             "SGLang returns log_softmax(logits / T) over the full vocabulary and has no "
@@ -116,7 +116,7 @@ def _processed(spec: ChecklistSpec, served: Served, measured: Mapping[str, Measu
             details=details,
             recommendation=rec,
         )
-    return _row(
+    return make_row(
         "processed_logprobs",
         "needs-restart",
         f"the server returns raw logprobs (vLLM's default){_assumed(served, 'logprobs_mode')}: "
@@ -130,9 +130,9 @@ def _processed(spec: ChecklistSpec, served: Served, measured: Mapping[str, Measu
 
 def _runtime_defaults(spec: ChecklistSpec, served: Served, measured: Mapping[str, Measured]) -> Row:
     rec = recommendation("runtime_defaults", spec)
-    missing = _missing(measured, "as_configured", "explicit")
+    missing = not_measured(measured, "as_configured", "explicit")
     if missing:
-        return _row("runtime_defaults", "could-not-run", missing, recommendation=rec)
+        return make_row("runtime_defaults", "could-not-run", missing, recommendation=rec)
     given, fixed = measured["as_configured"], measured["explicit"]
     before, after = given.cell("before"), fixed.cell("after")
     differs = given.sampling["changed_by_defaults"]
@@ -149,7 +149,7 @@ def _runtime_defaults(spec: ChecklistSpec, served: Served, measured: Mapping[str
             if served.neutral_defaults
             else "the server's defaults change none of the sampling parameters you leave unset"
         )
-        return _row(
+        return make_row(
             "runtime_defaults",
             "not-applicable",
             f"{why}; effective = requested",
@@ -165,7 +165,7 @@ def _runtime_defaults(spec: ChecklistSpec, served: Served, measured: Mapping[str
         else f"the gap barely changes ({gap(before)} vs {gap(after)} with every field "
         "explicit), but the server samples with parameters you did not ask for"
     )
-    return _row(
+    return make_row(
         "runtime_defaults",
         "needs-fix",
         "the server applied the model's generation_config.json to fields you left unset: "
@@ -180,16 +180,16 @@ def _runtime_defaults(spec: ChecklistSpec, served: Served, measured: Mapping[str
 
 def _fp32_head(spec: ChecklistSpec, served: Served, measured: Mapping[str, Measured]) -> Row:
     rec = recommendation("fp32_head", spec)
-    missing = _missing(measured, "explicit", "fp32_trainer")
+    missing = not_measured(measured, "explicit", "fp32_trainer")
     if missing:
-        return _row("fp32_head", "could-not-run", missing, recommendation=rec)
+        return make_row("fp32_head", "could-not-run", missing, recommendation=rec)
     model_head, fp32 = measured["explicit"], measured["fp32_trainer"]
     details = {
         "engine_head_dtype": {"before": served.head_dtype, "after": "float32"},
         "notes": [],
     }
     if served.dtype == "float32":
-        return _row(
+        return make_row(
             "fp32_head",
             "not-applicable",
             "the server runs the model in float32: its lm_head is already fp32",
@@ -200,7 +200,7 @@ def _fp32_head(spec: ChecklistSpec, served: Served, measured: Mapping[str, Measu
     if served.head_dtype == "float32":
         after = fp32.cell("after")
         after["label"] = "fp32 lm_head on both sides"
-        return _row(
+        return make_row(
             "fp32_head",
             "pass",
             f"the server already computes the lm_head in fp32 "
@@ -214,7 +214,7 @@ def _fp32_head(spec: ChecklistSpec, served: Served, measured: Mapping[str, Measu
     before["label"] = f"{served.dtype} lm_head on both sides"
     one = fp32.cell("one side only")
     worse = matters(one, before)
-    return _row(
+    return make_row(
         "fp32_head",
         "needs-restart",
         f"the server's lm_head runs in {served.dtype}{_assumed(served, 'head_dtype')}: "
@@ -242,9 +242,9 @@ def _all_fixes(
     rec = recommendation("all_fixes", spec)
     if not spec.full:
         return all_fixes_not_measured(spec, rec)
-    missing = _missing(measured, "as_configured", "fp32_trainer")
+    missing = not_measured(measured, "as_configured", "fp32_trainer")
     if missing:
-        return _row("all_fixes", "could-not-run", missing, recommendation=rec)
+        return make_row("all_fixes", "could-not-run", missing, recommendation=rec)
     given = measured["as_configured"]
     before = given.cell("before")
     before["label"] = "as configured: the server's settings, sampling as given"
@@ -257,7 +257,7 @@ def _all_fixes(
         lacking.append("fp32_head")
     needs = [r["title"] for r in rows if r["status"] in ("needs-fix", "needs-restart")]
     if lacking:
-        return _row(
+        return make_row(
             "all_fixes",
             "needs-restart",
             f"as configured: {gap(before)} (verdict {given.verdict}); all fixes together "
@@ -278,7 +278,7 @@ def _all_fixes(
     )
     if needs:
         words += f". Checks that need a change: {', '.join(needs)}"
-    return _row(
+    return make_row(
         "all_fixes",
         "pass" if final == "pass" else "needs-fix",
         words,
