@@ -5,7 +5,11 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+# Read by the settings as they load here: this process keeps connections between requests
+# (dashboard.core.db). Removed again so that no process started from this one inherits it.
+os.environ["PARITY_WEB_PROCESS"] = "1"
 django_asgi_app = get_asgi_application()
+del os.environ["PARITY_WEB_PROCESS"]
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -107,6 +107,10 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if os.environ.get("PARITY_WEB_PROCESS") == "1":  # set by dashboard.asgi
+    # Each request closes its connection and the next one reuses it (dashboard.core.db.base):
+    # under ASGI a persistent connection never outlives its request's thread.
+    DATABASES["default"].update(ENGINE="dashboard.core.db", CONN_MAX_AGE=0, IDLE_CONNECTIONS=16)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -1,0 +1,1 @@
+"""Postgres for the web process: see `dashboard.core.db.base`."""
