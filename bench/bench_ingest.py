@@ -1,10 +1,13 @@
 """Ingest throughput and chart reads, each against its baseline measured in the same run.
 
 1. Points/s through the HTTP API with 1,000-point batches (a daphne this script starts, on a
-   scratch database), against an MLflow tracking server on the same Postgres doing
-   `log-batch` with 1,000-point batches (MLflow's own limit per request). The MLflow side
-   is skipped, with a note, when no MLflow is installed in --mlflow-venv
-   (`python -m venv /tmp/mlflow-venv && /tmp/mlflow-venv/bin/pip install mlflow psycopg2-binary`).
+   scratch database), against two baselines measured in the same run:
+   - the physical limit: a bare `COPY` of the same rows into the same table, 1,000 rows per
+     transaction (committed, as a 200 from the API is), from as many connections;
+   - an MLflow tracking server on the same Postgres doing `log-batch` with 1,000-point
+     batches (MLflow's own limit per request). The MLflow side is skipped, with a note,
+     when no MLflow is installed in --mlflow-venv (`python -m venv /tmp/mlflow-venv &&
+     /tmp/mlflow-venv/bin/pip install mlflow psycopg2-binary`).
 2. Reading a 1,000,000-point series downsampled to 2,000 points (GET /api/runs/<id>/series),
    first read and repeated reads, against fetching the raw series (SQL into Python, and the
    CSV export over HTTP).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import statistics
@@ -140,6 +144,8 @@ class Parity:
         import django
 
         django.setup()
+        # Django's logging config shows every request httpx makes; the figures are the output.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         from django.contrib.auth.models import User
 
         from dashboard.core.models import ApiToken, Membership, Project, Run
@@ -171,6 +177,34 @@ class Parity:
         wait_http(self.url + "/healthz", self.proc, self.log)
         self.headers = {"Authorization": f"Bearer {self.token}"}
 
+    def copy_sender(self, run_id: int, key: str, n_batches: int) -> Callable[[int], None]:
+        """The bare-COPY baseline: the rows the API would write for batch i, one COPY and one
+        commit per batch, a connection per sender thread. Each batch's COPY text is built
+        before the clock starts, so the baseline is Postgres's own limit, not Python's."""
+        import psycopg
+
+        local = threading.local()
+        now = _utc(time.time()).isoformat()
+        payloads = [
+            "".join(
+                f"{run_id}\t{key}\t{step}\t{(step % 977) * 1e-4!r}\t{now}\n"
+                for step in range(i * BATCH, (i + 1) * BATCH)
+            ).encode()
+            for i in range(n_batches)
+        ]
+
+        def send(i: int) -> None:
+            if not hasattr(local, "conn"):
+                local.conn = psycopg.connect(self.env["DATABASE_URL"])
+            with local.conn.cursor() as cur:
+                with cur.copy(
+                    "COPY core_metricpoint (run_id, key, step, value, wall_time) FROM STDIN"
+                ) as copy:
+                    copy.write(payloads[i])
+            local.conn.commit()
+
+        return send
+
     def create_run(self, name: str) -> int:
         r = httpx.post(
             self.url + "/api/runs",
@@ -197,6 +231,12 @@ class Parity:
                 raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
 
         return send
+
+
+def _utc(seconds: float) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 # --- MLflow -------------------------------------------------------------------------------
@@ -320,6 +360,13 @@ def main() -> None:
                 )
         else:
             print(f"  mlflow: not installed in {args.mlflow_venv}; baseline skipped")
+        copy_rate: dict[int, float] = {}
+        for level in levels:
+            run_id = parity.create_run(f"copy-c{level}")
+            n = min(args.points, 200_000)
+            send = parity.copy_sender(run_id, "kl_k3", n // BATCH)
+            copy_rate[level] = throughput(n // BATCH, level, send)
+            print(f"  COPY    concurrency {level}: {copy_rate[level]:>10,.0f} rows/s ({n:,} rows)")
         big_run = None
         parity_rate: dict[int, float] = {}
         for level in levels:
@@ -334,11 +381,14 @@ def main() -> None:
             if level == max(levels):
                 big_run = run_id
         for level in levels:
+            share = parity_rate[level] / copy_rate[level]
+            print(f"  ratio   concurrency {level}: {share:6.1%} of a bare COPY (target >= 50%)")
             if level in mlflow_rate:
                 ratio = parity_rate[level] / mlflow_rate[level]
                 print(f"  ratio   concurrency {level}: {ratio:,.1f}x MLflow (target >= 30x)")
         results["ingest_points_per_s"] = parity_rate
         results["mlflow_points_per_s"] = mlflow_rate
+        results["copy_rows_per_s"] = copy_rate
 
         # --- reads
         assert big_run is not None
