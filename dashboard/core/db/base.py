@@ -50,7 +50,7 @@ def _alive(conn: psycopg.Connection[Any]) -> bool:
 
 
 def close_idle() -> None:
-    """Close every idle connection (a test that drops its database, a process shutting down)."""
+    """Close every idle connection (before a test drops the database they point at)."""
     for idle in _idle.values():
         while idle:
             try:
