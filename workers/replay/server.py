@@ -71,9 +71,11 @@ class ServerReplay:
         if not server.dev_mode:
             raise dev_mode_error(server.url)
         self.server = server
+        # Why the last read of /weight_checker failed (None when it answered).
+        self.read_error: str | None = None
         # /weight_checker first: vLLM answers an unknown RPC method (no extension) with an
         # exception that can drop the connection the next request would reuse.
-        self.weight_checker = _weight_checker(server) is not None
+        self.weight_checker = self._digests() is not None
         self.extension = _extension_info(server)
         self.checksum_method: ChecksumMethod = (
             "parity_extension"
@@ -84,8 +86,6 @@ class ServerReplay:
         )
         # vllm_weight_checker: vLLM name -> why it cannot be judged (set by `prepare`).
         self.not_comparable: dict[str, str] = {}
-        # Why the last read of /weight_checker failed (None when it answered).
-        self.read_error: str | None = None
         self._dirs = WeightDirs()
 
     @property
@@ -99,7 +99,7 @@ class ServerReplay:
 
     @property
     def checksums_unavailable(self) -> str | None:
-        if self.read_error is not None:
+        if self.read_error is not None and self.weight_checker:
             return (
                 f"not read: /weight_checker failed ({self.read_error}); the flags go by the "
                 "tokens alone"
@@ -278,12 +278,3 @@ def _extension_info(server: VllmServer) -> dict[str, Any] | None:
     except UserError:  # the workers have no such method: a 500 naming it
         return None
     return results[0] if results and isinstance(results[0], dict) else None
-
-
-def _weight_checker(server: VllmServer) -> dict[str, Any] | None:
-    """/weight_checker's checksums, None when the server does not serve it (older vLLM)."""
-    try:
-        res = server.dev_post("/weight_checker", {"action": "checksum"})
-    except UserError:
-        return None
-    return res if isinstance(res, dict) and "checksums" in res else None
