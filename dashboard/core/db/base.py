@@ -62,7 +62,9 @@ def close_idle() -> None:
 class DatabaseWrapper(base.DatabaseWrapper):
     @async_unsafe
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        idle = _idle.get(_key(conn_params))
+        # Where `_close` returns this connection: the parameters it was opened with.
+        self._idle_key = _key(conn_params)
+        idle = _idle.get(self._idle_key)
         while idle:
             try:
                 conn = idle.pop()
@@ -80,7 +82,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         conn = self.connection
         limit = int(self.settings_dict.get("IDLE_CONNECTIONS", 0))
         if conn is not None and limit and not self.errors_occurred and _reusable(conn):
-            idle = _idle.setdefault(_key(self.get_connection_params()), deque())
+            idle = _idle.setdefault(self._idle_key, deque())
             if len(idle) < limit:
                 idle.append(conn)
                 return
