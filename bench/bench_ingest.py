@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,7 @@ class Parity:
         import psycopg
 
         local = threading.local()
-        now = _utc(time.time()).isoformat()
+        now = datetime.now(UTC).isoformat()
         payloads = [
             "".join(
                 f"{run_id}\t{key}\t{step}\t{(step % 977) * 1e-4!r}\t{now}\n"
@@ -231,12 +232,6 @@ class Parity:
                 raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
 
         return send
-
-
-def _utc(seconds: float) -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(seconds, UTC)
 
 
 # --- MLflow -------------------------------------------------------------------------------
