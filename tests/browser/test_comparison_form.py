@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,34 +54,61 @@ def test_comparison_from_the_form_shows_progress_then_the_result(
     assert page.input_value("#id_engine__logprobs_mode") == "raw"
     assert page.input_value("#id_model") == str(demo_model)
     page.fill("#id_run_name", "from-the-browser")
-    # Small enough for two CPU cores: a few prompts, short completions.
-    page.fill("#id_num_prompts", "4")
-    page.fill("#id_sampling__max_tokens", "16")
+    # Long enough to watch: with the worker's engine already warm from an earlier job (as in a
+    # full run), 4 prompts x 16 tokens finished in 0.35 s, before the job page's socket was
+    # open; 36 x 256 takes ~3 s warm and ~13 s cold on two CPU cores.
+    page.fill("#id_num_prompts", "36")
+    page.fill("#id_sampling__max_tokens", "256")
     page.select_option("#id_engine__logprobs_mode", "processed")
+    shown, frames = _record_progress(page)
     page.click("#start-job")
     page.wait_for_url("**/jobs/*/")
     assert page.is_visible("#job-progress") or page.is_visible("#metrics")
+    page.wait_for_selector("#metrics", timeout=120_000)
 
-    # Progress moves (seen over the websocket) until the page reloads itself with the result.
-    seen: set[str] = set()
-    stages: set[str] = set()
-    for _ in range(600):
-        if page.locator("#metrics").count():
-            break
-        if page.locator("#job-progress").count():
-            seen.add(page.get_attribute("#job-progress", "aria-valuenow") or "")
-            stages.add(page.text_content("#job-stage") or "")
-            if len(seen) == 2:
-                shot(page, artifacts_dir, "comparison-progress", full_page=False)
-        page.wait_for_timeout(500)
-    page.wait_for_selector("#metrics", timeout=60_000)
-    assert len(seen - {""}) >= 2 or len(stages - {""}) >= 2, f"no live progress: {seen} {stages}"
+    # Progress moved on the page, as it came over the websocket, before the result replaced it.
+    running = [f for f in frames if f.get("kind") == "job" and f["data"]["status"] == "running"]
+    assert running, f"no progress came over the socket: {frames}"
+    between = {pct for pct, _ in shown if 0 < int(pct or 0) < 100}
+    stages = {stage for _, stage in shown}
+    assert between and len(stages) >= 3, f"no live progress shown: {shown}"
     assert page.text_content("#job-status") == "succeeded"
     assert page.locator("#metrics tbody tr").count() > 10
     assert page.locator("#worst details").count() > 0
     assert page.locator("#worst .tok").count() > 0
     shot(page, artifacts_dir, "comparison-from-form")
     assert not page.js_errors, page.js_errors
+
+
+# Every state the progress bar shows, recorded by the page itself as it changes (a MutationObserver
+# on each page load), so that a state shown for a few milliseconds is not missed by sampling.
+_RECORD_PROGRESS = """
+document.addEventListener("DOMContentLoaded", () => {
+  const record = () => {
+    const bar = document.getElementById("job-progress");
+    if (!bar) return;
+    window.parityShown(bar.getAttribute("aria-valuenow"),
+                       document.getElementById("job-stage").textContent);
+  };
+  record();
+  new MutationObserver(record).observe(document.body,
+    { subtree: true, childList: true, attributes: true, characterData: true });
+});
+"""
+
+
+def _record_progress(page: Any) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    """(each (aria-valuenow, stage) the page shows, each JSON frame its websockets receive)."""
+    shown: list[tuple[str, str]] = []
+    frames: list[dict[str, Any]] = []
+    page.expose_function("parityShown", lambda pct, stage: shown.append((pct, stage)))
+    page.add_init_script(_RECORD_PROGRESS)
+
+    def on_socket(ws: Any) -> None:
+        ws.on("framereceived", lambda payload: frames.append(json.loads(payload)))
+
+    page.on("websocket", on_socket)
+    return shown, frames
 
 
 def test_a_comparison_against_a_vllm_server_from_the_form(
