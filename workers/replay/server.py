@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from parity.reports.replay import Capabilities, ChecksumMethod, UpdateInfo
-from workers.replay.batch import Batch
+from parity.reports.replay import Capabilities, UpdateInfo
+from workers.replay.checker import CheckerReplay
 from workers.replay.checksums import expected_checksums as extension_expected
-from workers.replay.digests import WeightDirs, digest_only, served_digests
 from workers.reporting import UserError
-from workers.specs import SamplingSettings
 
 if TYPE_CHECKING:
     from workers.engines.vllm_server import VllmServer
@@ -57,10 +55,13 @@ def dev_mode_error(url: str) -> UserError:
     )
 
 
-class ServerReplay:
+class ServerReplay(CheckerReplay):
     """The replay's engine when it is the user's vLLM server (see the module docstring)."""
 
     adapter = "vllm-server"
+    checker = "/weight_checker"
+    checker_method = "vllm_weight_checker"
+    read_failure = UserError
     # How the server loads W_k; the trainer scores the kind its logprobs_mode says (spec).
     load_mode = "reload_weights"
     logprobs_kind: Kind | None = None
@@ -70,27 +71,14 @@ class ServerReplay:
     def __init__(self, server: VllmServer) -> None:
         if not server.dev_mode:
             raise dev_mode_error(server.url)
-        self.server = server
-        # Why the last read of /weight_checker failed (None when it answered).
-        self.read_error: str | None = None
-        # /weight_checker first: vLLM answers an unknown RPC method (no extension) with an
-        # exception that can drop the connection the next request would reuse.
-        self.weight_checker = self._digests() is not None
+        # /weight_checker first (CheckerReplay): vLLM answers an unknown RPC method (no
+        # extension) with an exception that can drop the connection the next request would
+        # reuse.
+        super().__init__(server)
+        self.server: VllmServer = server
         self.extension = _extension_info(server)
-        self.checksum_method: ChecksumMethod = (
-            "parity_extension"
-            if self.extension is not None
-            else "vllm_weight_checker"
-            if self.weight_checker
-            else "not_available"
-        )
-        # vllm_weight_checker: vLLM name -> why it cannot be judged (set by `prepare`).
-        self.not_comparable: dict[str, str] = {}
-        self._dirs = WeightDirs()
-
-    @property
-    def max_model_len(self) -> int:
-        return self.server.max_model_len
+        if self.extension is not None:
+            self.checksum_method = "parity_extension"
 
     @property
     def extension_name(self) -> str:
@@ -99,30 +87,14 @@ class ServerReplay:
 
     @property
     def checksums_unavailable(self) -> str | None:
-        if self.read_error is not None and self.weight_checker:
-            return (
-                f"not read: /weight_checker failed ({self.read_error}); the flags go by the "
-                "tokens alone"
-            )
-        if self.checksum_method != "not_available":
-            return None
-        checker = (
-            "its /weight_checker digests cannot be compared with any parameter"
-            if self.weight_checker
-            else "it serves no /weight_checker"
-        )
+        why = self.checker_unavailable()
+        if why is None or why.startswith("not read:"):
+            return why
         return (
-            f"not available on this server ({self.server.url}: {checker}, and it was not "
-            "started with Parity's worker extension: --worker-extension-cls "
+            f"not available on this server ({self.server.url}: {why}, and it was not started "
+            "with Parity's worker extension: --worker-extension-cls "
             "workers.weight_sync.WeightSyncExtension); the flags go by the tokens alone"
         )
-
-    def effective_settings(self) -> dict[str, Any]:
-        return {
-            **self.server.effective_settings(),
-            "adapter": self.adapter,
-            "vllm_version": self.server.version,
-        }
 
     def capabilities(self) -> Capabilities:
         cfg = self.server.config or {}
@@ -140,24 +112,15 @@ class ServerReplay:
             extension=self.extension,
             adapter=self.adapter,
             url=self.server.url,
-            weight_checker=self.weight_checker,
+            weight_checker=self.checker_served,
         )
         return out
 
     # --- the replay's steps -----------------------------------------------------------------
 
-    def sample(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings) -> Batch:
-        ro = self.server.generate(prompt_ids, sampling)
-        cached = (ro.extra or {}).get("num_cached_tokens") or [None] * len(ro.token_ids)
-        return Batch(ro, list(cached))
-
     def push(self, state: Mapping[str, Any], handle: Handle | None) -> UpdateInfo:
-        """W_k into the server: a checkpoint directory as it is, else W_k written to a new
-        directory (in /dev/shm where it exists) that the server reads."""
-        if handle is not None and handle.get("kind") == "dir":
-            path = handle["path"]
-        else:
-            path = str(self._dirs.write(state))
+        """W_k into the server, from the directory `weights_dir` gives."""
+        path = self.weights_dir(state, handle)
         t0 = time.perf_counter()
         self.server.update_weights_from_disk(path, reset_prefix_cache=False)
         return UpdateInfo(
@@ -179,49 +142,13 @@ class ServerReplay:
     def reset_prefix_cache(self) -> bool | None:
         return self.server.reset_prefix_cache()
 
-    def prepare(self, w0: Mapping[str, Any]) -> None:
-        """With /weight_checker: find the parameters whose digest can be judged, i.e. the
-        ones that equal W0's while the server serves W0 (a replay starts there)."""
-        if self.checksum_method != "vllm_weight_checker":
-            return
-        digests = self._digests()
-        if digests is None:
-            self.checksum_method = "not_available"
-            return
-        expected = self._fused_digests(w0, digests)
-        for name, digest in digests.items():
-            if name not in expected:
-                why = "no parameter of the checkpoint maps to it"
-            elif digest == _EMPTY_DIGEST:
-                why = (
-                    "vLLM's digest is of an empty tensor: the layer is served from a repacked "
-                    "kernel copy (vLLM's CPU backend), which /weight_checker does not read"
-                )
-            elif digest != expected[name]:
-                why = (
-                    "its digest differs from W0's in the served dtype while the server serves "
-                    "W0 (padded, quantised or repacked on load)"
-                )
-            else:
-                continue
-            self.not_comparable[name] = why
-        if len(self.not_comparable) == len(digests):
-            self.checksum_method = "not_available"
-
     def checksums(self) -> dict[str, ParamChecksum] | None:
         if self.checksum_method == "parity_extension":
             return cast(
                 "dict[str, ParamChecksum]", self.server.collective_rpc("parity_param_checksums")[0]
             )
         if self.checksum_method == "vllm_weight_checker":
-            digests = self._digests()
-            if digests is None:
-                return None
-            return {
-                name: digest_only(digest, "vllm_weight_checker")
-                for name, digest in digests.items()
-                if name not in self.not_comparable
-            }
+            return self.checker_checksums()
         return None
 
     def expected_checksums(
@@ -229,8 +156,7 @@ class ServerReplay:
     ) -> dict[str, ParamChecksum]:
         if self.checksum_method == "parity_extension":
             return extension_expected(state, engine)
-        digests = self._fused_digests(state, {name: "" for name in engine})
-        return {name: digest_only(d, "checkpoint") for name, d in digests.items()}
+        return super().expected_checksums(state, engine)
 
     def close(self, w0_path: str) -> str | None:
         """Put the server back on W0 (from `w0_path`, the model directory) and delete the
@@ -244,31 +170,30 @@ class ServerReplay:
                 "still serves the replay's last update"
             )
         finally:
-            self._dirs.remove()
+            self.remove_weight_dirs()
             self.server.close()
         return note
 
-    # --- helpers ---------------------------------------------------------------------------
+    # --- the checker ------------------------------------------------------------------------
 
-    def _digests(self) -> dict[str, str] | None:
-        """/weight_checker's digests under vLLM parameter names (the rank prefix dropped:
-        a replay runs one rank); None when this read failed, with why in `read_error` (a
-        failed read is no evidence about the weights: it must not be judged as digests)."""
-        try:
-            res = self.server.dev_post("/weight_checker", {"action": "checksum"})
-        except UserError as exc:
-            self.read_error = str(exc)
-            return None
+    def _read_digests(self) -> dict[str, str]:
+        """/weight_checker's digests under vLLM parameter names (the rank prefix dropped: a
+        replay runs one rank)."""
+        res = self.server.dev_post("/weight_checker", {"action": "checksum"})
         if not isinstance(res, dict) or not isinstance(res.get("checksums"), dict):
-            self.read_error = "its answer holds no checksums"
-            return None
-        self.read_error = None
+            raise UserError("its answer holds no checksums")
         return {key.rsplit(":", 1)[-1]: v for key, v in res["checksums"].items()}
 
-    def _fused_digests(self, state: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, str]:
-        """sha256 of W's tensor behind each vLLM parameter name (fused ones concatenated in
-        vLLM's order), in the dtype the server serves, as vLLM hashes its parameters."""
-        return served_digests(state, names, str(self.server.settings.dtype))
+    def _differs_because(self, digest: str) -> str:
+        if digest == _EMPTY_DIGEST:
+            return (
+                "vLLM's digest is of an empty tensor: the layer is served from a repacked "
+                "kernel copy (vLLM's CPU backend), which /weight_checker does not read"
+            )
+        return (
+            "its digest differs from W0's in the served dtype while the server serves W0 "
+            "(padded, quantised or repacked on load)"
+        )
 
 
 def _extension_info(server: VllmServer) -> dict[str, Any] | None:

@@ -30,46 +30,42 @@ its unit tests), so the digests above are used instead.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from parity.reports.replay import Capabilities, ChecksumMethod, UpdateInfo, WeightVersion
+from parity.reports.replay import Capabilities, UpdateInfo, WeightVersion
 from workers import engines
 from workers.engines.sglang import SGLangError
-from workers.replay.batch import Batch
-from workers.replay.digests import WeightDirs, digest_only, served_digests
+from workers.replay.checker import CheckerReplay
 from workers.reporting import UserError
-from workers.specs import SamplingSettings
 
 if TYPE_CHECKING:
     from workers.engines.sglang_server import SGLangServer
+    from workers.replay.batch import Batch
     from workers.replay.weights import Handle
     from workers.trainer import Kind
     from workers.weight_sync import ParamChecksum
 
 
-class SGLangReplay:
+class SGLangReplay(CheckerReplay):
     """The replay's engine when it is the user's SGLang server (see the module docstring)."""
 
     adapter = "sglang"
+    checker = "/weights_checker"
+    checker_method = "sglang_weights_checker"
+    flags_go_by = "the tokens and the weight versions alone"
+    read_failure = SGLangError
     # How the server loads W_k, and the worker extension it runs (none: SGLang has no such).
     load_mode = "update_weights_from_disk"
     extension_name = "none"
 
     def __init__(self, server: SGLangServer) -> None:
-        self.server = server
         client = server.client
         self.raw_info = client.raw_server_info()
         # What the server served before the replay, restored by `close`.
         self.start_version = client.weight_version()
-        # Why the last read of /weights_checker failed (None when it answered).
-        self.read_error: str | None = None
-        self.weights_checker = self._digests() is not None
-        self.checksum_method: ChecksumMethod = (
-            "sglang_weights_checker" if self.weights_checker else "not_available"
-        )
-        # SGLang name -> why its digest cannot be judged (set by `prepare`).
-        self.not_comparable: dict[str, str] = {}
+        super().__init__(server)
+        self.server: SGLangServer = server
         self.logprobs_kind: Kind = engines.logprobs_kind(server)
         # Why two runs of the same requests sample different tokens here, None if they do not.
         self.unseeded: str | None = (
@@ -79,40 +75,20 @@ class SGLangReplay:
             "--enable-deterministic-inference, so two runs of the same requests sample "
             "different tokens"
         )
-        self._dirs = WeightDirs()
         self._updates = 0
         self._reported = ""
 
     @property
-    def max_model_len(self) -> int:
-        return self.server.max_model_len
-
-    @property
     def checksums_unavailable(self) -> str | None:
-        if self.read_error is not None and self.weights_checker:
-            return (
-                f"not read: /weights_checker failed ({self.read_error}); the flags go by the "
-                "tokens and the weight versions alone"
-            )
-        if self.checksum_method != "not_available":
-            return None
-        why = (
-            "none of its /weights_checker digests equals W0's while it serves W0"
-            if self.weights_checker
-            else f"its /weights_checker cannot be read (older SGLang has none): {self.read_error}"
-        )
+        why = self.checker_unavailable()
+        if why is None or why.startswith("not read:"):
+            return why
+        if not self.checker_served:
+            why += f" (older SGLang has no {self.checker})"
         return (
-            f"not available on this SGLang server ({self.server.url}: {why}); the flags go "
-            "by the tokens and the weight versions alone"
+            f"not available on this SGLang server ({self.server.url}: {why}); the flags go by "
+            f"{self.flags_go_by}"
         )
-
-    def effective_settings(self) -> dict[str, Any]:
-        # "vllm_version" holds the engine's own version, as in every report of a server.
-        return {
-            **self.server.effective_settings(),
-            "adapter": self.adapter,
-            "vllm_version": self.server.version,
-        }
 
     def capabilities(self) -> Capabilities:
         raw = self.raw_info
@@ -130,25 +106,16 @@ class SGLangReplay:
             extension=None,
             adapter=self.adapter,
             url=self.server.url,
-            weight_checker=self.weights_checker,
+            weight_checker=self.checker_served,
         )
 
     # --- the replay's steps -----------------------------------------------------------------
 
-    def sample(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings) -> Batch:
-        ro = self.server.generate(prompt_ids, sampling)
-        cached = (ro.extra or {}).get("num_cached_tokens") or [None] * len(ro.token_ids)
-        return Batch(ro, list(cached))
-
     def push(self, state: Mapping[str, Any], handle: Handle | None) -> UpdateInfo:
-        """W_k into the server, labelled "k": a checkpoint directory as it is, else W_k
-        written to a new directory (in /dev/shm where it exists) that the server reads."""
+        """W_k into the server from the directory `weights_dir` gives, labelled "k"."""
         self._updates += 1
         version = str(self._updates)
-        if handle is not None and handle.get("kind") == "dir":
-            path = handle["path"]
-        else:
-            path = str(self._dirs.write(state))
+        path = self.weights_dir(state, handle)
         t0 = time.perf_counter()
         self.server.update_weights_from_disk(self.update_path(path), weight_version=version)
         seconds = time.perf_counter() - t0
@@ -193,48 +160,10 @@ class SGLangReplay:
         self.server.reset_prefix_cache()  # /flush_cache: an error raises, with SGLang's words
         return True
 
-    def prepare(self, w0: Mapping[str, Any]) -> None:
-        """Find the /weights_checker digests that can be judged: the ones that equal W0's,
-        hashed as SGLang hashes on CPU, while the server serves W0 (a replay starts there)."""
-        if self.checksum_method != "sglang_weights_checker":
-            return
-        digests = self._digests()
-        if digests is None:
-            self.checksum_method = "not_available"
-            return
-        expected = self._served_digests(w0, digests)
-        for name, digest in digests.items():
-            if name not in expected:
-                why = "no parameter of the checkpoint maps to it"
-            elif digest != expected[name]:
-                why = (
-                    "its digest differs from W0's while the server serves W0: SGLang hashes "
-                    "on a GPU with its own kernel (not sha256), or the parameter is padded, "
-                    "quantised or repacked on load"
-                )
-            else:
-                continue
-            self.not_comparable[name] = why
-        if len(self.not_comparable) == len(digests):
-            self.checksum_method = "not_available"
-
     def checksums(self) -> dict[str, ParamChecksum] | None:
-        if self.checksum_method != "sglang_weights_checker":
+        if self.checksum_method != self.checker_method:
             return None
-        digests = self._digests()
-        if digests is None:
-            return None
-        return {
-            name: digest_only(digest, "sglang_weights_checker")
-            for name, digest in digests.items()
-            if name not in self.not_comparable
-        }
-
-    def expected_checksums(
-        self, state: Mapping[str, Any], engine: Mapping[str, ParamChecksum]
-    ) -> dict[str, ParamChecksum]:
-        digests = self._served_digests(state, {name: cs["sha256"] for name, cs in engine.items()})
-        return {name: digest_only(d, "checkpoint") for name, d in digests.items()}
+        return self.checker_checksums()
 
     def close(self, w0_path: str) -> str | None:
         """Put the server back on W0 (from `w0_path`, the model directory) under the weight
@@ -250,23 +179,18 @@ class SGLangReplay:
                 "it still serves the replay's last update"
             )
         finally:
-            self._dirs.remove()
+            self.remove_weight_dirs()
             self.server.close()
         return note
 
-    def _digests(self) -> dict[str, str] | None:
-        """/weights_checker's digests; None when this read failed, with why in `read_error`
-        (a failed read is no evidence about the weights: it must not be judged as digests)."""
-        try:
-            digests = self.server.client.weights_checker()
-        except SGLangError as exc:
-            self.read_error = str(exc)
-            return None
-        self.read_error = None
-        return digests
+    # --- the checker ------------------------------------------------------------------------
 
-    def _served_digests(self, state: Mapping[str, Any], like: Mapping[str, str]) -> dict[str, str]:
-        """W's digests under the names of `like` (SGLang's), as long as SGLang's, in the
-        dtype the server serves."""
-        digits = max((len(d) for d in like.values()), default=16)
-        return served_digests(state, like, str(self.server.settings.dtype), hex_digits=digits)
+    def _read_digests(self) -> dict[str, str]:
+        return self.server.client.weights_checker()
+
+    def _differs_because(self, digest: str) -> str:
+        return (
+            "its digest differs from W0's while the server serves W0: SGLang hashes on a GPU "
+            "with its own kernel (not sha256), or the parameter is padded, quantised or "
+            "repacked on load"
+        )
