@@ -80,11 +80,12 @@ def summarize(key_index: np.ndarray, steps: np.ndarray, values: np.ndarray) -> B
     return Buckets(*(np.concatenate(column) for column in zip(*parts, strict=True)))
 
 
-def merge_sql() -> str:
+def merge_sql(upsert: bool) -> str:
     """The CTE that merges a batch's `Buckets` (eight array parameters, in field order) into
-    the summary, unless the batch replaced a stored point (`ins.replaced`): then the caller
-    recomputes. It joins `upd` so that it runs only once the run's row is locked, which
-    orders every batch of a run: the recompute sees all that came before it."""
+    the summary, unless the batch's upsert replaced a stored point (`ins.replaced`): then the
+    caller recomputes. It joins `upd` so that it runs only once the run's row is locked,
+    which orders every batch of a run: the recompute sees all that came before it."""
+    replaced = "WHERE NOT EXISTS (SELECT FROM ins WHERE ins.replaced)" if upsert else ""
     return f"""
 summ AS (
     INSERT INTO {_SUMMARY} AS s
@@ -95,7 +96,7 @@ summ AS (
          unnest(%b::int4[], %b::int4[], %b::int8[], %b::int4[],
                 %b::int8[], %b::float8[], %b::int8[], %b::float8[])
          AS u(key_index, level, bucket, n, min_step, min_value, max_step, max_value)
-    WHERE NOT EXISTS (SELECT FROM ins WHERE ins.replaced)
+    {replaced}
     ON CONFLICT (run_id, key, level, bucket) DO UPDATE SET
         n = s.n + EXCLUDED.n,
         min_step = CASE WHEN s.min_value IS NULL OR EXCLUDED.min_value < s.min_value

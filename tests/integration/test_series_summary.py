@@ -68,6 +68,17 @@ def test_summary_follows_appends_resends_and_nan(run: Run) -> None:
     _check_summary(run)
 
 
+def test_a_batch_that_resends_some_points_and_adds_others_lands_whole(run: Run) -> None:
+    # The batch's plain insert meets the stored points; it is sent again as an upsert.
+    store_points(run, [Point("a", s, 1.0) for s in range(0, 100)])
+    assert store_points(run, [Point("a", s, 2.0) for s in range(50, 150)]) == 100
+    values = dict(MetricPoint.objects.filter(run=run).values_list("step", "value"))
+    assert values == {s: 1.0 if s < 50 else 2.0 for s in range(150)}
+    run.refresh_from_db()
+    assert run.last_step == 149
+    _check_summary(run)
+
+
 def test_a_long_series_is_drawn_from_the_summary_and_keeps_its_spike(run: Run) -> None:
     values = np.sin(np.arange(N) / 900.0)
     values[77_777] = 40.0
