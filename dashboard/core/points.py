@@ -7,7 +7,6 @@ key's series for the charts is in `dashboard.core.series`.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -242,10 +241,9 @@ def _store(
                     group,
                     "points",
                     {
+                        # A non-finite value (an MLflow client may send one) goes out as null.
                         "points": [
-                            # JSON has no NaN: a non-finite value (an MLflow client may send
-                            # one) goes out as null, which the charts draw as a gap.
-                            {"key": k, "step": s, "value": v if math.isfinite(v) else None}
+                            {"key": k, "step": s, "value": v}
                             for k, s, v in zip(keys, steps, values, strict=True)
                         ]
                     },
