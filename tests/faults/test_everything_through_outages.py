@@ -129,7 +129,8 @@ def test_ingest_viewer_and_job_through_a_redis_and_a_postgres_restart(
                 json={"points": [{"key": "kl_k3", "step": 400, "value": 0.5}]},
             )  # fmt: skip
             assert posted.status_code == 200
-            assert '"step": 400' in ws.recv(timeout=10)
+            frame = json.loads(ws.recv(timeout=10))
+            assert frame["kind"] == "points" and frame["data"]["points"][0]["step"] == 400
     finally:
         worker.stop()
         server.stop()
