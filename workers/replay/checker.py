@@ -26,8 +26,9 @@ class CheckerReplay:
     """The replay's engine when it is a server the user runs (`ServerReplay`, `SGLangReplay`).
 
     A subclass names its checker (`checker`, `checker_method`, what the flags go by without
-    it) and says how to read it (`_read_digests`) and why a digest that differs from W0's
-    while the server serves W0 cannot be judged (`_differs_because`).
+    it) and says how to read it (`_read_digests`), why a digest that differs from W0's while
+    the server serves W0 cannot be judged (`_differs_because`), and how its report words
+    checksums that cannot be had at all (`_not_available`).
     """
 
     adapter: ClassVar[str]
@@ -64,9 +65,10 @@ class CheckerReplay:
             "vllm_version": self.server.version,
         }
 
-    def checker_unavailable(self) -> str | None:
-        """Why the checker's checksums are missing from the report (the failed read, or what
-        the start-up read found); None when they are there or another method reads them."""
+    @property
+    def checksums_unavailable(self) -> str | None:
+        """Why the report has no checksums (the failed read, or what the start-up read
+        found); None when it has them."""
         if self.read_error is not None and self.checker_served:
             return (
                 f"not read: {self.checker} failed ({self.read_error}); the flags go by "
@@ -75,8 +77,10 @@ class CheckerReplay:
         if self.checksum_method != "not_available":
             return None
         if self.checker_served:
-            return f"none of its {self.checker} digests equals W0's while it serves W0"
-        return f"its {self.checker} could not be read: {self.read_error}"
+            return self._not_available(
+                f"none of its {self.checker} digests equals W0's while it serves W0"
+            )
+        return self._not_available(f"its {self.checker} could not be read: {self.read_error}")
 
     # --- the replay's steps -----------------------------------------------------------------
 
@@ -85,10 +89,10 @@ class CheckerReplay:
         cached = (ro.extra or {}).get("num_cached_tokens") or [None] * len(ro.token_ids)
         return Batch(ro, list(cached))
 
-    def weights_dir(self, state: Mapping[str, Any], handle: Mapping[str, Any] | None) -> str:
-        """The directory the server loads W_k from, and the start of a new weight state: a
-        checkpoint directory as it is, else W_k written to a new directory (in /dev/shm where
-        it exists) that the server reads."""
+    def begin_update(self, state: Mapping[str, Any], handle: Mapping[str, Any] | None) -> str:
+        """The directory the server loads W_k from (a checkpoint directory as it is, else W_k
+        written to a new directory, in /dev/shm where it exists); from here on the server's
+        digests are read afresh."""
         self._starting_digests = None
         if handle is not None and handle.get("kind") == "dir":
             return str(handle["path"])
@@ -114,7 +118,7 @@ class CheckerReplay:
 
     def checker_checksums(self) -> dict[str, ParamChecksum] | None:
         """The checker's digests of the parameters `prepare` found comparable; None when the
-        read failed (why: `checker_unavailable`)."""
+        read failed (why: `checksums_unavailable`)."""
         digests = self._current_digests()
         if digests is None:
             return None
@@ -141,6 +145,10 @@ class CheckerReplay:
         raise NotImplementedError
 
     def _differs_because(self, digest: str) -> str:
+        raise NotImplementedError
+
+    def _not_available(self, why: str) -> str:
+        """The report's words when no checksum can be had, `why` being the checker's part."""
         raise NotImplementedError
 
     def _digests(self) -> dict[str, str] | None:

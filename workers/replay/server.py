@@ -85,17 +85,6 @@ class ServerReplay(CheckerReplay):
         """The worker extension the server was started with ("none")."""
         return str((self.extension or {}).get("worker_class", "none"))
 
-    @property
-    def checksums_unavailable(self) -> str | None:
-        why = self.checker_unavailable()
-        if why is None or why.startswith("not read:"):
-            return why
-        return (
-            f"not available on this server ({self.server.url}: {why}, and it was not started "
-            "with Parity's worker extension: --worker-extension-cls "
-            "workers.weight_sync.WeightSyncExtension); the flags go by the tokens alone"
-        )
-
     def capabilities(self) -> Capabilities:
         cfg = self.server.config or {}
         out = Capabilities(
@@ -119,8 +108,8 @@ class ServerReplay(CheckerReplay):
     # --- the replay's steps -----------------------------------------------------------------
 
     def push(self, state: Mapping[str, Any], handle: Handle | None) -> UpdateInfo:
-        """W_k into the server, from the directory `weights_dir` gives."""
-        path = self.weights_dir(state, handle)
+        """W_k into the server, from the directory `begin_update` gives."""
+        path = self.begin_update(state, handle)
         t0 = time.perf_counter()
         self.server.update_weights_from_disk(path, reset_prefix_cache=False)
         return UpdateInfo(
@@ -183,6 +172,13 @@ class ServerReplay(CheckerReplay):
         if not isinstance(res, dict) or not isinstance(res.get("checksums"), dict):
             raise UserError("its answer holds no checksums")
         return {key.rsplit(":", 1)[-1]: v for key, v in res["checksums"].items()}
+
+    def _not_available(self, why: str) -> str:
+        return (
+            f"not available on this server ({self.server.url}: {why}, and it was not started "
+            "with Parity's worker extension: --worker-extension-cls "
+            f"workers.weight_sync.WeightSyncExtension); the flags go by {self.flags_go_by}"
+        )
 
     def _differs_because(self, digest: str) -> str:
         if digest == _EMPTY_DIGEST:

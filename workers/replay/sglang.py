@@ -78,18 +78,6 @@ class SGLangReplay(CheckerReplay):
         self._updates = 0
         self._reported = ""
 
-    @property
-    def checksums_unavailable(self) -> str | None:
-        why = self.checker_unavailable()
-        if why is None or why.startswith("not read:"):
-            return why
-        if not self.checker_served:
-            why += f" (older SGLang has no {self.checker})"
-        return (
-            f"not available on this SGLang server ({self.server.url}: {why}); the flags go by "
-            f"{self.flags_go_by}"
-        )
-
     def capabilities(self) -> Capabilities:
         raw = self.raw_info
         return Capabilities(
@@ -112,10 +100,10 @@ class SGLangReplay(CheckerReplay):
     # --- the replay's steps -----------------------------------------------------------------
 
     def push(self, state: Mapping[str, Any], handle: Handle | None) -> UpdateInfo:
-        """W_k into the server from the directory `weights_dir` gives, labelled "k"."""
+        """W_k into the server from the directory `begin_update` gives, labelled "k"."""
         self._updates += 1
         version = str(self._updates)
-        path = self.weights_dir(state, handle)
+        path = self.begin_update(state, handle)
         t0 = time.perf_counter()
         self.server.update_weights_from_disk(self.update_path(path), weight_version=version)
         seconds = time.perf_counter() - t0
@@ -187,6 +175,14 @@ class SGLangReplay(CheckerReplay):
 
     def _read_digests(self) -> dict[str, str]:
         return self.server.client.weights_checker()
+
+    def _not_available(self, why: str) -> str:
+        if not self.checker_served:
+            why += f" (older SGLang has no {self.checker})"
+        return (
+            f"not available on this SGLang server ({self.server.url}: {why}); the flags go by "
+            f"{self.flags_go_by}"
+        )
 
     def _differs_because(self, digest: str) -> str:
         return (
