@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from parity.reports.replay import ChecksumMethod
 from workers.replay.batch import Batch
 from workers.replay.digests import WeightDirs, digest_only, served_digests
+from workers.reporting import UserError
 from workers.specs import SamplingSettings
 
 if TYPE_CHECKING:
@@ -27,8 +28,9 @@ class CheckerReplay:
 
     A subclass names its checker (`checker`, `checker_method`, what the flags go by without
     it) and says how to read it (`_read_digests`), why a digest that differs from W0's while
-    the server serves W0 cannot be judged (`_differs_because`), and how its report words
-    checksums that cannot be had at all (`_not_available`).
+    the server serves W0 cannot be judged (`_differs_because`), how its report words
+    checksums that cannot be had at all (`_not_available`), and how W0 is loaded back at the
+    end (`_restore_w0`).
     """
 
     adapter: ClassVar[str]
@@ -38,6 +40,8 @@ class CheckerReplay:
     flags_go_by: ClassVar[str] = "the tokens alone"
     # The exception a failed read of the checker raises.
     read_failure: ClassVar[type[Exception]]
+    # The server, as the report's notes name it.
+    server_words: ClassVar[str] = "the server"
 
     def __init__(self, server: Any) -> None:
         self.server = server
@@ -116,9 +120,11 @@ class CheckerReplay:
         if len(self.not_comparable) == len(digests):
             self.checksum_method = "not_available"
 
-    def checker_checksums(self) -> dict[str, ParamChecksum] | None:
+    def checksums(self) -> dict[str, ParamChecksum] | None:
         """The checker's digests of the parameters `prepare` found comparable; None when the
-        read failed (why: `checksums_unavailable`)."""
+        checker is not the method or the read failed (why: `checksums_unavailable`)."""
+        if self.checksum_method != self.checker_method:
+            return None
         digests = self._current_digests()
         if digests is None:
             return None
@@ -134,14 +140,31 @@ class CheckerReplay:
         digests = self._expected_digests(state, {name: cs["sha256"] for name, cs in engine.items()})
         return {name: digest_only(d, "checkpoint") for name, d in digests.items()}
 
-    def remove_weight_dirs(self) -> None:
-        self._dirs.remove()
+    def close(self, w0_path: str) -> str | None:
+        """Put the server back on W0 (from `w0_path`, the model directory) and delete the
+        directories written for it; a note when W0 could not be restored."""
+        note = None
+        try:
+            self._restore_w0(w0_path)
+        except UserError as exc:
+            note = (
+                f"{self.server_words} at {self.server.url} could not be put back on W0 ({exc}); "
+                "it still serves the replay's last update"
+            )
+        finally:
+            self._dirs.remove()
+            self.server.close()
+        return note
 
     # --- helpers ---------------------------------------------------------------------------
 
     def _read_digests(self) -> dict[str, str]:
         """The checker's digests under the served parameter names; `read_failure` when it
         cannot be read."""
+        raise NotImplementedError
+
+    def _restore_w0(self, w0_path: str) -> None:
+        """Load W0 from `w0_path` into the server again; UserError when it cannot."""
         raise NotImplementedError
 
     def _differs_because(self, digest: str) -> str:

@@ -136,9 +136,7 @@ class ServerReplay(CheckerReplay):
             return cast(
                 "dict[str, ParamChecksum]", self.server.collective_rpc("parity_param_checksums")[0]
             )
-        if self.checksum_method == "vllm_weight_checker":
-            return self.checker_checksums()
-        return None
+        return super().checksums()
 
     def expected_checksums(
         self, state: Mapping[str, Any], engine: Mapping[str, ParamChecksum]
@@ -147,21 +145,8 @@ class ServerReplay(CheckerReplay):
             return extension_expected(state, engine)
         return super().expected_checksums(state, engine)
 
-    def close(self, w0_path: str) -> str | None:
-        """Put the server back on W0 (from `w0_path`, the model directory) and delete the
-        directories written for it; a note when W0 could not be restored."""
-        note = None
-        try:
-            self.server.update_weights_from_disk(w0_path)
-        except UserError as exc:
-            note = (
-                f"the server at {self.server.url} could not be put back on W0 ({exc}); it "
-                "still serves the replay's last update"
-            )
-        finally:
-            self.remove_weight_dirs()
-            self.server.close()
-        return note
+    def _restore_w0(self, w0_path: str) -> None:
+        self.server.update_weights_from_disk(w0_path)
 
     # --- the checker ------------------------------------------------------------------------
 

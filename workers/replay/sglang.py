@@ -37,14 +37,12 @@ from parity.reports.replay import Capabilities, UpdateInfo, WeightVersion
 from workers import engines
 from workers.engines.sglang import SGLangError
 from workers.replay.checker import CheckerReplay
-from workers.reporting import UserError
 
 if TYPE_CHECKING:
     from workers.engines.sglang_server import SGLangServer
     from workers.replay.batch import Batch
     from workers.replay.weights import Handle
     from workers.trainer import Kind
-    from workers.weight_sync import ParamChecksum
 
 
 class SGLangReplay(CheckerReplay):
@@ -55,6 +53,7 @@ class SGLangReplay(CheckerReplay):
     checker_method = "sglang_weights_checker"
     flags_go_by = "the tokens and the weight versions alone"
     read_failure = SGLangError
+    server_words = "the SGLang server"
     # How the server loads W_k, and the worker extension it runs (none: SGLang has no such).
     load_mode = "update_weights_from_disk"
     extension_name = "none"
@@ -148,28 +147,11 @@ class SGLangReplay(CheckerReplay):
         self.server.reset_prefix_cache()  # /flush_cache: an error raises, with SGLang's words
         return True
 
-    def checksums(self) -> dict[str, ParamChecksum] | None:
-        if self.checksum_method != self.checker_method:
-            return None
-        return self.checker_checksums()
-
-    def close(self, w0_path: str) -> str | None:
-        """Put the server back on W0 (from `w0_path`, the model directory) under the weight
-        version it had before, and delete the directories written for it; a note when W0
-        could not be restored."""
-        note = None
-        try:
-            if self._updates:
-                self.server.update_weights_from_disk(w0_path, weight_version=self.start_version)
-        except UserError as exc:
-            note = (
-                f"the SGLang server at {self.server.url} could not be put back on W0 ({exc}); "
-                "it still serves the replay's last update"
-            )
-        finally:
-            self.remove_weight_dirs()
-            self.server.close()
-        return note
+    def _restore_w0(self, w0_path: str) -> None:
+        """W0 under the weight version the server had before the replay (nothing to restore
+        when no update was pushed)."""
+        if self._updates:
+            self.server.update_weights_from_disk(w0_path, weight_version=self.start_version)
 
     # --- the checker ------------------------------------------------------------------------
 
